@@ -1,0 +1,29 @@
+"""The ``recall`` command. Each area registers its own commands; this module only composes."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="recall",
+    help="Recall: win back slipping users with YAML journeys over WeChat, WeCom and SMS.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register_all() -> None:
+    # One line per area; each module exposes ``register(app)``.
+    pass
+
+
+_register_all()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""One Settings object for the whole process, read from ``RECALL_*`` env vars or ``.env``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RECALL_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # Storage and brokers. Unset means the embedded default (SQLite file, embedded Redis).
+    database_url: str | None = None
+    redis_url: str | None = None
+    state_dir: Path = Path(".recall")
+    journeys_dir: Path = Path("journeys")
+    templates_dir: Path = Path("templates")
+    api_keys: str = ""
+    public_base_url: str = "http://127.0.0.1:8000"
+    timezone: str = "Asia/Shanghai"
+    environment: str = "development"
+
+    # WeChat Official Account
+    wechat_appid: str = "wx-sandbox-appid"
+    wechat_secret: SecretStr = SecretStr("sandbox-secret")
+    wechat_token: SecretStr = SecretStr("sandbox-token")
+    wechat_aes_key: SecretStr | None = None
+    wechat_api_base: str | None = None
+
+    # WeCom
+    wecom_corp_id: str = "ww-sandbox-corp"
+    wecom_secret: SecretStr = SecretStr("sandbox-secret")
+    wecom_token: SecretStr = SecretStr("sandbox-token")
+    wecom_aes_key: SecretStr | None = None
+    wecom_default_sender: str = "staff-default"
+    wecom_api_base: str | None = None
+
+    # Twilio
+    twilio_account_sid: str = "AC00000000000000000000000000000000"
+    twilio_auth_token: SecretStr = SecretStr("sandbox-auth-token")
+    twilio_from: str | None = "+15005550006"
+    twilio_messaging_service_sid: str | None = None
+    twilio_api_base: str | None = None
+
+    # Payment webhooks
+    generic_webhook_secret: SecretStr = SecretStr("sandbox-generic-secret")
+    stripe_webhook_secret: SecretStr = SecretStr("sandbox-stripe-secret")
+    wechatpay_api_key: SecretStr = SecretStr("sandbox-wechatpay-key")
+
+    # Engine tuning (not in the SPEC contract; documented in docs/operations.md)
+    gather_window_s: int = 60
+    claim_batch_size: int = 500
+    claim_lease_s: int = 300
+    max_attempts: int = 5
+    confirm_timeout_s: int = 86_400
+
+    @field_validator("api_keys")
+    @classmethod
+    def _strip_keys(cls, value: str) -> str:
+        return ",".join(k.strip() for k in value.split(",") if k.strip())
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k for k in self.api_keys.split(",") if k]
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.state_dir / 'recall.db').resolve()}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
