@@ -1,0 +1,98 @@
+"""The channel port: send one batch of touches, get a result per touch.
+
+The engine freezes a ``SendRequest`` (its ``batch_id`` is the provider idempotency key,
+WeChat's ``clientmsgid``) before the first provider call, so a retry repeats the same
+call. Adapters translate SDK exceptions at this boundary:
+
+- a whole-call failure raises ``ChannelRetryable`` / ``ChannelConfig`` / ``ChannelUnknown``;
+- a per-recipient failure is a ``TouchResult`` with ``status="failed"`` and a ``reason``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from orchestrator.config import Settings
+
+TouchStatus = Literal["sent", "delivered", "failed", "unknown"]
+
+
+@dataclass(frozen=True)
+class Recipient:
+    user_id: str
+    openid: str | None = None
+    unionid: str | None = None
+    external_userid: str | None = None
+    phone: str | None = None
+    wecom_sender: str | None = None
+
+
+@dataclass(frozen=True)
+class Message:
+    touch_id: int
+    key: str  # idempotency key of the touch: "{enrollment_id}:{step_id}"
+    recipient: Recipient
+    text: str  # rendered body: SMS text without signature/suffix, article HTML, invite text
+    title: str | None = None  # article title
+    link: str | None = None  # this touch's tracked short URL
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    batch_id: str  # <= 64 bytes, stable across retries of the same batch
+    channel: str
+    journey_id: str
+    step_id: str
+    content_version: str  # cache key for uploaded media (journey version + template + variant)
+    messages: tuple[Message, ...]
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TouchResult:
+    touch_id: int
+    status: TouchStatus
+    provider_message_id: str | None = None
+    reason: str | None = None
+    segments: int = 0
+    cost: float = 0.0
+
+
+class Channel(Protocol):
+    """A provider adapter. ``name`` is the journey's ``send:`` value."""
+
+    name: ClassVar[str]
+    max_batch: ClassVar[int]
+
+    def send(self, request: SendRequest) -> list[TouchResult]:
+        """Send every message of the batch once; one result per message."""
+        ...
+
+    def reconcile(self, request: SendRequest) -> list[TouchResult]:
+        """Ask the provider what became of a batch whose outcome is unknown. Never resends."""
+        ...
+
+
+ChannelFactory = Callable[["Settings", "Redis"], Channel]
+
+REGISTRY: dict[str, ChannelFactory] = {}
+
+
+def register(name: str, factory: ChannelFactory) -> None:
+    REGISTRY[name] = factory
+
+
+def build_channel(name: str, settings: Settings, redis: Redis) -> Channel:
+    from orchestrator.errors import ConfigError
+
+    try:
+        factory = REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(REGISTRY)) or "none"
+        raise ConfigError(f"unknown channel {name!r}; known channels: {known}") from None
+    return factory(settings, redis)
