@@ -1,0 +1,114 @@
+"""Shared fixtures: real databases and a real Redis.
+
+Server suites (PostgreSQL, Redis server) run when the servers answer. Without them they are
+skipped with a loud notice, except under ``CI=true``, where a missing server fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from orchestrator.store import migrate
+from orchestrator.store.db import make_engine
+
+PG_URL = os.environ.get("RECALL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("RECALL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+_missing: set[str] = set()
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parsed = sa.engine.make_url(url.replace("redis://", "postgresql://", 1))
+    try:
+        with socket.create_connection((parsed.host or "127.0.0.1", parsed.port or default_port), 1):
+            return True
+    except OSError:
+        return False
+
+
+def require_server(name: str, url: str, port: int) -> None:
+    if _reachable(url, port):
+        return
+    message = f"{name} at {url} is not reachable"
+    if IN_CI:
+        pytest.fail(f"{message}; CI=true requires it (.ci/run starts it)", pytrace=False)
+    _missing.add(name)
+    pytest.skip(f"SERVER SUITE SKIPPED: {message}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _missing:
+        bar = "!" * 78
+        terminalreporter.write_line(bar, red=True)
+        terminalreporter.write_line(
+            f"SKIPPED the server suites for: {', '.join(sorted(_missing))}. Only the embedded "
+            "default (SQLite + embedded Redis) was tested. Start the servers to run them.",
+            red=True,
+        )
+        terminalreporter.write_line(bar, red=True)
+
+
+def _postgres_engine() -> Iterator[Engine]:
+    require_server("PostgreSQL", PG_URL, 5432)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    url = sa.engine.make_url(PG_URL).set(drivername="postgresql+psycopg")
+    engine = sa.create_engine(url, connect_args={"options": f"-csearch_path={schema}"})
+    try:
+        migrate.upgrade(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
+
+
+def _sqlite_engine(path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{path}")
+    migrate.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A fresh, migrated database: SQLite file and PostgreSQL schema, in turn."""
+    if request.param == "sqlite":
+        yield from _sqlite_engine(tmp_path / "recall.db")
+    else:
+        yield from _postgres_engine()
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    yield from _sqlite_engine(tmp_path / "recall.db")
+
+
+@pytest.fixture
+def pg_engine() -> Iterator[Engine]:
+    yield from _postgres_engine()
+
+
+@pytest.fixture
+def redis_server_url() -> Iterator[str]:
+    """The Redis server, on a database number that this test run flushes before use."""
+    require_server("Redis", REDIS_URL, 6379)
+    db = int(os.environ.get("RECALL_TEST_REDIS_DB", "1"))
+    url = REDIS_URL.rsplit("/", 1)[0] + f"/{db}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Engine
+from sqlmodel import select
+
+from orchestrator.store.clock import StoredClock
+from orchestrator.store.db import session_scope
+from orchestrator.store.models import Enrollment, Event
+
+T0 = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
+
+
+def test_times_round_trip_as_aware_utc(db_engine: Engine) -> None:
+    with session_scope(db_engine) as s:
+        s.add(Event(event_id="e1", user_id="u1", name="login", ts=T0))
+    with session_scope(db_engine) as s:
+        event = s.exec(select(Event)).one()
+    assert event.ts == T0 and event.ts.tzinfo is not None
+
+
+def test_naive_datetime_is_refused(db_engine: Engine) -> None:
+    with pytest.raises(sa.exc.StatementError, match="naive datetime"):
+        with session_scope(db_engine) as s:
+            s.add(Event(event_id="e1", user_id="u1", name="login", ts=T0.replace(tzinfo=None)))
+
+
+def test_one_active_enrollment_per_journey_and_user(db_engine: Engine) -> None:
+    def enrollment(state: str) -> Enrollment:
+        return Enrollment(
+            journey_id="j", journey_version="v", user_id="u", arm="treatment",
+            state=state, entered_at=T0,
+        )
+
+    with session_scope(db_engine) as s:
+        s.add(enrollment("completed"))
+        s.add(enrollment("active"))
+    with pytest.raises(sa.exc.IntegrityError):
+        with session_scope(db_engine) as s:
+            s.add(enrollment("active"))
+
+
+def test_stored_clock_is_shared_and_falls_back_to_wall_time(db_engine: Engine) -> None:
+    clock = StoredClock(db_engine)
+    before = datetime.now(UTC)
+    assert clock.now() >= before
+    clock.set(T0)
+    assert StoredClock(db_engine).now() == T0
+    clock.set(T0 + timedelta(days=1))
+    assert StoredClock(db_engine).now() == T0 + timedelta(days=1)
