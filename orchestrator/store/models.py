@@ -140,9 +140,12 @@ class SendBatch(SQLModel, table=True):
     state: str = Field(default="frozen", max_length=16)  # frozen | sent | failed | unknown
     attempts: int = 0
     provider_ref: str | None = Field(default=None, max_length=128)
+    sender: str | None = Field(default=None, max_length=128)  # WeCom staff member
     error: str | None = None
+    result: dict[str, Any] = _json()  # provider's aggregate result (MASSSENDJOBFINISH counts)
     created_at: datetime | None = _ts()
     sent_at: datetime | None = _ts()
+    confirmed_at: datetime | None = _ts()  # WeCom: staff confirmed the task
 
 
 class Touch(SQLModel, table=True):
@@ -170,6 +173,7 @@ class Touch(SQLModel, table=True):
     due_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     first_due_at: datetime | None = _ts()
     lease_until: datetime | None = _ts()  # real time
+    claim_token: str | None = Field(default=None, max_length=32)
     attempts: int = 0
     batch_id: str | None = Field(default=None, index=True, max_length=64)
     reserved_at: datetime | None = _ts()  # business time of the cap reservation

@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: fe5e39f79a8b
+Revision ID: 8c2745eb5783
 Revises: 
-Create Date: 2026-11-25 16:50:54.742267
+Create Date: 2026-11-25 16:53:24.066337
 """
 from collections.abc import Sequence
 
@@ -12,7 +12,8 @@ from alembic import op
 
 import orchestrator.store.types
 
-revision: str = 'fe5e39f79a8b'
+
+revision: str = '8c2745eb5783'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -140,9 +141,12 @@ def upgrade() -> None:
     sa.Column('state', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('provider_ref', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
+    sa.Column('sender', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
     sa.Column('error', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('result', sa.JSON(), nullable=False),
     sa.Column('created_at', orchestrator.store.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('sent_at', orchestrator.store.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('confirmed_at', orchestrator.store.types.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     op.create_table('touches',
@@ -162,6 +166,7 @@ def upgrade() -> None:
     sa.Column('due_at', orchestrator.store.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('first_due_at', orchestrator.store.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('lease_until', orchestrator.store.types.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('claim_token', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('batch_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
     sa.Column('reserved_at', orchestrator.store.types.UTCDateTime(timezone=True), nullable=True),
