@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from redis import Redis
 
     from orchestrator.config import Settings
@@ -51,6 +53,9 @@ class SendRequest:
     content_version: str  # cache key for uploaded media (journey version + template + variant)
     messages: tuple[Message, ...]
     options: Mapping[str, str] = field(default_factory=dict)
+    # Business time the batch was frozen (SendBatch.created_at). Bounds reconciliation
+    # queries (Twilio ``DateSent>=``, WeCom ``get_groupmsg_list_v2`` window); None = now.
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
