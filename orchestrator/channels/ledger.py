@@ -1,0 +1,85 @@
+"""Which provider calls of a send batch already happened, so a retry never repeats one.
+
+WeChat mass send is idempotent on the provider side (``clientmsgid``); Twilio messages,
+WeChat template messages and WeCom ``add_msg_template`` are not. For those the adapter
+writes an entry per call into a Redis hash named after the batch:
+
+- ``pending`` just before the call goes out,
+- the call's result (JSON) once the provider answered,
+- nothing (entry deleted) when the provider definitely refused it, so a retry may send.
+
+When the same batch comes back (a retry after ``ChannelRetryable``, a redelivered Celery
+task), recorded results are returned as they are, and a ``pending`` entry means the earlier
+attempt's outcome is unknown: it is reconciled, never sent again.
+
+This is a guard, not the source of truth: the engine's touch rows are. The hash expires
+after ``ttl_s`` of real time (retries of one batch happen within hours, not weeks).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+
+PENDING = "pending"
+DEFAULT_TTL_S = 14 * 86_400
+
+
+@dataclass(frozen=True)
+class Entry:
+    pending: bool
+    data: dict[str, Any]
+
+
+class SendLedger:
+    def __init__(
+        self, redis: Redis, *, prefix: str, channel: str, ttl_s: int = DEFAULT_TTL_S
+    ) -> None:
+        self.redis = redis
+        self.prefix = f"{prefix}:ledger:{channel}"
+        self.ttl_s = ttl_s
+
+    def key(self, batch_id: str) -> str:
+        return f"{self.prefix}:{batch_id}"
+
+    def load(self, batch_id: str) -> dict[str, Entry]:
+        raw: Mapping[Any, Any] = self.redis.hgetall(self.key(batch_id))
+        return {_text(k): _entry(_text(v)) for k, v in raw.items()}
+
+    def mark_pending(self, batch_id: str, fields: Iterable[str]) -> None:
+        fields = list(fields)
+        if fields:
+            key = self.key(batch_id)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hset(key, mapping=dict.fromkeys(fields, PENDING))
+            pipe.expire(key, self.ttl_s)
+            pipe.execute()
+
+    def record(self, batch_id: str, results: Mapping[str, Mapping[str, Any]]) -> None:
+        if results:
+            key = self.key(batch_id)
+            mapping = {f: json.dumps(dict(v), separators=(",", ":")) for f, v in results.items()}
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hset(key, mapping=mapping)
+            pipe.expire(key, self.ttl_s)
+            pipe.execute()
+
+    def forget(self, batch_id: str, fields: Iterable[str]) -> None:
+        """The provider definitely did not act on these calls: a retry may make them."""
+        fields = list(fields)
+        if fields:
+            self.redis.hdel(self.key(batch_id), *fields)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _entry(value: str) -> Entry:
+    if value == PENDING:
+        return Entry(pending=True, data={})
+    return Entry(pending=False, data=json.loads(value))
