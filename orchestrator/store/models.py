@@ -143,6 +143,7 @@ class SendBatch(SQLModel, table=True):
     sender: str | None = Field(default=None, max_length=128)  # WeCom staff member
     error: str | None = None
     result: dict[str, Any] = _json()  # provider's aggregate result (MASSSENDJOBFINISH counts)
+    payload: dict[str, Any] = _json()  # the frozen request, so a retry repeats the same call
     created_at: datetime | None = _ts()
     sent_at: datetime | None = _ts()
     confirmed_at: datetime | None = _ts()  # WeCom: staff confirmed the task

@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 8c2745eb5783
+Revision ID: 0b15bdc46460
 Revises: 
-Create Date: 2026-11-25 16:53:24.066337
+Create Date: 2026-11-25 16:56:45.935262
 """
 from collections.abc import Sequence
 
@@ -13,7 +13,7 @@ from alembic import op
 import orchestrator.store.types
 
 
-revision: str = '8c2745eb5783'
+revision: str = '0b15bdc46460'
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -144,6 +144,7 @@ def upgrade() -> None:
     sa.Column('sender', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
     sa.Column('error', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('result', sa.JSON(), nullable=False),
+    sa.Column('payload', sa.JSON(), nullable=False),
     sa.Column('created_at', orchestrator.store.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('sent_at', orchestrator.store.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('confirmed_at', orchestrator.store.types.UTCDateTime(timezone=True), nullable=True),
