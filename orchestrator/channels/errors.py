@@ -91,6 +91,7 @@ WECOM_CODES: dict[int, Verdict] = {
 
 TWILIO_CODES: dict[int, Verdict] = {
     20429: _v("retryable", "too_many_requests"),
+    20503: _v("retryable", "service_unavailable"),
     30001: _v("retryable", "queue_overflow"),
     21211: _v("recipient", "invalid_number"),
     21610: _v("recipient", "opted_out:sms"),
@@ -148,17 +149,21 @@ def to_channel_error(
         # A token rejected even after one refresh is a provider hiccup: back off.
         return ChannelRetryable(
             f"{where} failed ({label}: {detail}); retry later with back-off",
-            code=code, provider=provider, retry_after_s=retry_after_s,
+            code=code,
+            provider=provider,
+            retry_after_s=retry_after_s,
         )
     if verdict.kind == "recipient":
         return ChannelRecipient(
             f"{where} cannot reach the recipient ({label}: {detail}); fail the touch, no retry",
-            code=code, provider=provider,
+            code=code,
+            provider=provider,
         )
     return ChannelConfig(
         f"{where} was refused ({label}: {detail}); fix the {provider} settings or step options "
         "(credentials, IP whitelist, API permissions, template/content) and resume the step",
-        code=code, provider=provider,
+        code=code,
+        provider=provider,
     )
 
 
@@ -168,6 +173,13 @@ def wechat_error(
     """Translate a WeChat/WeCom API error (``provider`` is ``"wechat"`` or ``"wecom"``)."""
     verdict = classify_wechat(code, status=status, wecom=provider == "wecom")
     return to_channel_error(verdict, provider=provider, action=action, code=code, detail=detail)
+
+
+def wechat_reason(exc: ChannelError) -> str:
+    """The touch failure reason for a WeChat/WeCom recipient error (``exc.provider`` picks
+    the table)."""
+    code = exc.code if isinstance(exc.code, int) else None
+    return classify_wechat(code, wecom=exc.provider == "wecom").reason
 
 
 def never_connected(exc: requests.RequestException) -> bool:

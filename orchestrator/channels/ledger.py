@@ -62,7 +62,9 @@ class SendLedger:
     def record(self, batch_id: str, results: Mapping[str, Mapping[str, Any]]) -> None:
         if results:
             key = self.key(batch_id)
-            mapping = {f: json.dumps(dict(v), separators=(",", ":")) for f, v in results.items()}
+            mapping: dict[Any, Any] = {
+                f: json.dumps(dict(v), separators=(",", ":")) for f, v in results.items()
+            }
             pipe = self.redis.pipeline(transaction=False)
             pipe.hset(key, mapping=mapping)
             pipe.expire(key, self.ttl_s)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import urlsplit
 
 import requests
 from redis import Redis
@@ -29,29 +28,14 @@ from wechatpy import WeChatClient
 from wechatpy.enterprise import WeChatClient as WeComClient
 from wechatpy.exceptions import WeChatClientException
 
+from orchestrator.channels.common import DEFAULT_TIMEOUT, provider_base
 from orchestrator.channels.errors import classify_wechat, transport_error, wechat_error
 from orchestrator.channels.tokens import TokenCache, fingerprint, token_key
-from orchestrator.errors import ChannelConfig, ChannelError, ChannelRetryable, ConfigError
+from orchestrator.errors import ChannelConfig, ChannelError, ChannelRetryable
 
 T = TypeVar("T")
 
-# (connect, read) seconds: a connect failure is cheap to retry; the read timeout bounds
-# how long a worker waits before declaring the outcome unknown.
-DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 15.0)
 TOKEN_ERRCODES = frozenset({40001, 40014, 42001})
-
-
-def provider_base(value: str | None, default: str, setting: str) -> str:
-    """Validate a ``*_API_BASE`` setting (scheme://host[:port]); unset -> ``default``."""
-    if not value:
-        return default
-    parts = urlsplit(value.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
-        raise ConfigError(
-            f"{setting}={value!r} must be scheme://host[:port] only, e.g. "
-            "http://127.0.0.1:8081; the adapters append the provider's own paths"
-        )
-    return f"{parts.scheme}://{parts.netloc}"
 
 
 def errcode_of(exc: WeChatClientException) -> int | None:
@@ -132,13 +116,15 @@ class _BoundedClient:
         if verdict.kind == "retryable":
             return ChannelRetryable(
                 f"{self.PROVIDER} {action} failed ({code or status} {detail}); retry later",
-                code=code, provider=self.PROVIDER,
+                code=code,
+                provider=self.PROVIDER,
             )
         # From the token endpoint even 40001 means the secret is wrong, not the token.
         return ChannelConfig(
             f"{self.PROVIDER} {action} refused the credentials ({code or status} {detail}); check "
             f"RECALL_{self.PROVIDER.upper()}_* app id/secret and the IP whitelist",
-            code=code, provider=self.PROVIDER,
+            code=code,
+            provider=self.PROVIDER,
         )
 
     def call(self, action: str, fn: Callable[[], T]) -> T:

@@ -1,0 +1,45 @@
+"""Small pieces every adapter shares: provider base URLs, timeouts, batch checks."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from orchestrator.channels.base import Message, SendRequest, TouchResult
+from orchestrator.errors import ChannelConfig, ConfigError
+
+# (connect, read) seconds for every provider call. A connect failure is cheap to retry; the
+# read timeout bounds how long a worker waits before declaring the outcome unknown.
+DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 15.0)
+
+
+def provider_base(value: str | None, default: str, setting: str) -> str:
+    """Validate a ``*_API_BASE`` setting (scheme://host[:port]); unset -> ``default``."""
+    if not value:
+        return default
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        raise ConfigError(
+            f"{setting}={value!r} must be scheme://host[:port] only, e.g. "
+            "http://127.0.0.1:8081; the adapters append the provider's own paths"
+        )
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def check_batch(request: SendRequest, *, channel: str, max_batch: int) -> None:
+    """Refuse a batch larger than the channel takes: splitting is the engine's job, because
+    each provider call needs its own frozen batch id (WeChat's clientmsgid)."""
+    if len(request.messages) > max_batch:
+        raise ChannelConfig(
+            f"{channel}: batch {request.batch_id!r} has {len(request.messages)} messages, more "
+            f"than max_batch={max_batch}; split due touches into batches of at most "
+            f"{channel}.max_batch before sending",
+            provider=channel,
+        )
+
+
+def failed(message: Message, reason: str) -> TouchResult:
+    return TouchResult(touch_id=message.touch_id, status="failed", reason=reason)
+
+
+def unknown(message: Message) -> TouchResult:
+    return TouchResult(touch_id=message.touch_id, status="unknown")

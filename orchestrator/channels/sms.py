@@ -1,0 +1,323 @@
+"""SMS through Twilio: one ``messages.create`` per touch, many in flight, paced.
+
+Throughput comes from a thread pool (one Twilio client, i.e. one keep-alive connection, per
+thread) behind a process-wide token bucket. Retries:
+
+- *inside* the adapter, for cheap transient refusals where the provider provably did not
+  act (20429/429, 5xx, connection refused): at most ``Backoff.attempts`` calls, exponential
+  back-off with full jitter, honouring Retry-After up to ``Backoff.cap_s``;
+- *by the engine* (``ChannelRetryable`` with ``retry_after_s``) when those are exhausted or
+  the provider asks for a longer pause.
+
+Twilio has no idempotency key, so each message's call is written to the ``SendLedger``
+(pending -> result) and a batch sent again returns what is recorded instead of sending twice.
+A read timeout or dropped connection after the request went out is ``unknown`` for that
+touch; ``reconcile`` looks the message up with ``GET Messages.json?To=&DateSent>=`` and the
+touch's short link (or exact body) in the text.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from itertools import count
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import requests
+from twilio.base.exceptions import TwilioException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response
+from twilio.rest import Client
+
+from orchestrator.channels.base import Message, SendRequest, TouchResult, TouchStatus
+from orchestrator.channels.common import (
+    DEFAULT_TIMEOUT,
+    check_batch,
+    failed,
+    provider_base,
+    unknown,
+)
+from orchestrator.channels.errors import (
+    Verdict,
+    classify_twilio,
+    to_channel_error,
+    transport_error,
+)
+from orchestrator.channels.fanout import Outcome, from_entry, send_each, settle
+from orchestrator.channels.ledger import SendLedger
+from orchestrator.channels.pacing import Backoff, TokenBucket, shared_bucket
+from orchestrator.channels.smstext import compose_sms, count_segments
+from orchestrator.errors import ChannelError, ChannelRetryable, ChannelUnknown, ConfigError
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from orchestrator.config import Settings
+
+TWILIO_HOST = "https://api.twilio.com"
+DEFAULT_RATE_PER_S = 1000.0
+DEFAULT_WORKERS = 32
+DEFAULT_VALIDITY_S = 3600  # a marketing text not out within an hour is better dropped
+PROVIDER = "twilio"
+ACTION = "POST Messages.json"
+DELIVERY_STATUS: dict[str, TouchStatus] = {
+    "delivered": "delivered",
+    "failed": "failed",
+    "undelivered": "failed",
+}
+
+
+class _PacedHttpClient(TwilioHttpClient):  # type: ignore[misc]
+    """Twilio's HTTP client, remembering the last answer's Retry-After (one per thread)."""
+
+    retry_after_s: float | None = None
+
+    def request(self, *args: Any, **kwargs: Any) -> Response:
+        response: Response = super().request(*args, **kwargs)
+        self.retry_after_s = _retry_after(response.headers) if response.status_code >= 400 else None
+        return response
+
+
+def _retry_after(headers: Mapping[str, str] | None) -> float | None:
+    value = (headers or {}).get("Retry-After") or (headers or {}).get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP-date: rare from Twilio; the back-off applies instead
+
+
+def sms_body(message: Message, options: Mapping[str, str]) -> str:
+    """The text sent: rendered text + the touch's short link + signature + opt-out suffix."""
+    text = message.text.strip()
+    if message.link and message.link not in text:
+        text = f"{text} {message.link}"
+    suffix = options.get("opt_out_suffix", "")
+    if suffix and not text.endswith(suffix) and message.link and text.endswith(message.link):
+        suffix = " " + suffix  # keep the suffix out of the URL a phone will linkify
+    return compose_sms(text, signature=options.get("signature", ""), opt_out_suffix=suffix)
+
+
+class SmsChannel:
+    """``send: sms``. Options: ``signature``, ``opt_out_suffix``, ``price_per_segment``,
+    ``validity_period_s``, ``rate_per_s``. Build once per process and reuse (pool, clients)."""
+
+    name: ClassVar[str] = "sms"
+    max_batch: ClassVar[int] = 100
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        *,
+        key_prefix: str = "recall",
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        workers: int = DEFAULT_WORKERS,
+        rate_per_s: float = DEFAULT_RATE_PER_S,
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        on_opt_out: Callable[[Message], None] | None = None,
+    ) -> None:
+        self._account_sid = settings.twilio_account_sid
+        self._auth_token = settings.twilio_auth_token.get_secret_value()
+        self._sender = _sender(settings)
+        self._base = provider_base(settings.twilio_api_base, TWILIO_HOST, "RECALL_TWILIO_API_BASE")
+        self._status_callback = f"{settings.public_base_url.rstrip('/')}/v1/callbacks/twilio"
+        self._timeout = timeout
+        self._rate_per_s = rate_per_s
+        self._backoff = backoff or Backoff()
+        self._sleep = sleep
+        self._on_opt_out = on_opt_out
+        self._ledger = SendLedger(redis, prefix=key_prefix, channel=self.name)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recall-sms")
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"SmsChannel(account_sid={self._account_sid!r}, base={self._base!r}, token=***)"
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # -- send ---------------------------------------------------------------------------
+
+    def send(self, request: SendRequest) -> list[TouchResult]:
+        """Send each message once (concurrently); recorded ones are not sent again."""
+        check_batch(request, channel=self.name, max_batch=self.max_batch)
+        bucket = self._bucket(request.options)
+        return send_each(
+            request,
+            ledger=self._ledger,
+            pool=self._pool,
+            provider=PROVIDER,
+            precheck=_no_phone,
+            call=partial(self._send_with_retries, request),
+            pace=bucket.acquire,
+        )
+
+    def _send_with_retries(self, request: SendRequest, message: Message) -> Outcome:
+        body = sms_body(message, request.options)
+        for retry in count(1):
+            outcome = self._attempt(request, message, body)
+            if not isinstance(outcome.error, ChannelRetryable):
+                return outcome
+            delay = self._backoff.delay(retry, outcome.error.retry_after_s)
+            if delay is None:
+                return outcome
+            self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _attempt(self, request: SendRequest, message: Message, body: str) -> Outcome:
+        client = self._client()
+        try:
+            created = client.messages.create(
+                to=message.recipient.phone,
+                body=body,
+                status_callback=self._status_callback,
+                validity_period=int(request.options.get("validity_period_s", DEFAULT_VALIDITY_S)),
+                **self._sender,
+            )
+        except TwilioException as exc:
+            return self._refused(message, exc, client.http_client.retry_after_s)
+        except requests.RequestException as exc:
+            error = transport_error(exc, provider=PROVIDER, action=ACTION)
+            if isinstance(error, ChannelUnknown):
+                return Outcome(message, result=unknown(message))
+            return Outcome(message, error=error)
+        return Outcome(message, result=_charged(message, body, request.options, sid=created.sid))
+
+    def _refused(
+        self, message: Message, exc: TwilioException, retry_after_s: float | None
+    ) -> Outcome:
+        verdict, error = _rest_error(exc, ACTION, retry_after_s)
+        if verdict.kind != "recipient":
+            return Outcome(message, error=error)
+        if verdict.reason == "opted_out:sms" and self._on_opt_out is not None:
+            self._on_opt_out(message)
+        return Outcome(message, result=failed(message, verdict.reason))
+
+    # -- reconcile ----------------------------------------------------------------------
+
+    def reconcile(self, request: SendRequest) -> list[TouchResult]:
+        """Find each message whose outcome is unknown in Twilio's message list. Never sends.
+
+        Matched on the recipient (``To``), ``DateSent>=`` the batch's date, and the touch's
+        short link in the body (the exact body when the touch has no link). Not found ->
+        ``unknown`` stays; the engine then fails it as ``unknown_outcome``.
+        """
+        recorded = self._ledger.load(request.batch_id)
+        since = _since(request.created_at)
+        results = []
+        for message in request.messages:
+            entry = recorded.get(str(message.touch_id))
+            if entry is not None and not entry.pending:
+                results.append(from_entry(message, recorded))
+            else:
+                results.append(self._look_up(request, message, since))
+        pairs = zip(request.messages, results, strict=True)
+        settle(self._ledger, request.batch_id, [Outcome(m, result=r) for m, r in pairs])
+        return results
+
+    def _look_up(self, request: SendRequest, message: Message, since: str) -> TouchResult:
+        if not message.recipient.phone:
+            return failed(message, "no_phone")
+        body = sms_body(message, request.options)
+        marker = message.link or body
+        try:
+            listed = self._client().messages.list(
+                to=message.recipient.phone, date_sent_after=since, page_size=100
+            )
+        except TwilioException as exc:
+            raise _rest_error(exc, "GET Messages.json", None)[1] from exc
+        except requests.RequestException as exc:
+            raise transport_error(
+                exc, provider=PROVIDER, action="GET Messages.json", sent=False
+            ) from exc
+        found = next((m for m in listed if m.body and marker in m.body), None)
+        if found is None:
+            return unknown(message)
+        status = DELIVERY_STATUS.get(str(found.status), "sent")
+        reason = f"twilio:{found.error_code}" if status == "failed" else None
+        return _charged(message, body, request.options, sid=found.sid, status=status, reason=reason)
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _client(self) -> Client:
+        """This thread's Twilio client (its own session and keep-alive connection)."""
+        client: Client | None = getattr(self._local, "client", None)
+        if client is None:
+            http = _PacedHttpClient()
+            http.timeout = self._timeout  # the constructor refuses a (connect, read) tuple
+            client = Client(self._account_sid, self._auth_token, http_client=http)
+            client.edge = None
+            client.region = None
+            client.api.base_url = self._base
+            self._local.client = client
+        return client
+
+    def _bucket(self, options: Mapping[str, str]) -> TokenBucket:
+        rate = float(options.get("rate_per_s", self._rate_per_s))
+        return shared_bucket(f"twilio:{self._account_sid}", rate)
+
+
+def _sender(settings: Settings) -> dict[str, str]:
+    if settings.twilio_messaging_service_sid:
+        return {"messaging_service_sid": settings.twilio_messaging_service_sid}
+    if settings.twilio_from:
+        return {"from_": settings.twilio_from}
+    raise ConfigError(
+        "sms: neither RECALL_TWILIO_FROM nor RECALL_TWILIO_MESSAGING_SERVICE_SID is set; "
+        "set one to the registered sender"
+    )
+
+
+def _since(created_at: datetime | None) -> str:
+    """``DateSent>=`` value: the batch's UTC date (two days back when it is not known)."""
+    if created_at is None:
+        return (datetime.now(UTC) - timedelta(days=2)).date().isoformat()
+    return created_at.astimezone(UTC).date().isoformat()
+
+
+def _no_phone(message: Message) -> TouchResult | None:
+    return None if message.recipient.phone else failed(message, "no_phone")
+
+
+def _charged(
+    message: Message,
+    body: str,
+    options: Mapping[str, str],
+    *,
+    sid: str | None,
+    status: TouchStatus = "sent",
+    reason: str | None = None,
+) -> TouchResult:
+    """A result for a message Twilio took: segments of the body sent, at the policy's price."""
+    segments = count_segments(body)
+    price = float(options.get("price_per_segment", 0) or 0)
+    return TouchResult(
+        touch_id=message.touch_id,
+        status=status,
+        provider_message_id=sid,
+        reason=reason,
+        segments=segments,
+        cost=round(segments * price, 6),
+    )
+
+
+def _rest_error(
+    exc: TwilioException, action: str, retry_after_s: float | None
+) -> tuple[Verdict, ChannelError]:
+    code = getattr(exc, "code", None)
+    verdict = classify_twilio(code, status=getattr(exc, "status", None))
+    detail = getattr(exc, "msg", "") or getattr(exc, "detail", "") or str(code)
+    error = to_channel_error(
+        verdict,
+        provider=PROVIDER,
+        action=action,
+        code=code,
+        detail=str(detail),
+        retry_after_s=retry_after_s,
+    )
+    return verdict, error
