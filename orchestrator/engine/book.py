@@ -1,0 +1,132 @@
+"""The journeys the engine runs: the current files, and every version an enrollment holds.
+
+A journey's version is the hash of its file and templates; an enrollment keeps the version
+it entered with. ``sync`` stores each version's files (``journey_versions``) so that a
+version whose files have since changed is rebuilt from the store, not from the folder.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from orchestrator.errors import NotFoundError
+from orchestrator.journeys.loader import load_all, load_journey, load_policy
+from orchestrator.journeys.model import Journey, Policy
+from orchestrator.store.models import JourneyState, JourneyVersion
+
+STATES = JourneyState.__table__  # type: ignore[attr-defined]
+VERSIONS = JourneyVersion.__table__  # type: ignore[attr-defined]
+
+
+def upsert(engine: Engine) -> Any:
+    return pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+
+
+class JourneyBook:
+    def __init__(self, journeys_dir: Path, templates_dir: Path, state_dir: Path) -> None:
+        self.journeys_dir = journeys_dir
+        self.templates_dir = templates_dir
+        self.state_dir = state_dir
+        self.reload()
+
+    def reload(self) -> None:
+        journeys, policy = load_all(self.journeys_dir, self.templates_dir)
+        self.policy: Policy = policy
+        self.current: dict[str, Journey] = {j.id: j for j in journeys}
+        self._versions: dict[tuple[str, str], Journey] = {(j.id, j.version): j for j in journeys}
+        self._policies: dict[tuple[str, str], Policy] = {}
+
+    def policy_for(self, journey: Journey) -> Policy:
+        """The policy with the journey's own (stricter) settings applied."""
+        key = (journey.id, journey.version)
+        if key not in self._policies:
+            self._policies[key] = self.policy.tightened_by(journey.policy)
+        return self._policies[key]
+
+    def journeys(self) -> list[Journey]:
+        return list(self.current.values())
+
+    def latest(self, journey_id: str) -> Journey:
+        try:
+            return self.current[journey_id]
+        except KeyError:
+            known = ", ".join(sorted(self.current)) or "none"
+            raise NotFoundError(
+                f"no journey {journey_id!r} in {self.journeys_dir}; known journeys: {known}"
+            ) from None
+
+    def get(self, engine: Engine, journey_id: str, version: str) -> Journey:
+        journey = self._versions.get((journey_id, version))
+        if journey is None:
+            journey = self._versions[(journey_id, version)] = self._rebuild(
+                engine, journey_id, version
+            )
+        return journey
+
+    def sync(self, engine: Engine, *, now: datetime) -> None:
+        """Record every current journey (its state row and its version's files)."""
+        insert = upsert(engine)
+        with engine.begin() as conn:
+            for j in self.current.values():
+                conn.execute(
+                    insert(VERSIONS)
+                    .values(journey_id=j.id, version=j.version, source=self._source(j),
+                            created_at=now)
+                    .on_conflict_do_nothing()
+                )
+                conn.execute(
+                    insert(STATES)
+                    .values(journey_id=j.id, version=j.version, state="active",
+                            priority=j.priority, updated_at=now)
+                    .on_conflict_do_update(
+                        index_elements=["journey_id"],
+                        set_={"version": j.version, "priority": j.priority},
+                    )
+                )
+
+    def _source(self, journey: Journey) -> dict[str, Any]:
+        path = Path(journey.source_path)
+        templates = {
+            name: (self.templates_dir / name).read_text(encoding="utf-8")
+            for name in journey.templates_used()
+        }
+        pools = {
+            name: {"csv": pool.csv, "text": (path.parent / pool.csv).read_text(encoding="utf-8")}
+            for name, pool in journey.pools.items()
+        }
+        return {
+            "file": path.name,
+            "journey": path.read_text(encoding="utf-8"),
+            "templates": templates,
+            "pools": pools,
+        }
+
+    def _rebuild(self, engine: Engine, journey_id: str, version: str) -> Journey:
+        with engine.connect() as conn:
+            source = conn.execute(
+                select(VERSIONS.c.source).where(
+                    VERSIONS.c.journey_id == journey_id, VERSIONS.c.version == version
+                )
+            ).scalar()
+        if source is None:
+            raise NotFoundError(f"journey {journey_id!r} has no stored version {version!r}")
+        root = self.state_dir / "versions" / journey_id / version
+        journey_file = root / "journeys" / source["file"]
+        journey_file.parent.mkdir(parents=True, exist_ok=True)
+        journey_file.write_text(source["journey"], encoding="utf-8")
+        for name, text in source["templates"].items():
+            target = root / "templates" / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        for pool in source["pools"].values():
+            target = journey_file.parent / pool["csv"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(pool["text"], encoding="utf-8")
+        policy = load_policy(self.journeys_dir / "policy.yaml")
+        return load_journey(journey_file, policy, root / "templates")

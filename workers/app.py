@@ -1,0 +1,54 @@
+"""The Celery app. Tasks are thin: they take ids and call the engine.
+
+Reliability settings (and why):
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a task whose worker dies is redelivered.
+  Redelivery is harmless: a touch task carries its claim token and finds nothing once the
+  work is done; a frozen batch is re-sent with the same provider idempotency key.
+- ``worker_prefetch_multiplier = 1``: a worker holds one unacked task at a time.
+- Redis visibility timeout: an unacked task is redelivered after it, so it must be longer
+  than any task runs and than any countdown we use. We never use long ETAs (due times live
+  in the database), and back-off countdowns are at most a minute.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from orchestrator.config import get_settings
+from orchestrator.store.redis import broker_url
+
+VISIBILITY_TIMEOUT_S = 3600
+
+app = Celery("recall", include=["workers.tasks"])
+
+
+def configure(url: str | None = None) -> Celery:
+    app.conf.update(
+        broker_url=url or broker_url(get_settings()),
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        beat_schedule={"tick": {"task": "workers.tasks.tick", "schedule": 1.0}},
+        timezone="UTC",
+    )
+    return app
+
+
+@worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    """Engines and Redis clients are per process: drop what the parent made."""
+    from orchestrator.store.db import dispose_engines
+
+    dispose_engines()
+    from workers import tasks
+
+    tasks.reset_runtime()
