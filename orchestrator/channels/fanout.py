@@ -74,9 +74,21 @@ def send_each(
     todo = [m for m in request.messages if str(m.touch_id) not in recorded]
     outcomes = list(pool.map(one, todo))
     settle(ledger, request.batch_id, outcomes)
+    earlier = [
+        Outcome(m, result=from_entry(m, recorded))
+        for m in request.messages
+        if str(m.touch_id) in recorded
+    ]
+    return conclude(request, [*outcomes, *earlier], provider=provider)
+
+
+def conclude(
+    request: SendRequest, outcomes: Sequence[Outcome], *, provider: str
+) -> list[TouchResult]:
+    """The batch's answer from one outcome per message (see the module docstring)."""
     raise_for_errors(request, outcomes, provider=provider)
-    fresh = {o.message.touch_id: o.result for o in outcomes if o.result is not None}
-    results = [fresh.get(m.touch_id) or from_entry(m, recorded) for m in request.messages]
+    by_touch = {o.message.touch_id: o.result for o in outcomes if o.result is not None}
+    results = [by_touch[m.touch_id] for m in request.messages]
     if results and all(r.status == "unknown" for r in results):
         raise ChannelUnknown(
             f"{provider} batch {request.batch_id!r}: no answer for any of its "
