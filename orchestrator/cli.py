@@ -15,6 +15,7 @@ app = typer.Typer(
 
 def _register_all() -> None:
     # One line per area; each module exposes ``register(app)``.
+    from orchestrator.policy.cli import register as _policy; _policy(app)  # noqa: E702, I001
     pass
 
 
