@@ -1,0 +1,247 @@
+"""Golden-window detectors: the moment to intervene, emitted as ``signal.<name>`` events.
+
+Three detectors, each configured under ``audience.golden`` in the policy:
+
+``activity_drop``    active days in the last ``recent_days`` fell by ``min_drop_pct`` %
+                     or more against the user's own ``baseline_days`` before them (users
+                     with fewer than ``min_baseline_active_days`` baseline days are not
+                     judged). Fires when the drop *starts*: it holds at ``at`` and did not
+                     one detection interval earlier.
+``payment_failure``  ``after_hours`` after a user's latest payment failure that no order has
+                     followed, as long as the failure is younger than ``max_age_hours``.
+                     The signal's time is the failure + ``after_hours``.
+``churn_score``      the churn score reached ``threshold`` at ``at`` and was below it one
+                     detection interval earlier.
+
+Every signal has a deterministic id ``signal.<name>:<user_id>:<local date>`` (the date of
+``at``, or of the failure for ``payment_failure``), so running detection again, or on
+overlapping schedules, produces the same events and ingesting them is idempotent.
+Detection reads only events at or before ``at``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import Engine, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from orchestrator.audience.churn import default_models_dir, load_model, score_users
+from orchestrator.audience.config import AudienceConfig
+from orchestrator.audience.features import EVENTS, FeatureFrame, compute_features
+from orchestrator.clock import as_utc
+
+EventDict = dict[str, Any]
+SIGNAL_PREFIX = "signal."
+
+
+@dataclass(frozen=True)
+class Signal:
+    name: str  # activity_drop | payment_failure | churn_score
+    user_id: str
+    ts: datetime  # when the window opened (UTC)
+    day: date  # local date that makes the id (one signal per user, detector and day)
+    props: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def event_name(self) -> str:
+        return f"{SIGNAL_PREFIX}{self.name}"
+
+    @property
+    def event_id(self) -> str:
+        return f"{self.event_name}:{self.user_id}:{self.day.isoformat()}"
+
+
+def detect(
+    engine: Engine,
+    *,
+    at: datetime,
+    config: AudienceConfig,
+    models_dir: Path | None = None,
+) -> list[EventDict]:
+    """Every golden-window signal at ``at``, as SPEC event dicts ready for ingestion."""
+    return signals_to_events(
+        detect_signals(engine, at=at, config=config, models_dir=models_dir), config
+    )
+
+
+def detect_signals(
+    engine: Engine,
+    *,
+    at: datetime,
+    config: AudienceConfig,
+    models_dir: Path | None = None,
+) -> list[Signal]:
+    """Run the enabled detectors at ``at``; signals sorted by (name, user)."""
+    at = as_utc(at)
+    golden = config.golden
+    previous = at - timedelta(hours=golden.interval_hours)
+    signals: list[Signal] = []
+    if golden.activity_drop.enabled:
+        now = compute_features(engine, cutoff=at, config=config)
+        before = compute_features(engine, cutoff=previous, config=config)
+        signals += activity_drop_signals(now, before, config)
+    if golden.payment_failure.enabled:
+        signals += payment_failure_signals(engine, at=at, config=config)
+    if golden.churn_score.enabled:
+        model = load_model(models_dir=models_dir or default_models_dir())
+        now_scores = score_users(engine, at=at, model=model, config=config)
+        before_scores = score_users(engine, at=previous, model=model, config=config)
+        signals += churn_score_signals(now_scores, before_scores, at=at, config=config)
+    return sorted(signals, key=lambda s: (s.name, s.user_id, s.day))
+
+
+def activity_drop_signals(
+    now: FeatureFrame, before: FeatureFrame, config: AudienceConfig
+) -> list[Signal]:
+    """Users whose drop condition holds in ``now`` and did not in ``before``."""
+    dropped_now = _dropped(now, config)
+    dropped_before = _lookup(before, now.user_ids, _dropped(before, config), default=False)
+    fired = np.flatnonzero(dropped_now & ~dropped_before)
+    rule = config.golden.activity_drop
+    day = _local_date(now.cutoff, config)
+    return [
+        Signal(
+            name="activity_drop",
+            user_id=str(now.user_ids[i]),
+            ts=now.cutoff,
+            day=day,
+            props={
+                "drop_pct": round(100 * (1 - float(now["activity_trend"][i])), 1),
+                "recent_active_days": int(now["recent_active_days"][i]),
+                "baseline_active_days": int(now["baseline_active_days"][i]),
+                "recent_days": rule.recent_days,
+                "baseline_days": rule.baseline_days,
+            },
+        )
+        for i in fired
+    ]
+
+
+def _dropped(frame: FeatureFrame, config: AudienceConfig) -> NDArray[np.bool_]:
+    rule = config.golden.activity_drop
+    enough_habit = frame["baseline_active_days"] >= rule.min_baseline_active_days
+    trend = np.nan_to_num(frame["activity_trend"], nan=np.inf)
+    # A small epsilon keeps "exactly X % lower" on the firing side despite float rounding.
+    return enough_habit & (trend <= 1 - rule.min_drop_pct / 100 + 1e-9)
+
+
+def payment_failure_signals(
+    engine: Engine, *, at: datetime, config: AudienceConfig
+) -> list[Signal]:
+    """Latest ripe failure per user (older than ``after_hours``, younger than
+    ``max_age_hours``) with no order after it by ``at``."""
+    at = as_utc(at)
+    rule = config.golden.payment_failure
+    ripe_by = at - timedelta(hours=rule.after_hours)
+    oldest = at - timedelta(hours=rule.max_age_hours)
+    e = EVENTS.c
+    failures = (
+        select(e.user_id, func.max(e.ts))
+        .where(e.name == config.payment_failed_event, e.ts > oldest, e.ts <= ripe_by)
+        .group_by(e.user_id)
+    )
+    orders = (
+        select(e.user_id, func.max(e.ts))
+        .where(e.name == config.order_event, e.ts > oldest, e.ts <= at)
+        .group_by(e.user_id)
+    )
+    with engine.connect() as conn:
+        last_failure = {uid: as_utc(ts) for uid, ts in conn.execute(failures)}
+        last_order = {uid: as_utc(ts) for uid, ts in conn.execute(orders)}
+    return [
+        Signal(
+            name="payment_failure",
+            user_id=uid,
+            ts=failed_at + timedelta(hours=rule.after_hours),
+            day=_local_date(failed_at, config),
+            props={"failed_at": failed_at.isoformat(), "after_hours": rule.after_hours},
+        )
+        for uid, failed_at in sorted(last_failure.items())
+        if uid not in last_order or last_order[uid] <= failed_at
+    ]
+
+
+def churn_score_signals(
+    now: dict[str, float],
+    before: dict[str, float],
+    *,
+    at: datetime,
+    config: AudienceConfig,
+) -> list[Signal]:
+    """Scores at or above the threshold now and below it one interval earlier (a user
+    unknown then counts as below)."""
+    threshold = config.golden.churn_score.threshold
+    day = _local_date(at, config)
+    return [
+        Signal(
+            name="churn_score",
+            user_id=uid,
+            ts=as_utc(at),
+            day=day,
+            props={"churn_score": round(score, 6), "previous": _rounded(before.get(uid)),
+                   "threshold": threshold},
+        )
+        for uid, score in sorted(now.items())
+        if score >= threshold and before.get(uid, 0.0) < threshold
+    ]
+
+
+def signals_to_events(signals: Sequence[Signal], config: AudienceConfig) -> list[EventDict]:
+    """SPEC §8 event dicts: ``ts`` in ISO 8601 with the policy timezone's offset."""
+    return [
+        {
+            "event_id": s.event_id,
+            "user_id": s.user_id,
+            "name": s.event_name,
+            "ts": s.ts.astimezone(config.zone).isoformat(),
+            "value": None,
+            "props": dict(s.props),
+        }
+        for s in signals
+    ]
+
+
+def write_signals(engine: Engine, events: Sequence[EventDict], *, at: datetime) -> int:
+    """Store signal events directly (``ON CONFLICT DO NOTHING``); returns how many were new.
+
+    For tools and tests: the engine ingests signals through its own ingest path, which
+    also enrolls ``entry.event`` journeys.
+    """
+    if not events:
+        return 0
+    rows = [
+        {**e, "ts": as_utc(datetime.fromisoformat(e["ts"])), "ingested_at": as_utc(at)}
+        for e in events
+    ]
+    insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+    written = 0
+    with engine.begin() as conn:
+        for start in range(0, len(rows), 1_000):
+            stmt = insert(EVENTS).values(rows[start : start + 1_000])
+            stmt = stmt.on_conflict_do_nothing(index_elements=["event_id"])
+            written += conn.execute(stmt).rowcount
+    return written
+
+
+def _lookup(
+    frame: FeatureFrame, user_ids: NDArray[np.object_], values: NDArray[np.bool_], *, default: bool
+) -> NDArray[np.bool_]:
+    position = {uid: i for i, uid in enumerate(frame.user_ids.tolist())}
+    idx = np.array([position.get(uid, -1) for uid in user_ids.tolist()], dtype=np.int64)
+    return np.where(idx >= 0, values[np.maximum(idx, 0)] if len(values) else default, default)
+
+
+def _local_date(moment: datetime, config: AudienceConfig) -> date:
+    return moment.astimezone(config.zone).date()
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)

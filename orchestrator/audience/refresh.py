@@ -1,0 +1,106 @@
+"""Write features, tiers, RFM and churn scores into ``user_features``, in bulk.
+
+Called through ``orchestrator.audience.features.refresh_features``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from orchestrator.audience.churn import TrainedModel, default_models_dir, load_model, score_frame
+from orchestrator.audience.config import AudienceConfig, load_audience_config
+from orchestrator.audience.features import FeatureFrame, FloatArray, compute_features
+from orchestrator.clock import as_utc
+from orchestrator.config import Settings, get_settings
+from orchestrator.store.models import UserFeatures
+
+FEATURES = UserFeatures.__table__  # type: ignore[attr-defined]
+WRITE_CHUNK = 1_000  # rows per multi-row INSERT (11 columns: far below SQLite's 32,766 params)
+
+# Features with a column of their own in user_features; the rest go into ``features``.
+_COLUMNS = ("recency_days", "frequency", "monetary", "rfm_r", "rfm_f", "rfm_m")
+
+
+def refresh(
+    engine: Engine,
+    *,
+    at: datetime,
+    settings: Settings | None = None,
+    config: AudienceConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    settings = settings or get_settings()
+    config = config or load_audience_config(settings=settings)
+    at = as_utc(at)
+    frame = compute_features(engine, cutoff=at, config=config)
+    model = load_model(models_dir=default_models_dir(settings))
+    scores = _scores(engine, frame, model, config)
+    written = 0
+    for chunk in _rows(frame, scores):
+        _upsert(engine, chunk)
+        written += len(chunk)
+        if progress:
+            progress(written, len(frame))
+    return written
+
+
+def _scores(
+    engine: Engine, frame: FeatureFrame, model: TrainedModel | None, config: AudienceConfig
+) -> FloatArray:
+    if model is None or model.config == config:
+        return score_frame(frame, model, config)
+    # The model's features were defined under another configuration: score with that one.
+    own = compute_features(engine, cutoff=frame.cutoff, config=model.config)
+    return score_frame(own, model, model.config)
+
+
+def _rows(frame: FeatureFrame, scores: FloatArray) -> Iterator[list[dict[str, Any]]]:
+    for start in range(0, len(frame), WRITE_CHUNK):
+        part = slice(start, min(start + WRITE_CHUNK, len(frame)))
+        yield _chunk_rows(frame, scores, part)
+
+
+def _chunk_rows(frame: FeatureFrame, scores: FloatArray, part: slice) -> list[dict[str, Any]]:
+    names = [n for n in frame.names if n not in _COLUMNS]
+    extra = np.column_stack([frame[n][part] for n in names]).tolist()
+    columns: dict[str, list[Any]] = {
+        "user_id": frame.user_ids[part].tolist(),
+        "tier": frame.tiers[part].tolist(),
+        "recency_days": _nullable(frame["recency_days"][part]),
+        "frequency": frame["frequency"][part].astype(np.int64).tolist(),
+        "monetary": frame["monetary"][part].tolist(),
+        "rfm_r": frame["rfm_r"][part].astype(np.int64).tolist(),
+        "rfm_f": frame["rfm_f"][part].astype(np.int64).tolist(),
+        "rfm_m": frame["rfm_m"][part].astype(np.int64).tolist(),
+        "churn_score": scores[part].tolist(),
+        "features": [dict(zip(names, _nullable(values), strict=True)) for values in extra],
+    }
+    keys = list(columns)
+    return [
+        {"computed_at": frame.cutoff, **dict(zip(keys, values, strict=True))}
+        for values in zip(*columns.values(), strict=True)
+    ]
+
+
+def _as_list(values: FloatArray | list[float]) -> list[float]:
+    return values.tolist() if isinstance(values, np.ndarray) else values
+
+
+def _nullable(values: FloatArray | list[float]) -> list[float | None]:
+    """JSON has no NaN: "not defined for this user" is stored as null."""
+    return [None if v != v else v for v in _as_list(values)]
+
+
+def _upsert(engine: Engine, rows: list[dict[str, Any]]) -> None:
+    insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(FEATURES).values(rows)
+    updated = {c: stmt.excluded[c] for c in rows[0] if c != "user_id"}
+    with engine.begin() as conn:
+        conn.execute(stmt.on_conflict_do_update(index_elements=["user_id"], set_=updated))
