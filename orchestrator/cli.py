@@ -15,7 +15,10 @@ app = typer.Typer(
 
 def _register_all() -> None:
     # One line per area; each module exposes ``register(app)``.
+    from orchestrator.journeys.cli import register as _journeys; _journeys(app)  # noqa: E702, I001
+    from orchestrator.engine.cli import register as _engine; _engine(app)  # noqa: E702, I001
     from orchestrator.policy.cli import register as _policy; _policy(app)  # noqa: E702, I001
+    from orchestrator.audience.cli import register as _audience; _audience(app)  # noqa: E702, I001
     pass
 
 
