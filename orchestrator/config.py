@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     wechat_token: SecretStr = SecretStr("sandbox-token")
     wechat_aes_key: SecretStr | None = None
     wechat_api_base: str | None = None
+    wechat_template_id: str = "recall-touch"  # template-message mode (lone recipient, per-user link)
 
     # WeCom
     wecom_corp_id: str = "ww-sandbox-corp"
@@ -39,6 +40,7 @@ class Settings(BaseSettings):
     wecom_aes_key: SecretStr | None = None
     wecom_default_sender: str = "staff-default"
     wecom_api_base: str | None = None
+    wecom_groups: dict[str, str] = {}  # journey `group:` name -> WeCom chat_id (JSON in env)
 
     # Twilio
     twilio_account_sid: str = "AC00000000000000000000000000000000"

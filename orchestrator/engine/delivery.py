@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, or_, select, update
 
 from orchestrator.channels.base import Message, Recipient, SendRequest, TouchResult
 from orchestrator.engine.cursors import user_timezone
@@ -187,10 +187,11 @@ def _options(rt: Runtime, work: Work) -> dict[str, str]:
         "opt_out_suffix": sms.opt_out_suffix,
         "price_per_segment": str(sms.price_per_segment),
         "default_sender": rt.settings.wecom_default_sender,
+        "template_id": rt.settings.wechat_template_id,
     }
     if work.step.group:
         options["group"] = work.step.group
-        options["chat_id"] = work.step.group
+        options["chat_id"] = rt.settings.wecom_groups.get(work.step.group, work.step.group)
     return options
 
 
@@ -292,7 +293,7 @@ def record_results(rt: Runtime, batch_id: str, results: Sequence[TouchResult],
         conn.execute(
             update(TOUCHES)
             .where(TOUCHES.c.id == bindparam("b_id"),
-                   TOUCHES.c.status.in_(("sending", "unknown")))
+                   or_(TOUCHES.c.status == "sending", TOUCHES.c.status == "unknown"))
             .values(status=bindparam("status"), reason=bindparam("reason"),
                     provider_message_id=bindparam("pmid"), segments=bindparam("segments"),
                     cost=bindparam("cost"), sent_at=bindparam("sent_at"),

@@ -202,7 +202,7 @@ def _record_conversion(
     if touch_id is not None:
         conn.execute(update(TOUCHES).where(TOUCHES.c.id == touch_id).values(converted_at=at))
     if enrollment["state"] == "active":
-        exit_enrollment(conn, enrollment["id"], reason="goal", at=now)
+        exit_enrollment(conn, enrollment["id"], reason="goal", at=at)
 
 
 def exit_enrollment(conn: Connection, enrollment_id: int, *, reason: str, at: datetime) -> None:

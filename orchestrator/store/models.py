@@ -22,8 +22,13 @@ def _ts(*, index: bool = False, nullable: bool = True) -> Any:
     return Field(default=None, sa_column=Column(UTCDateTime(), index=index, nullable=nullable))
 
 
+def _empty() -> dict[str, Any]:
+    return {}
+
+
 def _json() -> Any:
-    return Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # The Column default serves Core inserts too (bulk paths bypass the ORM's factory).
+    return Field(default_factory=dict, sa_column=Column(JSON, nullable=False, default=_empty))
 
 
 class User(SQLModel, table=True):

@@ -1,0 +1,253 @@
+"""Engine commands: import, enroll, run/worker/beat, simulate, export, pause/resume/stop."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from orchestrator.config import Settings, get_settings
+from orchestrator.errors import RecallError
+
+err = Console(stderr=True)
+out = Console()
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    err.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(1)
+
+
+def _db(settings: Settings):  # type: ignore[no-untyped-def]
+    from orchestrator.store.db import get_engine
+    from orchestrator.store.migrate import upgrade
+
+    engine = get_engine(settings)
+    upgrade(engine)
+    return engine
+
+
+def _now(settings: Settings) -> datetime:
+    from orchestrator.store.clock import StoredClock
+
+    return StoredClock(_db(settings)).now()
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}"),
+                    TimeElapsedColumn(), console=err, transient=True)
+
+
+def _parse_time(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not an ISO 8601 time, e.g. "
+                                 "2026-03-01T00:00:00+08:00") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def import_cmd(
+    kind: Annotated[Literal["users", "events"], typer.Argument(help="users (CSV), events (JSONL)")],
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="the file to import")],
+    trigger: Annotated[bool, typer.Option(help="let imported events trigger journeys")] = False,
+) -> None:
+    """Import users.csv or events.jsonl (SPEC formats); bad rows are listed, good rows kept."""
+    from orchestrator.engine.book import JourneyBook
+    from orchestrator.engine.importer import import_events, import_users
+
+    settings = get_settings()
+    engine = _db(settings)
+    now = _now(settings)
+    try:
+        with _progress() as bar:
+            task = bar.add_task(f"importing {kind}", total=None)
+
+            def step(n: int) -> None:
+                bar.advance(task, n)
+
+            if kind == "users":
+                report = import_users(engine, file, now=now, progress=step)
+            else:
+                book = None
+                if trigger:
+                    book = JourneyBook(settings.journeys_dir, settings.templates_dir,
+                                       settings.state_dir)
+                    book.sync(engine, now=now)
+                report = import_events(engine, file, now=now, journeys=book, progress=step)
+    except (RecallError, ValueError) as exc:
+        raise _fail(exc) from None
+    for line, reason in report.errors:
+        err.print(f"{file}:{line}: {reason}")
+    out.print(f"{report.imported:,} {kind} imported, {report.duplicates:,} duplicates, "
+              f"{len(report.errors):,} rejected")
+    if report.errors:
+        raise typer.Exit(1)
+
+
+def enroll_cmd(
+    journey: Annotated[str, typer.Argument(help="journey id")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="count, change nothing")] = False,
+) -> None:
+    """Enroll a journey's segment now (a manual launch)."""
+    from orchestrator.engine.runner import enroll_segment
+    from orchestrator.engine.runtime import Runtime
+
+    settings = get_settings()
+    try:
+        rt = Runtime.from_settings(settings, db=_db(settings))
+        if not dry_run:
+            rt.book.sync(rt.db, now=rt.clock.now())
+        result = enroll_segment(rt, rt.book.latest(journey), dry_run=dry_run)
+    except RecallError as exc:
+        raise _fail(exc) from None
+    table = Table(title=f"{journey}{' (dry run)' if dry_run else ''}")
+    for column in ("enrolled", "treatment", "control", "already active", "reentry blocked"):
+        table.add_column(column, justify="right")
+    table.add_row(*(f"{n:,}" for n in (result.enrolled, result.treatment, result.control,
+                                       result.already_active, result.reentry_blocked)))
+    out.print(table)
+
+
+def control_cmd(action: Literal["pause", "resume", "stop"]):  # type: ignore[no-untyped-def]
+    def command(journey: Annotated[str, typer.Argument(help="journey id")]) -> None:
+        from orchestrator.engine.control import change_state
+
+        settings = get_settings()
+        try:
+            counts = change_state(_db(settings), journey, action, now=_now(settings))
+        except RecallError as exc:
+            raise _fail(exc) from None
+        extra = ""
+        if action == "stop":
+            extra = (f": {counts['cancelled_touches']:,} touches cancelled, "
+                     f"{counts['ended_enrollments']:,} enrollments ended")
+        out.print(f"{journey}: {action} done{extra}")
+
+    command.__doc__ = {
+        "pause": "Hold a journey's due touches until resumed.",
+        "resume": "Release a paused journey.",
+        "stop": "Cancel a journey's unsent touches; measurement continues.",
+    }[action]
+    return command
+
+
+def export_cmd(
+    kind: Annotated[Literal["touches", "enrollments"], typer.Argument()],
+    fmt: Annotated[Literal["jsonl", "csv"], typer.Option("--format")] = "jsonl",
+    journey: Annotated[str | None, typer.Option(help="only this journey")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="file (default stdout)")] = None,
+) -> None:
+    """Export every touch or enrollment (the rows every report number comes from)."""
+    from orchestrator.reports.export import write
+
+    settings = get_settings()
+    engine = _db(settings)
+    if out_file is None:
+        n = write(engine, kind, sys.stdout, fmt=fmt, journey_id=journey)
+    else:
+        with out_file.open("w", encoding="utf-8", newline="") as fh:
+            n = write(engine, kind, fh, fmt=fmt, journey_id=journey)
+    err.print(f"{n:,} {kind} exported")
+
+
+def simulate_cmd(
+    days: Annotated[float, typer.Option(help="virtual days to run")],
+    start: Annotated[str | None, typer.Option(help="ISO start time (default: now)")] = None,
+    users: Annotated[Path | None, typer.Option(exists=True, dir_okay=False)] = None,
+    events: Annotated[Path | None, typer.Option(exists=True, dir_okay=False)] = None,
+    journeys: Annotated[Path | None, typer.Option(file_okay=False, exists=True)] = None,
+    responses: Annotated[Path | None, typer.Option(exists=True, dir_okay=False)] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Run the real stack (store, Redis, Celery worker, API, sandbox) on a virtual clock."""
+    from orchestrator.engine.responses import load_responses
+    from orchestrator.engine.simulate import simulate
+
+    settings = get_settings()
+    if journeys is not None:
+        settings = settings.model_copy(update={"journeys_dir": journeys})
+    begin = _parse_time(start) if start else datetime.now(UTC).replace(second=0, microsecond=0)
+    try:
+        with Progress(TextColumn("simulating"), BarColumn(), TimeElapsedColumn(),
+                      console=err, transient=True) as bar:
+            task = bar.add_task("simulate", total=1.0)
+            result = simulate(settings, days=days, start=begin, users=users, events=events,
+                              responses=load_responses(responses), seed=seed,
+                              progress=lambda f: bar.update(task, completed=f))
+    except RecallError as exc:
+        raise _fail(exc) from None
+    sent = sum(n for s, n in result.touches.items() if s in ("sent", "delivered"))
+    out.print(f"simulated {days:g} days in {result.seconds:.1f}s ({result.steps:,} clock steps): "
+              f"{result.enrollments:,} enrollments, {sum(result.touches.values()):,} touches "
+              f"({sent:,} sent), {result.events_replayed:,} events replayed, "
+              f"{sum(result.actions.values()):,} simulated responses")
+    table = Table(title="touches by status")
+    table.add_column("status")
+    table.add_column("n", justify="right")
+    for status, n in sorted(result.touches.items()):
+        table.add_row(status, f"{n:,}")
+    out.print(table)
+
+
+def _celery(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "workers.main", *args]
+
+
+def run_cmd() -> None:
+    """API + worker + beat on the embedded defaults (SQLite, embedded Redis, sandbox)."""
+    import subprocess
+    import time
+
+    from orchestrator.engine.stack import Stack, stop_process, worker_env
+
+    with Stack(get_settings(), workers=1) as stack:
+        schedule = str(Path(stack.settings.state_dir) / "beat-schedule")
+        beat = subprocess.Popen(_celery("beat", "--loglevel=WARNING", "-s", schedule),
+                                env=worker_env(stack.settings))
+        sandbox = stack.sandbox.base_url if stack.sandbox else "off"
+        out.print(f"Recall running: API {stack.settings.public_base_url}, sandbox {sandbox}, "
+                  f"state in {stack.settings.state_dir}. Ctrl-C stops.")
+        try:
+            while all(p.poll() is None for p in [*stack.workers, beat]):
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop_process(beat)
+
+
+def worker_cmd(
+    concurrency: Annotated[int, typer.Option(help="worker processes")] = 1,
+) -> None:
+    """A Celery worker (one process on SQLite; many on PostgreSQL)."""
+    import os
+
+    os.execv(sys.executable, _celery("worker", f"--concurrency={concurrency}",
+                                     "--loglevel=INFO"))
+
+
+def beat_cmd() -> None:
+    """The beat: one per deployment; it only ticks the dispatcher every second."""
+    import os
+
+    schedule = str(Path(get_settings().state_dir) / "beat-schedule")
+    os.execv(sys.executable, _celery("beat", "--loglevel=INFO", "-s", schedule))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("import")(import_cmd)
+    app.command("enroll")(enroll_cmd)
+    app.command("simulate")(simulate_cmd)
+    app.command("export")(export_cmd)
+    app.command("run")(run_cmd)
+    app.command("worker")(worker_cmd)
+    app.command("beat")(beat_cmd)
+    for action in ("pause", "resume", "stop"):
+        app.command(action)(control_cmd(action))  # type: ignore[arg-type]

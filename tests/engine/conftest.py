@@ -1,0 +1,137 @@
+"""Engine fixtures: a journey folder, a live sandbox, a runtime on a manual clock."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import Engine
+
+from orchestrator.clock import ManualClock
+from orchestrator.config import Settings
+from orchestrator.engine.importer import import_users
+from orchestrator.engine.runtime import Runtime
+from orchestrator.sandbox.server import SandboxHandle, run_in_thread
+from tests.support import REDIS_URL, require_server
+
+T0 = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # 09:00 in Shanghai
+
+POLICY = """\
+timezone: Asia/Shanghai
+caps:
+  global: { max: 10, per: 7d }
+  sms: { max: 5, per: 7d }
+when_capped: skip
+max_defer: 24h
+send_hours:
+  sms: "08:00-21:00"
+sms:
+  signature: "【校园外卖】"
+  opt_out_suffix: "拒收请回复R"
+  price_per_segment: 0.045
+"""
+
+WINBACK = """\
+id: winback
+name: 召回
+entry:
+  segment: "tier == 'at_risk'"
+reentry: 30d
+holdout: 20%
+goal: { event: order_placed, within: 7d }
+priority: 10
+steps:
+  - id: article
+    send: wechat_article
+    template: w/article.j2
+  - wait: 1d
+  - id: invite
+    send: wecom_group_invite
+    template: w/invite.j2
+    group: campus-deals
+  - wait: 2d
+    window: "10:00-20:00"
+  - if: "not joined('invite')"
+    then: sms
+    else: exit
+  - id: sms
+    send: sms
+    template: w/sms.j2
+    link: "https://m.example.com/coupon?u={{ user_id }}"
+"""
+
+TEMPLATES = {
+    "w/article.j2": '{% set title = "好久不见" %}<p>{{ user.nickname }}，新品上架</p>',
+    "w/invite.j2": "进群领券：校园优惠群",
+    "w/sms.j2": "送你一张5元券 {{ link }}",
+}
+
+
+def write_journeys(root: Path, journeys: dict[str, str], templates: dict[str, str]) -> None:
+    (root / "journeys").mkdir(parents=True, exist_ok=True)
+    (root / "journeys" / "policy.yaml").write_text(POLICY, encoding="utf-8")
+    for name, text in journeys.items():
+        (root / "journeys" / f"{name}.yaml").write_text(textwrap.dedent(text), encoding="utf-8")
+    for name, text in templates.items():
+        path = root / "templates" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+
+
+def write_users(path: Path, n: int) -> list[str]:
+    lines = ["user_id,openid,unionid,external_userid,wecom_sender,phone,timezone,"
+             "sms_opt_out,wechat_followed,nickname"]
+    ids = []
+    for i in range(n):
+        uid = f"u{i:04d}"
+        ids.append(uid)
+        lines.append(f"{uid},o{uid},un{uid},wm{uid},staff1,+86138{i:08d},,false,true,同学{i}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return ids
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxHandle]:
+    with run_in_thread() as handle:
+        handle.state.configure({"wecom_auto_confirm": True})
+        yield handle
+
+
+@pytest.fixture
+def engine_redis_url() -> Iterator[str]:
+    require_server("Redis", REDIS_URL, 6379)
+    url = REDIS_URL.rsplit("/", 1)[0] + "/4"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def make_runtime(
+    tmp_path: Path, db_engine: Engine, sandbox: SandboxHandle, engine_redis_url: str
+) -> Callable[..., Runtime]:
+    def make(journeys: dict[str, str] | None = None, templates: dict[str, str] | None = None,
+             users: int = 20, **overrides: object) -> Runtime:
+        write_journeys(tmp_path, journeys or {"winback": WINBACK}, templates or TEMPLATES)
+        settings = Settings(
+            _env_file=None,
+            state_dir=tmp_path / "state", journeys_dir=tmp_path / "journeys",
+            templates_dir=tmp_path / "templates", redis_url=engine_redis_url,
+            wechat_api_base=sandbox.base_url, wecom_api_base=sandbox.base_url,
+            twilio_api_base=sandbox.base_url, public_base_url="http://recall.test",
+            **overrides,
+        )
+        rt = Runtime.from_settings(settings, db=db_engine, clock=ManualClock(T0))
+        rt.book.sync(db_engine, now=T0)
+        users_csv = tmp_path / "users.csv"
+        write_users(users_csv, users)
+        import_users(db_engine, users_csv, now=T0)
+        return rt
+
+    return make
