@@ -1,0 +1,43 @@
+"""Deterministic assignment of a user to an arm and to an A/B variant.
+
+Both hash only stable names (journey id, step id, user id): a user keeps the same arm and
+variant across journey versions and re-entries. The two hashes use different prefixes, so
+the arm and the variant are independent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+from orchestrator.journeys.model import SendStep
+
+Arm = Literal["control", "treatment"]
+
+
+def unit_hash(key: str) -> float:
+    """A uniform number in [0, 1) from the first 8 bytes of sha256(key)."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def arm_for(journey_id: str, user_id: str, holdout: float) -> Arm:
+    """``control`` for a ``holdout`` fraction of users, else ``treatment``."""
+    return "control" if unit_hash(f"arm:{journey_id}:{user_id}") < holdout else "treatment"
+
+
+def variant_for(journey_id: str, step: SendStep, user_id: str) -> str | None:
+    """The step's variant for this user, chosen by weight; ``None`` if it has no variants.
+
+    Variants are taken in name order, so reordering them in the file changes nothing.
+    """
+    if not step.variants:
+        return None
+    point = unit_hash(f"variant:{journey_id}:{step.id}:{user_id}") * 100
+    cumulative = 0
+    names = sorted(step.variants)
+    for name in names:
+        cumulative += step.variants[name].weight
+        if point < cumulative:
+            return name
+    return names[-1]  # unreachable when weights sum to 100; guards float edge cases
