@@ -192,13 +192,23 @@ def never_connected(exc: requests.RequestException) -> bool:
     return False
 
 
+# Refused by requests itself before any connection: the configured URL is wrong.
+_MALFORMED = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.URLRequired,
+    requests.exceptions.InvalidHeader,
+)
+
+
 def transport_error(
     exc: requests.RequestException, *, provider: str, action: str, sent: bool = True
 ) -> ChannelError:
     """Translate a transport failure. ``sent=False`` for calls without side effects (token
     fetch, reads), whose failures are always safe to retry."""
     where = f"{provider} {action}"
-    if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
+    if isinstance(exc, _MALFORMED):
         return ChannelConfig(
             f"{where}: bad provider URL ({exc}); set RECALL_{provider.upper()}_API_BASE to "
             "scheme://host[:port]",

@@ -257,11 +257,14 @@ class WeChatArticleChannel:
     def _send_templates(self, request: SendRequest) -> list[TouchResult]:
         template_id = request.options.get("template_id")
         if not template_id:
-            reason = "per-user links" if _template_mode(request) else "a lone recipient"
+            why = (
+                "mode=template (per-user links) sends by template message"
+                if request.options.get("mode") == "template"
+                else "a lone recipient goes by template message (a mass send needs two OpenIDs)"
+            )
             raise ChannelConfig(
-                f"wechat_article step {request.step_id!r} of {request.journey_id!r}: "
-                f"{reason} goes by template message (a mass send needs two OpenIDs) but the "
-                "step has no template_id; set options.template_id",
+                f"wechat_article step {request.step_id!r} of {request.journey_id!r}: {why} "
+                "but the step has no template_id; set options.template_id",
                 provider=PROVIDER,
             )
         return send_each(

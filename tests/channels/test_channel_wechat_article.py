@@ -1,0 +1,275 @@
+"""wechat_article through wechatpy over HTTP against the sandbox."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import redis
+from channel_helpers import calls, fault, message, messages, request
+
+from orchestrator.channels import WeChatArticleChannel
+from orchestrator.channels.base import TouchResult
+from orchestrator.config import Settings
+from orchestrator.errors import ChannelConfig, ChannelRetryable, ChannelUnknown
+from orchestrator.sandbox.server import SandboxHandle
+
+CHANNEL = "wechat_article"
+TEMPLATE = {"template_id": "tpl-winback"}
+
+
+def sent_ids(results: list[TouchResult]) -> set[str | None]:
+    assert {r.status for r in results} == {"sent"}, results
+    return {r.provider_message_id for r in results}
+
+
+def test_a_batch_of_10000_is_one_mass_send_with_the_batch_id_as_clientmsgid(
+    article: WeChatArticleChannel, sandbox: SandboxHandle
+) -> None:
+    results = article.send(request("batch-10k", CHANNEL, messages(10_000)))
+    assert len(results) == 10_000
+    (msg_id,) = sent_ids(results)
+    (mass,) = calls(sandbox, "wechat", "/message/mass/send")
+    assert mass["outcome"] == "accepted"
+    assert mass["body"]["clientmsgid"] == "batch-10k"
+    assert mass["body"]["msgtype"] == "mpnews"
+    assert len(mass["body"]["touser"]) == 10_000
+    assert str(mass["body"]["mpnews"]["media_id"]).startswith("sbx-news-")
+    assert msg_id is not None
+
+
+def test_a_batch_over_max_batch_is_refused_before_any_call(
+    article: WeChatArticleChannel, sandbox: SandboxHandle
+) -> None:
+    with pytest.raises(ChannelConfig, match=r"has 10001 messages, more than max_batch=10000"):
+        article.send(request("batch-10001", CHANNEL, messages(10_001)))
+    assert sandbox.state.records("wechat") == []
+
+
+def test_the_article_is_uploaded_once_per_content_version(
+    article: WeChatArticleChannel, sandbox: SandboxHandle
+) -> None:
+    article.send(request("b1", CHANNEL, messages(3)))
+    article.send(request("b2", CHANNEL, messages(3, start=3)))
+    article.send(request("b3", CHANNEL, messages(3, start=6), content_version="j1:v2:tpl:a"))
+    uploads = calls(sandbox, "wechat", "/media/uploadnews")
+    assert len(uploads) == 2
+    assert uploads[0]["body"]["articles"][0]["title"] == "We miss you"
+    assert len(calls(sandbox, "wechat", "/message/mass/send", "accepted")) == 3
+
+
+def test_the_same_batch_twice_is_one_send(
+    article: WeChatArticleChannel,
+    sandbox: SandboxHandle,
+    redis_client: redis.Redis,
+    key_prefix: str,
+) -> None:
+    batch = request("b-twice", CHANNEL, messages(4))
+    first = article.send(batch)
+    assert article.send(batch) == first  # answered from the ledger: no call at all
+    assert len(calls(sandbox, "wechat", "/message/mass/send")) == 1
+    # Without the ledger, WeChat's own idempotency holds: 45065 with the same msg_id.
+    redis_client.delete(f"{key_prefix}:ledger:{CHANNEL}:b-twice")
+    assert article.send(batch) == first
+    mass = calls(sandbox, "wechat", "/message/mass/send")
+    assert [m["outcome"] for m in mass] == ["accepted", "duplicate"]
+
+
+def test_recipients_without_openid_fail_and_the_rest_is_sent(
+    article: WeChatArticleChannel,
+) -> None:
+    batch = (*messages(2), message(9, openid=None))
+    results = article.send(request("b-noid", CHANNEL, batch))
+    assert [r.status for r in results] == ["sent", "sent", "failed"]
+    assert results[2].reason == "no_openid"
+
+
+def test_invalid_openids_named_by_wechat_are_dropped_and_the_rest_sent_once(
+    article: WeChatArticleChannel, sandbox: SandboxHandle
+) -> None:
+    batch = messages(6)
+    bad = [batch[1].recipient.openid, batch[4].recipient.openid]
+    sandbox.state.set_followers({"wechat": dict.fromkeys(bad, "unknown")})
+    results = article.send(request("b-invalid", CHANNEL, batch))
+    assert [r.reason for r in results] == [None, "invalid_openid", None, None, "invalid_openid", None]
+    mass = calls(sandbox, "wechat", "/message/mass/send")
+    assert [m["outcome"] for m in mass] == ["error:40003", "accepted"]
+    assert mass[1]["body"]["clientmsgid"] == "b-invalid"  # the refused call created nothing
+    assert set(mass[1]["body"]["touser"]).isdisjoint(bad)
+
+
+def test_nobody_following_fails_every_touch_as_not_following(
+    article: WeChatArticleChannel, sandbox: SandboxHandle
+) -> None:
+    batch = messages(3)
+    sandbox.state.set_followers(
+        {"wechat": {m.recipient.openid: "unfollowed" for m in batch if m.recipient.openid}}
+    )
+    results = article.send(request("b-unfollowed", CHANNEL, batch))
+    assert {(r.status, r.reason) for r in results} == {("failed", "not_following")}
+
+
+def test_a_lone_recipient_goes_by_template_message(
+    article: WeChatArticleChannel, sandbox: SandboxHandle
+) -> None:
+    (result,) = article.send(request("b-lone", CHANNEL, messages(1), options=TEMPLATE))
+    assert result.status == "sent" and result.provider_message_id
+    (sent,) = calls(sandbox, "wechat", "/message/template/send")
+    assert sent["body"]["template_id"] == "tpl-winback"
+    assert sent["body"]["url"] == "http://127.0.0.1:8000/s/c000000000"
+    assert sent["body"]["data"]["first"] == {"value": "We miss you"}
+    assert calls(sandbox, "wechat", "/message/mass/send") == []
+
+
+def test_a_lone_recipient_without_template_id_is_a_config_error(
+    article: WeChatArticleChannel, sandbox: SandboxHandle
+) -> None:
+    with pytest.raises(ChannelConfig, match=r"a lone recipient goes by template message"):
+        article.send(request("b-lone-nt", CHANNEL, messages(1)))
+    assert sandbox.state.records("wechat") == []
+
+
+def test_template_mode_sends_one_message_per_touch_once(
+    article: WeChatArticleChannel, sandbox: SandboxHandle
+) -> None:
+    batch = request("b-tpl", CHANNEL, messages(5), options={**TEMPLATE, "mode": "template"})
+    first = article.send(batch)
+    assert len({r.provider_message_id for r in first}) == 5
+    assert article.send(batch) == first
+    sends = calls(sandbox, "wechat", "/message/template/send")
+    assert sorted(s["body"]["touser"] for s in sends) == sorted(
+        m.recipient.openid for m in batch.messages
+    )
+
+
+@pytest.mark.parametrize(("kind", "code"), [("busy", -1), ("rate_limit", 45009)])
+def test_busy_and_rate_limit_are_retryable_and_the_retry_sends_once(
+    article: WeChatArticleChannel, sandbox: SandboxHandle, kind: str, code: int
+) -> None:
+    batch = request(f"b-{kind}", CHANNEL, messages(3))
+    fault(sandbox, kind, "wechat", "/message/mass/send")
+    with pytest.raises(ChannelRetryable, match=r"retry later with back-off") as caught:
+        article.send(batch)
+    assert caught.value.code == code
+    sent_ids(article.send(batch))
+    outcomes = [m["outcome"] for m in calls(sandbox, "wechat", "/message/mass/send")]
+    assert outcomes == [f"fault:{kind}", "accepted"]
+
+
+def test_http_500_is_retryable(article: WeChatArticleChannel, sandbox: SandboxHandle) -> None:
+    fault(sandbox, "http_500", "wechat", "/message/mass/send")
+    with pytest.raises(ChannelRetryable, match=r"http_5xx"):
+        article.send(request("b-500", CHANNEL, messages(2)))
+
+
+@pytest.mark.parametrize("kind", ["drop", "timeout"])
+def test_a_lost_answer_is_unknown_and_reconcile_finds_the_send_without_resending(
+    article: WeChatArticleChannel, sandbox: SandboxHandle, kind: str
+) -> None:
+    batch = request(f"b-{kind}", CHANNEL, messages(3))
+    fault(sandbox, kind, "wechat", "/message/mass/send")
+    with pytest.raises(ChannelUnknown, match=r"reconcile, do not resend"):
+        article.send(batch)
+    reconciled = article.reconcile(batch)
+    (msg_id,) = sent_ids(reconciled)
+    mass = calls(sandbox, "wechat", "/message/mass/send")
+    assert [m["outcome"] for m in mass] == ["accepted", "duplicate"]  # sent exactly once
+    assert msg_id is not None
+
+
+def test_an_expired_article_is_uploaded_again(
+    article: WeChatArticleChannel, sandbox: SandboxHandle
+) -> None:
+    article.send(request("b-media-1", CHANNEL, messages(2)))
+    sandbox.state.reset()  # the sandbox forgets the media id we cached: like a 3-day expiry
+    sent_ids(article.send(request("b-media-2", CHANNEL, messages(2, start=2))))
+    assert [(c["path"].rsplit("/", 1)[-1], c["outcome"]) for c in sandbox.state.records()] == [
+        ("send", "error:40007"),
+        ("uploadnews", "accepted"),
+        ("send", "accepted"),
+    ]
+
+
+def test_token_expiry_mid_run_costs_one_refresh_for_many_threads(
+    settings: Settings, redis_client: redis.Redis, key_prefix: str, sandbox: SandboxHandle
+) -> None:
+    workers = 6
+    channels = [
+        WeChatArticleChannel(settings, redis_client, key_prefix=key_prefix) for _ in range(2)
+    ]
+    channels[0].send(request("b-warm", CHANNEL, messages(2)))  # token + media cached
+    fault(sandbox, "token_expired", "wechat")
+    start = threading.Barrier(workers)
+
+    def worker(i: int) -> list[TouchResult]:
+        start.wait()
+        batch = request(f"b-exp-{i}", CHANNEL, messages(2, start=10 * (i + 1)))
+        return channels[i % 2].send(batch)
+
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            results = list(pool.map(worker, range(workers)))
+    finally:
+        for channel in channels:
+            channel.close()
+    assert all(r.status == "sent" for rs in results for r in rs)
+    assert len(calls(sandbox, "wechat", "/cgi-bin/token")) == 2  # the first and ONE refresh
+    assert len(calls(sandbox, "wechat", "/message/mass/send", "accepted")) == workers + 1
+
+
+class AlwaysExpiredProvider:
+    """A loopback server that issues tokens and rejects every API call with 42001."""
+
+    def __init__(self) -> None:
+        self.token_calls = 0
+        self.api_calls = 0
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                provider.token_calls += 1
+                self._json({"access_token": f"t{provider.token_calls}", "expires_in": 7200})
+
+            def do_POST(self) -> None:  # noqa: N802
+                provider.api_calls += 1
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                self._json({"errcode": 42001, "errmsg": "access_token expired"})
+
+            def _json(self, payload: dict[str, object]) -> None:
+                body = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_a_token_rejected_twice_is_retryable_not_an_endless_loop(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    provider = AlwaysExpiredProvider()
+    settings = Settings(_env_file=None, wechat_api_base=provider.base_url)  # type: ignore[call-arg]
+    channel = WeChatArticleChannel(settings, redis_client, key_prefix=key_prefix)
+    try:
+        with pytest.raises(ChannelRetryable, match=r"42001 access_token_expired"):
+            channel.send(request("b-expired", CHANNEL, messages(2)))
+    finally:
+        channel.close()
+        provider.close()
+    # media upload: first token, rejected, one refresh, rejected again -> stop.
+    assert (provider.token_calls, provider.api_calls) == (2, 2)
