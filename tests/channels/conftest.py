@@ -92,9 +92,7 @@ def article(
 
 
 @pytest.fixture
-def invite(
-    settings: Settings, redis_client: redis.Redis, key_prefix: str
-) -> WeComInviteChannel:
+def invite(settings: Settings, redis_client: redis.Redis, key_prefix: str) -> WeComInviteChannel:
     return WeComInviteChannel(settings, redis_client, key_prefix=key_prefix, timeout=TEST_TIMEOUT)
 
 

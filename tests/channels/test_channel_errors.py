@@ -111,7 +111,8 @@ def test_every_table_row_is_covered_by_a_test_row() -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "kind"), [(500, "retryable"), (502, "retryable"), (429, "retryable"), (404, "config")]
+    ("status", "kind"),
+    [(500, "retryable"), (502, "retryable"), (429, "retryable"), (404, "config")],
 )
 def test_http_status_without_errcode(status: int, kind: str) -> None:
     assert classify_wechat(None, status=status).kind == kind
@@ -147,7 +148,12 @@ def test_verdicts_become_the_error_tree(
 
 def test_retry_after_travels_with_a_retryable_error() -> None:
     error = to_channel_error(
-        TWILIO_CODES[20429], provider="twilio", action="POST", code=20429, detail="", retry_after_s=7
+        TWILIO_CODES[20429],
+        provider="twilio",
+        action="POST",
+        code=20429,
+        detail="",
+        retry_after_s=7,
     )
     assert isinstance(error, ChannelRetryable) and error.retry_after_s == 7
 
@@ -232,6 +238,4 @@ def test_calls_without_side_effects_are_always_retryable(silent_server: str) -> 
 def test_a_malformed_base_url_is_config() -> None:
     with pytest.raises(requests.RequestException) as caught:
         requests.get("127.0.0.1:1/cgi-bin/token", timeout=1)
-    assert isinstance(
-        transport_error(caught.value, provider="wechat", action="GET"), ChannelConfig
-    )
+    assert isinstance(transport_error(caught.value, provider="wechat", action="GET"), ChannelConfig)

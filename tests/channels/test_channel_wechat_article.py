@@ -94,7 +94,14 @@ def test_invalid_openids_named_by_wechat_are_dropped_and_the_rest_sent_once(
     bad = [batch[1].recipient.openid, batch[4].recipient.openid]
     sandbox.state.set_followers({"wechat": dict.fromkeys(bad, "unknown")})
     results = article.send(request("b-invalid", CHANNEL, batch))
-    assert [r.reason for r in results] == [None, "invalid_openid", None, None, "invalid_openid", None]
+    assert [r.reason for r in results] == [
+        None,
+        "invalid_openid",
+        None,
+        None,
+        "invalid_openid",
+        None,
+    ]
     mass = calls(sandbox, "wechat", "/message/mass/send")
     assert [m["outcome"] for m in mass] == ["error:40003", "accepted"]
     assert mass[1]["body"]["clientmsgid"] == "b-invalid"  # the refused call created nothing
