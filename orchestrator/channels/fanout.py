@@ -5,19 +5,21 @@
 removed when the provider refused the call (so the engine's retry may make it). Messages
 recorded by an earlier attempt of the same batch are not called again.
 
-How the batch ends, in order:
+How the batch ends:
 
-1. any config error -> ``ChannelConfig`` (no new calls were started after the first one);
-2. any retryable error (after the adapter's own cheap retries) -> ``ChannelRetryable``;
-3. every touch unknown -> ``ChannelUnknown`` (reconcile the batch);
-4. otherwise one ``TouchResult`` per message, ``unknown`` for calls that got no answer.
-
-Raising after some messages went out is safe because they are recorded: the retried batch
-returns their results instead of sending them again.
+- nothing went out and some call was refused -> the refusal is raised for the whole batch
+  (``ChannelConfig`` before ``ChannelRetryable``): nothing happened, the engine may retry or
+  stop the step as it does for any batch;
+- every touch unknown -> ``ChannelUnknown`` (reconcile the batch);
+- otherwise one ``TouchResult`` per message. Once part of a batch went out the batch cannot
+  be failed or retried as a whole without misreporting the sent part, so a call still
+  refused after the adapter's own retries fails its touch with ``retries_exhausted:<code>``
+  (or ``config:<code>``, also for calls not started after a config error, which is logged).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
@@ -25,9 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.channels.base import Message, SendRequest, TouchResult
-from orchestrator.channels.common import unknown
+from orchestrator.channels.common import failed, unknown
 from orchestrator.channels.ledger import Entry, SendLedger
 from orchestrator.errors import ChannelConfig, ChannelError, ChannelRetryable, ChannelUnknown
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -86,9 +90,16 @@ def conclude(
     request: SendRequest, outcomes: Sequence[Outcome], *, provider: str
 ) -> list[TouchResult]:
     """The batch's answer from one outcome per message (see the module docstring)."""
-    raise_for_errors(request, outcomes, provider=provider)
-    by_touch = {o.message.touch_id: o.result for o in outcomes if o.result is not None}
-    results = [by_touch[m.touch_id] for m in request.messages]
+    by_touch = {o.message.touch_id: o for o in outcomes}
+    ordered = [by_touch[m.touch_id] for m in request.messages]
+    errors = [o.error for o in ordered if o.error is not None]
+    went_out = any(o.result is not None and o.result.status != "failed" for o in ordered)
+    if errors and not went_out:
+        raise _batch_error(errors)
+    config = next((e for e in errors if isinstance(e, ChannelConfig)), None)
+    if config is not None:
+        log.error("%s batch %s: sending stopped part-way: %s", provider, request.batch_id, config)
+    results = [o.result or _refused(o, config) for o in ordered]
     if results and all(r.status == "unknown" for r in results):
         raise ChannelUnknown(
             f"{provider} batch {request.batch_id!r}: no answer for any of its "
@@ -96,6 +107,20 @@ def conclude(
             provider=provider,
         )
     return results
+
+
+def _batch_error(errors: Sequence[ChannelError]) -> ChannelError:
+    """The error to raise for a batch nothing of which went out: config before retryable."""
+    config = next((e for e in errors if isinstance(e, ChannelConfig)), None)
+    return config or next((e for e in errors if isinstance(e, ChannelRetryable)), errors[0])
+
+
+def _refused(outcome: Outcome, config: ChannelConfig | None) -> TouchResult:
+    """A touch of a partly sent batch whose call was refused or never started."""
+    error = outcome.error or config
+    kind = "retries_exhausted" if isinstance(error, ChannelRetryable) else "config"
+    code = error.code if error is not None else None
+    return failed(outcome.message, f"{kind}:{code}")
 
 
 def settle(ledger: SendLedger, batch_id: str, outcomes: Sequence[Outcome]) -> None:
@@ -107,31 +132,6 @@ def settle(ledger: SendLedger, batch_id: str, outcomes: Sequence[Outcome]) -> No
     }
     ledger.record(batch_id, definite)
     ledger.forget(batch_id, [str(o.message.touch_id) for o in outcomes if o.error is not None])
-
-
-def raise_for_errors(request: SendRequest, outcomes: Sequence[Outcome], *, provider: str) -> None:
-    """Config first (stop the step), then retryable."""
-    errors = [o.error for o in outcomes if o.error is not None]
-    if not errors:
-        return
-    skipped = sum(1 for o in outcomes if o.error is None and o.result is None)
-    note = (
-        f" [{provider} batch {request.batch_id!r}: {len(errors)} of {len(request.messages)} "
-        f"messages refused, {skipped} not attempted; those sent are recorded and are not sent "
-        "again when the batch is retried]"
-    )
-    config = next((e for e in errors if isinstance(e, ChannelConfig)), None)
-    if config is not None:
-        raise ChannelConfig(str(config) + note, code=config.code, provider=provider)
-    retryable = next((e for e in errors if isinstance(e, ChannelRetryable)), None)
-    if retryable is not None:
-        raise ChannelRetryable(
-            str(retryable) + note,
-            code=retryable.code,
-            provider=provider,
-            retry_after_s=retryable.retry_after_s,
-        )
-    raise errors[0]
 
 
 def as_record(result: TouchResult) -> dict[str, Any]:

@@ -1,13 +1,14 @@
 """SMS through Twilio: one ``messages.create`` per touch, many in flight, paced.
 
 Throughput comes from a thread pool (one Twilio client, i.e. one keep-alive connection, per
-thread) behind a process-wide token bucket. Retries:
+thread) behind a process-wide token bucket (``rate_per_s``, real time). Retries:
 
-- *inside* the adapter, for cheap transient refusals where the provider provably did not
-  act (20429/429, 5xx, connection refused): at most ``Backoff.attempts`` calls, exponential
-  back-off with full jitter, honouring Retry-After up to ``Backoff.cap_s``;
-- *by the engine* (``ChannelRetryable`` with ``retry_after_s``) when those are exhausted or
-  the provider asks for a longer pause.
+- *inside* the adapter, for cheap transient refusals where Twilio provably did not act
+  (20429/429, 5xx, connection refused): at most ``Backoff.attempts`` calls per message,
+  exponential back-off with full jitter, honouring Retry-After up to ``Backoff.cap_s``;
+- *by the engine*: when nothing of the batch went out, the refusal is raised
+  (``ChannelRetryable`` with ``retry_after_s``) and the engine retries the batch later; when
+  part of it went out, a message still refused fails as ``retries_exhausted:<code>``.
 
 Twilio has no idempotency key, so each message's call is written to the ``SendLedger``
 (pending -> result) and a batch sent again returns what is recorded instead of sending twice.
