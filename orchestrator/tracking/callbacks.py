@@ -191,27 +191,3 @@ def set_wechat_followed(
         .returning(USERS.c.user_id)
     ).scalars()
     return list(rows)
-
-
-def phone_forms(phone: str) -> list[str]:
-    """The ways a number may be written in ``users.phone`` (E.164, bare digits, Chinese
-    national form), so an inbound ``+8613800138000`` finds a user imported as ``13800138000``.
-    """
-    phone = phone.strip()
-    forms = [phone]
-    digits = phone.removeprefix("+")
-    if digits != phone:
-        forms.append(digits)
-    if phone.startswith("+86"):
-        forms.append(phone.removeprefix("+86"))
-    return forms
-
-
-def users_by_phone(conn: Connection, phone: str) -> list[str]:
-    rows = conn.execute(select(USERS.c.user_id).where(USERS.c.phone.in_(phone_forms(phone))))
-    return list(rows.scalars())
-
-
-def users_by(conn: Connection, *, openid: str) -> list[str]:
-    rows = conn.execute(select(USERS.c.user_id).where(USERS.c.openid == openid))
-    return list(rows.scalars())

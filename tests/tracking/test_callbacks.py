@@ -10,10 +10,8 @@ from orchestrator.tracking.callbacks import (
     apply_mass_send_result,
     apply_sms_status,
     invite_state,
-    phone_forms,
     set_wechat_followed,
     touch_id_from_state,
-    users_by_phone,
 )
 from tracking.seed import BATCHES, T0, TOUCHES, USERS, Seeder
 
@@ -104,10 +102,8 @@ def test_join_by_state_and_by_member(db_engine: Engine, seed: Seeder) -> None:
     assert seed.row(TOUCHES, id=by_member)["joined_at"] == T2
 
 
-def test_follow_state_and_phone_lookup(db_engine: Engine, seed: Seeder) -> None:
-    seed.user("u1", openid="o1", wechat_followed=True, phone="13800138000")
+def test_follow_state(db_engine: Engine, seed: Seeder) -> None:
+    seed.user("u1", openid="o1", wechat_followed=True)
     with db_engine.begin() as conn:
         assert set_wechat_followed(conn, openid="o1", followed=False, now=T1) == ["u1"]
-        assert users_by_phone(conn, "+8613800138000") == ["u1"]
     assert seed.row(USERS, user_id="u1")["wechat_followed"] is False
-    assert phone_forms("+8613800138000") == ["+8613800138000", "8613800138000", "13800138000"]

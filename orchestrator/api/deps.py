@@ -1,0 +1,142 @@
+"""What every route needs, built once per app: settings, database, business clock, metrics,
+the journeys (for enrollment at ingest) and the API-key check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine
+
+from orchestrator.api.metrics import ApiMetrics
+from orchestrator.clock import Clock
+from orchestrator.config import Settings
+from orchestrator.errors import JourneyError
+
+if TYPE_CHECKING:
+    from orchestrator.engine.book import JourneyBook
+    from orchestrator.engine.ingest import IngestResult
+
+log = logging.getLogger(__name__)
+RELOAD_CHECK_S = 2.0  # real time between two looks at the journey files
+
+
+def _fingerprint(*roots: Path) -> str:
+    """Changes whenever a file under ``roots`` is added, removed or modified."""
+    digest = hashlib.sha256()
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                digest.update(f"{path}\0{stat.st_mtime_ns}\0{stat.st_size}\n".encode())
+    return digest.hexdigest()
+
+
+class JourneyCache:
+    """The current journeys, reloaded when their files change.
+
+    A broken edit does not stop ingestion: the last good journeys stay in use (and the
+    problem is logged); only a first load that fails raises.
+    """
+
+    def __init__(self, settings: Settings, engine: Engine, clock: Clock) -> None:
+        self._settings, self._engine, self._clock = settings, engine, clock
+        self._book: JourneyBook | None = None
+        self._fingerprint = ""
+        self._checked_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def book(self) -> JourneyBook | None:
+        if not self._settings.journeys_dir.is_dir():
+            return None
+        with self._lock:
+            if time.monotonic() - self._checked_at >= RELOAD_CHECK_S:
+                self._refresh()
+            return self._book
+
+    def _refresh(self) -> None:
+        from orchestrator.engine.book import JourneyBook
+
+        self._checked_at = time.monotonic()
+        s = self._settings
+        fingerprint = _fingerprint(s.journeys_dir, s.templates_dir)
+        if fingerprint == self._fingerprint:
+            return
+        try:
+            book = JourneyBook(s.journeys_dir, s.templates_dir, s.state_dir)
+        except JourneyError as exc:
+            if self._book is None:
+                raise
+            log.error("journeys changed but do not load; still using the previous ones:\n%s", exc)
+            self._fingerprint = fingerprint
+            return
+        # Store each version's files, so the engine can run the version an enrollment holds.
+        book.sync(self._engine, now=self._clock.now())
+        self._book, self._fingerprint = book, fingerprint
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    clock: Clock
+    metrics: ApiMetrics
+    journeys: JourneyCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.journeys = JourneyCache(self.settings, self.engine, self.clock)
+
+    def ingest(self, events: Sequence[Mapping[str, Any]]) -> IngestResult:
+        """The one ingest path (enrolls ``entry.event`` journeys in the same call)."""
+        from orchestrator.engine.ingest import ingest_events
+
+        return ingest_events(
+            self.engine, events, now=self.clock.now(), journeys=self.journeys.book()
+        )
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="One of the keys in RECALL_API_KEYS (comma-separated), as a Bearer token.",
+)
+
+
+def require_api_key(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """401 unless the request carries ``Authorization: Bearer <one of RECALL_API_KEYS>``.
+
+    Every configured key is compared in constant time, so timing tells nothing about which
+    key is close. With no key configured, every request is refused.
+    """
+    presented = (credentials.credentials if credentials else "").encode("utf-8")
+    matched = False
+    for key in services.settings.api_key_list:
+        matched |= hmac.compare_digest(key.encode("utf-8"), presented)
+    if not matched:
+        raise HTTPException(401, "authentication required", {"WWW-Authenticate": "Bearer"})
+
+
+ApiKey = Depends(require_api_key)
+
+

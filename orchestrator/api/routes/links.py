@@ -1,0 +1,99 @@
+"""Short links ``GET /s/{code}`` and fixed-link landing ``GET /l/{journey_id}?t=<token>``.
+
+Public: the code (64 random bits) or the signed token is the credential. Both answer a
+302 with ``Cache-Control: no-store`` (every click must reach us to be counted) or a small
+HTML page for people who follow a dead or forged link. ``HEAD`` (link previewers) gets the
+redirect without counting a click.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
+
+from orchestrator.api.deps import Services, ServicesDep
+from orchestrator.errors import SignatureError
+from orchestrator.tracking.landing import landing_secret, read_landing_token, record_landing_click
+from orchestrator.tracking.links import LINKS, Click, record_click
+
+router = APIRouter(tags=["links"])
+CODE_SHAPE = re.compile(r"^[A-Za-z0-9_-]{8,32}$")
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def html_page(status: int, title: str, text: str) -> HTMLResponse:
+    body = (
+        "<!doctype html><html lang=\"zh\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
+        f"<title>{html.escape(title)}</title></head><body style=\"font-family:sans-serif;"
+        f"text-align:center;padding:3em 1em\"><h1>{html.escape(title)}</h1>"
+        f"<p>{html.escape(text)}</p></body></html>"
+    )
+    return HTMLResponse(body, status_code=status, headers=NO_STORE)
+
+
+def not_found_page() -> HTMLResponse:
+    return html_page(404, "链接无效 · Link not found",
+                     "这个链接不存在或已失效。This link does not exist or has expired.")
+
+
+def _click(services: Services, code: str) -> Click | None:
+    with services.engine.begin() as conn:
+        return record_click(conn, code, now=services.clock.now())
+
+
+def _peek(services: Services, code: str) -> Click | None:
+    with services.engine.connect() as conn:
+        target = conn.execute(select(LINKS.c.target_url).where(LINKS.c.code == code)).scalar()
+    return Click(code, target, None, "unknown", "unknown") if target else None
+
+
+def _redirect(click: Click | None) -> Response:
+    if click is None:
+        return not_found_page()
+    return RedirectResponse(click.redirect_url, status_code=302, headers=NO_STORE)
+
+
+@router.get("/s/{code}", response_class=Response,
+            responses={302: {"description": "to the target"}, 404: {}})
+def short_link(code: str, services: ServicesDep) -> Response:
+    """Redirect to the touch's target with UTM parameters; the first click stamps the
+    touch's ``clicked_at`` and the link's ``first_clicked_at``, every click counts."""
+    if not CODE_SHAPE.match(code):
+        return not_found_page()
+    click = _click(services, code)
+    if click is not None:
+        services.metrics.clicks.labels(kind="short_link").inc()
+    return _redirect(click)
+
+
+@router.head("/s/{code}", include_in_schema=False)
+def short_link_head(code: str, services: ServicesDep) -> Response:
+    """Link previewers ask with HEAD: same answer, no click counted."""
+    return _redirect(_peek(services, code) if CODE_SHAPE.match(code) else None)
+
+
+@router.get("/l/{journey_id}", response_class=Response,
+            responses={302: {"description": "to the target"}, 400: {}, 404: {}})
+def landing(journey_id: str, t: str, services: ServicesDep) -> Response:
+    """Fixed-link mode: ``t`` (see ``orchestrator.tracking.landing``) names the user; the
+    click goes on their latest sent touch of the journey."""
+    try:
+        claim = read_landing_token(landing_secret(services.settings), t, journey_id=journey_id)
+    except SignatureError:
+        services.metrics.webhook_rejections.labels(source="landing").inc()
+        return html_page(400, "链接无效 · Invalid link",
+                         "这个链接已损坏。This link is damaged; please open it again.")
+    with services.engine.begin() as conn:
+        hit = record_landing_click(
+            conn, journey_id=journey_id, user_id=claim.user_id, now=services.clock.now()
+        )
+    target = hit.redirect_url(journey_id, claim.to) if hit else claim.to
+    if target is None:
+        return not_found_page()
+    services.metrics.clicks.labels(kind="landing").inc()
+    return RedirectResponse(target, status_code=302, headers=NO_STORE)

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from conftest import REDIS_URL, require_server
+from fastapi import FastAPI
+from sqlalchemy import Engine
+from starlette.types import ASGIApp, Receive, Scope, Send
+from tracking.seed import T0, Seeder
+
+from orchestrator.api.app import create_app
+from orchestrator.api.server import serve_in_thread
+from orchestrator.clock import ManualClock
+from orchestrator.config import Settings
+
+API_REDIS_DB = 5  # this area's Redis database number
+API_KEYS = ("key-one", "key-two")
+REDIS_DB_URL = REDIS_URL.rsplit("/", 1)[0] + f"/{API_REDIS_DB}"
+
+
+@pytest.fixture
+def api_redis_url() -> Iterator[str]:
+    """Redis DB 5, flushed before and after the test."""
+    require_server("Redis", REDIS_URL, 6379)
+    client = redis.Redis.from_url(REDIS_DB_URL)
+    client.flushdb()
+    yield REDIS_DB_URL
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        api_keys=",".join(API_KEYS),
+        redis_url=REDIS_DB_URL,
+        state_dir=tmp_path / "state",
+        journeys_dir=tmp_path / "journeys",
+        templates_dir=tmp_path / "templates",
+        public_base_url="https://recall.example.com",
+        generic_webhook_secret="whsec-generic",
+        stripe_webhook_secret="whsec_stripe",
+        wechatpay_api_key="192006250b4c09247ec02edce69f6a2d",
+        twilio_auth_token="twilio-token",
+        wechat_token="wechat-token",
+        wecom_token="wecom-token",
+    )
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+@pytest.fixture
+def app(settings: Settings, db_engine: Engine, clock: ManualClock) -> FastAPI:
+    return create_app(settings, engine=db_engine, clock=clock)
+
+
+class Swappable:
+    """One uvicorn server for the session; each test plugs its own app in."""
+
+    def __init__(self) -> None:
+        self.app: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self.app is not None, "no app plugged in"
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture(scope="session")
+def api_server() -> Iterator[tuple[Swappable, str]]:
+    swappable = Swappable()
+    with serve_in_thread(swappable) as handle:
+        yield swappable, handle.base_url
+
+
+@pytest.fixture
+def base_url(app: FastAPI, api_server: tuple[Swappable, str]) -> Iterator[str]:
+    """The URL of a real uvicorn on loopback serving this test's app."""
+    swappable, url = api_server
+    swappable.app = app
+    yield url
+    swappable.app = None
+
+
+@pytest.fixture
+def client(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, trust_env=False, timeout=30,
+                      follow_redirects=False) as client:
+        yield client
+
+
+@pytest.fixture
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {API_KEYS[1]}"}
+
+
+@pytest.fixture
+def seed(db_engine: Engine) -> Seeder:
+    return Seeder(db_engine)
