@@ -1,0 +1,265 @@
+"""sms through the twilio SDK over HTTP against the sandbox."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+import redis
+from channel_helpers import calls, fault, message, messages, request
+
+from orchestrator.channels import SmsChannel
+from orchestrator.channels.base import Message
+from orchestrator.channels.pacing import Backoff
+from orchestrator.channels.sms import sms_body
+from orchestrator.config import Settings
+from orchestrator.errors import ChannelConfig, ChannelRetryable, ChannelUnknown
+from orchestrator.sandbox.server import SandboxHandle
+
+CHANNEL = "sms"
+POLICY = {
+    "signature": "【校园外卖】",
+    "opt_out_suffix": "拒收请回复R",
+    "price_per_segment": "0.045",
+}
+CREATE = "/Messages.json"
+
+
+def creates(sandbox: SandboxHandle, outcome: str | None = None) -> list[dict[str, object]]:
+    return [c for c in calls(sandbox, "twilio", CREATE, outcome) if c["method"] == "POST"]
+
+
+@pytest.fixture
+def one_at_a_time(
+    settings: Settings, redis_client: redis.Redis, key_prefix: str, sleeps: list[float]
+) -> Iterator[SmsChannel]:
+    """One worker thread: calls happen in batch order, so faults hit a known message."""
+    channel = SmsChannel(
+        settings,
+        redis_client,
+        key_prefix=key_prefix,
+        workers=1,
+        timeout=(2.0, 1.0),
+        sleep=sleeps.append,
+    )
+    yield channel
+    channel.close()
+
+
+def test_each_touch_is_one_create_with_the_composed_body(
+    sms: SmsChannel, sandbox: SandboxHandle
+) -> None:
+    batch = request(
+        "s-basic", CHANNEL, messages(3, text="小王，好久不见！回来领券"), options=POLICY
+    )
+    results = sms.send(batch)
+    assert [r.status for r in results] == ["sent"] * 3
+    assert len({r.provider_message_id for r in results}) == 3
+    assert all(str(r.provider_message_id).startswith("SM") for r in results)
+    created = {c["body"]["To"]: c["body"] for c in creates(sandbox)}  # type: ignore[index]
+    first = created["+8613800000000"]
+    assert first["Body"] == (
+        "【校园外卖】小王，好久不见！回来领券 http://127.0.0.1:8000/s/c000000000 拒收请回复R"
+    )
+    assert first["From"] == "+15005550006"
+    assert first["StatusCallback"] == "http://127.0.0.1:8000/v1/callbacks/twilio"
+    assert first["ValidityPeriod"] == "3600"
+    # 55 UCS-2 characters: one segment, at the policy's price.
+    assert {(r.segments, r.cost) for r in results} == {(1, 0.045)}
+
+
+def test_long_chinese_text_is_billed_per_67_character_segment() -> None:
+    body = sms_body(message(1, text="好" * 100), POLICY)
+    assert body.startswith("【校园外卖】") and body.endswith(" 拒收请回复R")
+    long = message(1, text="好" * 100)
+    assert len(body) == 6 + 100 + 1 + len(long.link or "") + 1 + 6
+
+
+@pytest.mark.parametrize(
+    ("phone", "reason"),
+    [
+        ("+15005550001", "invalid_number"),
+        ("+15005550004", "opted_out:sms"),
+        ("+15005550009", "not_mobile"),
+        ("+15005550002", "unroutable_number"),
+    ],
+)
+def test_recipient_errors_fail_the_touch_only(
+    settings: Settings,
+    redis_client: redis.Redis,
+    key_prefix: str,
+    sandbox: SandboxHandle,
+    phone: str,
+    reason: str,
+) -> None:
+    opted_out: list[Message] = []
+    channel = SmsChannel(settings, redis_client, key_prefix=key_prefix, on_opt_out=opted_out.append)
+    try:
+        batch = (message(1, phone=phone), message(2))
+        results = channel.send(request(f"s-{reason}", CHANNEL, batch, options=POLICY))
+    finally:
+        channel.close()
+    assert [(r.status, r.reason) for r in results] == [("failed", reason), ("sent", None)]
+    assert results[0].cost == 0
+    assert [m.touch_id for m in opted_out] == ([1] if reason == "opted_out:sms" else [])
+
+
+def test_numbers_opted_out_through_the_sandbox_are_recipient_failures(
+    sms: SmsChannel, sandbox: SandboxHandle
+) -> None:
+    sandbox.state.set_followers({"twilio": {"+8613800000001": "opted_out"}})
+    results = sms.send(request("s-optout", CHANNEL, messages(2), options=POLICY))
+    assert [r.reason for r in results] == [None, "opted_out:sms"]
+
+
+def test_a_touch_without_phone_fails_without_a_call(
+    sms: SmsChannel, sandbox: SandboxHandle
+) -> None:
+    (result,) = sms.send(request("s-nophone", CHANNEL, [message(1, phone=None)]))
+    assert (result.status, result.reason) == ("failed", "no_phone")
+    assert creates(sandbox) == []
+
+
+def test_a_bad_sender_stops_the_batch_as_config(
+    redis_client: redis.Redis, key_prefix: str, sandbox: SandboxHandle
+) -> None:
+    bad_from = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        twilio_api_base=sandbox.base_url,
+        twilio_from="+15005550007",
+    )
+    channel = SmsChannel(bad_from, redis_client, key_prefix=key_prefix, workers=1)
+    try:
+        with pytest.raises(ChannelConfig, match=r"21606 from_not_sms_capable") as caught:
+            channel.send(request("s-badfrom", CHANNEL, messages(5), options=POLICY))
+    finally:
+        channel.close()
+    assert caught.value.code == 21606
+    assert len(creates(sandbox)) == 1  # no call started after the first config refusal
+
+
+def test_a_batch_over_max_batch_is_refused(sms: SmsChannel, sandbox: SandboxHandle) -> None:
+    with pytest.raises(ChannelConfig, match=r"has 101 messages, more than max_batch=100"):
+        sms.send(request("s-big", CHANNEL, messages(101)))
+    assert creates(sandbox) == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "code"), [("rate_limit", 20429), ("busy", 20503), ("http_500", 20500)]
+)
+def test_transient_refusals_are_retried_inside_with_back_off(
+    sms: SmsChannel, sandbox: SandboxHandle, sleeps: list[float], kind: str, code: int
+) -> None:
+    fault(sandbox, kind, "twilio", CREATE, count=2)
+    (result,) = sms.send(request(f"s-{kind}", CHANNEL, messages(1), options=POLICY))
+    assert result.status == "sent"
+    assert [c["outcome"] for c in creates(sandbox)] == [f"fault:{kind}"] * 2 + ["accepted"]
+    assert len(sleeps) == 2 and all(0 <= s <= 2.0 for s in sleeps)
+
+
+def test_refusals_that_outlast_the_back_off_raise_when_nothing_went_out(
+    sms: SmsChannel, sandbox: SandboxHandle
+) -> None:
+    fault(sandbox, "rate_limit", "twilio", CREATE, count=3)
+    batch = request("s-429", CHANNEL, messages(1), options=POLICY)
+    with pytest.raises(ChannelRetryable, match=r"20429 too_many_requests") as caught:
+        sms.send(batch)
+    assert caught.value.code == 20429
+    (result,) = sms.send(batch)  # the engine's retry: the refused call may be made now
+    assert result.status == "sent"
+    assert len(creates(sandbox, "accepted")) == 1
+
+
+def test_a_partly_sent_batch_fails_only_the_refused_touch(
+    one_at_a_time: SmsChannel, sandbox: SandboxHandle
+) -> None:
+    fault(sandbox, "rate_limit", "twilio", CREATE, count=3)  # every attempt for message 0
+    results = one_at_a_time.send(request("s-partial", CHANNEL, messages(3), options=POLICY))
+    assert [(r.status, r.reason) for r in results] == [
+        ("failed", "retries_exhausted:20429"),
+        ("sent", None),
+        ("sent", None),
+    ]
+
+
+def test_the_same_batch_twice_is_one_create_per_touch(
+    sms: SmsChannel, sandbox: SandboxHandle
+) -> None:
+    batch = request("s-twice", CHANNEL, messages(20), options=POLICY)
+    first = sms.send(batch)
+    assert sms.send(batch) == first
+    assert len(creates(sandbox)) == 20
+
+
+@pytest.mark.parametrize("kind", ["drop", "timeout"])
+def test_a_lost_answer_is_unknown_and_reconcile_finds_the_message_once(
+    sms: SmsChannel, sandbox: SandboxHandle, kind: str
+) -> None:
+    batch = request(f"s-{kind}", CHANNEL, messages(1), options=POLICY, created_at=_today())
+    fault(sandbox, kind, "twilio", CREATE)
+    with pytest.raises(ChannelUnknown, match=r"reconcile, do not resend"):
+        sms.send(batch)
+    with pytest.raises(ChannelUnknown):  # a redelivered task does not send it again either
+        sms.send(batch)
+    (found,) = sms.reconcile(batch)
+    assert found.status == "sent" and str(found.provider_message_id).startswith("SM")
+    assert (found.segments, found.cost) == (1, 0.045)
+    assert len(creates(sandbox)) == 1
+    listing = [c for c in calls(sandbox, "twilio", CREATE) if c["method"] == "GET"]
+    assert listing[0]["body"]["To"] == "+8613800000000"
+    assert listing[0]["body"]["DateSent>"] == _today().date().isoformat()
+
+
+def test_in_a_larger_batch_only_the_lost_answer_is_unknown(
+    one_at_a_time: SmsChannel, sandbox: SandboxHandle
+) -> None:
+    fault(sandbox, "drop", "twilio", CREATE)
+    results = one_at_a_time.send(request("s-drop-one", CHANNEL, messages(3), options=POLICY))
+    assert [r.status for r in results] == ["unknown", "sent", "sent"]
+
+
+def test_reconcile_leaves_a_message_twilio_never_got_unknown(
+    sms: SmsChannel, sandbox: SandboxHandle
+) -> None:
+    sms.send(request("s-other", CHANNEL, [message(1)], options=POLICY))  # same phone, other link
+    lost = message(1, text="another text")
+    lost = Message(
+        lost.touch_id + 100, lost.key, lost.recipient, lost.text, lost.title, "http://x/s/zz"
+    )
+    (result,) = sms.reconcile(request("s-never", CHANNEL, [lost], options=POLICY))
+    assert result.status == "unknown"
+    assert len(creates(sandbox)) == 1
+
+
+def test_a_batch_of_100_goes_out_concurrently_with_distinct_sids(
+    sms: SmsChannel, sandbox: SandboxHandle
+) -> None:
+    results = sms.send(request("s-100", CHANNEL, messages(100), options=POLICY))
+    assert len({r.provider_message_id for r in results}) == 100
+    assert sorted(c["body"]["To"] for c in creates(sandbox)) == sorted(  # type: ignore[index]
+        m.recipient.phone for m in messages(100)
+    )
+
+
+def test_a_messaging_service_replaces_from(
+    redis_client: redis.Redis, key_prefix: str, sandbox: SandboxHandle
+) -> None:
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        twilio_api_base=sandbox.base_url,
+        twilio_messaging_service_sid="MG00000000000000000000000000000000",
+    )
+    channel = SmsChannel(settings, redis_client, key_prefix=key_prefix, backoff=Backoff())
+    try:
+        channel.send(request("s-mg", CHANNEL, messages(1), options=POLICY))
+    finally:
+        channel.close()
+    (created,) = creates(sandbox)
+    body = created["body"]
+    assert isinstance(body, dict)
+    assert body["MessagingServiceSid"].startswith("MG") and "From" not in body
+
+
+def _today() -> datetime:
+    return datetime.now(UTC)
