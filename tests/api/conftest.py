@@ -6,16 +6,16 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from conftest import REDIS_URL, require_server
 from fastapi import FastAPI
 from sqlalchemy import Engine
 from starlette.types import ASGIApp, Receive, Scope, Send
-from tracking.seed import T0, Seeder
 
 from orchestrator.api.app import create_app
 from orchestrator.api.server import serve_in_thread
 from orchestrator.clock import ManualClock
 from orchestrator.config import Settings
+from tests.support import REDIS_URL, require_server
+from tests.tracking.seed import T0, Seeder
 
 API_REDIS_DB = 5  # this area's Redis database number
 API_KEYS = ("key-one", "key-two")

@@ -7,9 +7,9 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import Engine, insert
-from tracking.seed import T0, Seeder
 
 from orchestrator.store.models import Event, JourneyState
+from tests.tracking.seed import T0, Seeder
 
 EVENTS = Event.__table__  # type: ignore[attr-defined]
 

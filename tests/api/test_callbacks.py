@@ -14,7 +14,6 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 from sqlalchemy import Engine
-from tracking.seed import BATCHES, TOUCHES, USERS, Seeder
 from wechatpy.crypto import WeChatCrypto
 from wechatpy.enterprise.crypto import PrpCrypto
 from wechatpy.enterprise.crypto import WeChatCrypto as WeComCrypto
@@ -23,6 +22,7 @@ from orchestrator.api.signatures import verify_twilio
 from orchestrator.errors import SignatureError
 from orchestrator.policy import consent
 from orchestrator.store.models import OptOut
+from tests.tracking.seed import BATCHES, TOUCHES, USERS, Seeder
 
 OPT_OUTS = OptOut.__table__  # type: ignore[attr-defined]
 TWILIO_URL = "https://recall.example.com/v1/callbacks/twilio"

@@ -10,7 +10,6 @@ import pytest
 from fastapi import FastAPI
 from redis import Redis
 from sqlalchemy import Engine
-from tracking.seed import BATCHES, TOUCHES, Seeder
 from twilio.rest import Client as TwilioClient
 
 from orchestrator.channels.weixin import RecallWeChatClient
@@ -18,6 +17,7 @@ from orchestrator.policy import consent
 from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.server import SandboxHandle, run_in_thread
 from orchestrator.sandbox.state import SandboxState
+from tests.tracking.seed import BATCHES, TOUCHES, Seeder
 
 PHONE = "+8613800138000"
 

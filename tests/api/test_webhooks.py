@@ -14,12 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
-from tracking.seed import T0, Seeder
 
 from orchestrator.api.signatures import verify_wechatpay, wechatpay_sign
 from orchestrator.clock import ManualClock
 from orchestrator.errors import SignatureError
 from orchestrator.store.models import Event, WebhookReceipt
+from tests.tracking.seed import T0, Seeder
 
 EVENTS = Event.__table__  # type: ignore[attr-defined]
 RECEIPTS = WebhookReceipt.__table__  # type: ignore[attr-defined]

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine
 
-from tracking.seed import Seeder
+from tests.tracking.seed import Seeder
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from orchestrator.tracking.callbacks import (
     set_wechat_followed,
     touch_id_from_state,
 )
-from tracking.seed import BATCHES, T0, TOUCHES, USERS, Seeder
+from tests.tracking.seed import BATCHES, T0, TOUCHES, USERS, Seeder
 
 T1 = T0 + timedelta(minutes=1)
 T2 = T0 + timedelta(minutes=2)

@@ -16,7 +16,7 @@ from orchestrator.tracking.landing import (
     read_landing_token,
     record_landing_click,
 )
-from tracking.seed import LINKS, T0, TOUCHES, Seeder
+from tests.tracking.seed import LINKS, T0, TOUCHES, Seeder
 
 SECRET = "landing-secret"
 

@@ -15,7 +15,7 @@ from orchestrator.tracking.links import (
     tracked_target,
     with_query,
 )
-from tracking.seed import LINKS, T0, TOUCHES, Seeder
+from tests.tracking.seed import LINKS, T0, TOUCHES, Seeder
 
 
 def test_params_are_appended_and_the_existing_query_is_kept_byte_for_byte() -> None:
