@@ -1,0 +1,200 @@
+"""wecom_group_invite through wechatpy.enterprise over HTTP against the sandbox."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from channel_helpers import calls, fault, message, messages, request
+
+from orchestrator.channels import WeComInviteChannel
+from orchestrator.channels.wecom_invite import WecomTask, batch_ref, join_state
+from orchestrator.errors import ChannelConfig, ChannelRetryable, ChannelUnknown
+from orchestrator.sandbox.server import SandboxHandle
+
+CHANNEL = "wecom_group_invite"
+GROUP = {"chat_id": "wrOgQhDgAAcwMTB7YmDkbeBsgT_AAAA", "link_title": "进群领券"}
+TASK = "/externalcontact/add_msg_template"
+
+
+def tasks(sandbox: SandboxHandle, outcome: str | None = None) -> list[dict[str, Any]]:
+    return calls(sandbox, "wecom", TASK, outcome)
+
+
+def test_one_task_per_sender_with_text_and_the_join_link(
+    invite: WeComInviteChannel, sandbox: SandboxHandle
+) -> None:
+    batch = (*messages(2, wecom_sender="staff-a"), *messages(2, start=2, wecom_sender="staff-b"))
+    results = invite.send(request("w-senders", CHANNEL, batch, options=GROUP))
+    sent = tasks(sandbox)
+    assert sorted(t["body"]["sender"] for t in sent) == ["staff-a", "staff-b"]
+    by_sender = {t["body"]["sender"]: t["body"] for t in sent}
+    body = by_sender["staff-a"]
+    assert body["chat_type"] == "single"
+    assert body["external_userid"] == ["wm00000000", "wm00000001"]
+    assert body["text"] == {"content": "<p>We miss you</p>"}
+    (attachment,) = body["attachments"]
+    link = attachment["link"]
+    assert attachment["msgtype"] == "link" and link["title"] == "进群领券"
+    assert link["picurl"].startswith("https://wework.qpic.cn/")
+    assert parse_qs(urlsplit(link["url"]).query)["recall_ref"] == [batch_ref("w-senders")]
+    # provider_message_id is the task msgid of each recipient's sender.
+    assert {r.status for r in results} == {"sent"}
+    assert results[0].provider_message_id == results[1].provider_message_id
+    assert results[0].provider_message_id != results[2].provider_message_id
+
+
+def test_the_join_way_is_created_once_per_group_and_content_version(
+    invite: WeComInviteChannel, sandbox: SandboxHandle
+) -> None:
+    invite.send(request("w-1", CHANNEL, messages(2), options=GROUP))
+    invite.send(request("w-2", CHANNEL, messages(2, start=2), options=GROUP))
+    (added,) = calls(sandbox, "wecom", "/groupchat/add_join_way")
+    assert added["body"] == {
+        "scene": 2,
+        "chat_id_list": [GROUP["chat_id"]],
+        "state": join_state("winback", "step", "j1:v1:tpl:a"),
+        "remark": "recall",
+    }
+    assert len(added["body"]["state"]) <= 30
+    invite.send(request("w-3", CHANNEL, messages(2), options=GROUP, content_version="j1:v2"))
+    assert len(calls(sandbox, "wecom", "/groupchat/add_join_way")) == 2
+
+
+def test_the_recipients_the_task_refused_fail_as_not_friend(
+    invite: WeComInviteChannel, sandbox: SandboxHandle
+) -> None:
+    sandbox.state.set_followers({"wecom": {"wm00000001": "unknown"}})
+    batch = (*messages(3), message(7, external_userid=None))
+    results = invite.send(request("w-fail", CHANNEL, batch, options=GROUP))
+    assert [(r.status, r.reason) for r in results] == [
+        ("sent", None),
+        ("failed", "not_friend"),
+        ("sent", None),
+        ("failed", "no_external_userid"),
+    ]
+
+
+def test_a_batch_without_a_group_is_a_config_error(
+    invite: WeComInviteChannel, sandbox: SandboxHandle
+) -> None:
+    with pytest.raises(ChannelConfig, match=r"names no group: set options.chat_id"):
+        invite.send(request("w-nogroup", CHANNEL, messages(2)))
+    assert sandbox.state.records("wecom") == []
+
+
+def test_a_batch_over_max_batch_is_refused(invite: WeComInviteChannel) -> None:
+    with pytest.raises(ChannelConfig, match=r"more than max_batch=10000"):
+        invite.send(request("w-big", CHANNEL, messages(10_001), options=GROUP))
+
+
+def test_the_same_batch_twice_is_one_task(
+    invite: WeComInviteChannel, sandbox: SandboxHandle
+) -> None:
+    batch = request("w-twice", CHANNEL, messages(3), options=GROUP)
+    assert invite.send(batch) == invite.send(batch)
+    assert len(tasks(sandbox)) == 1
+
+
+def test_poll_follows_the_staff_confirmation(
+    invite: WeComInviteChannel, sandbox: SandboxHandle
+) -> None:
+    sandbox.state.set_followers({"wecom": {"wm00000002": "not_friend"}})
+    earlier = invite.send(request("w-earlier", CHANNEL, [message(1)], options=GROUP))
+    sandbox.state.wecom_confirm(str(earlier[0].provider_message_id))  # wm1 got one today
+    results = invite.send(request("w-poll", CHANNEL, messages(3), options=GROUP))
+    task = WecomTask(str(results[0].provider_message_id), "staff-a")
+    assert {d.status for d in invite.poll([task])} == {"waiting"}
+    sandbox.state.wecom_confirm(task.msgid, "staff-a")
+    deliveries = {d.external_userid: d for d in invite.poll([task])}
+    assert deliveries["wm00000000"].status == "delivered"
+    assert deliveries["wm00000000"].send_time is not None
+    assert (deliveries["wm00000001"].status, deliveries["wm00000001"].reason) == (
+        "failed",
+        "wecom_daily_limit",
+    )
+    assert (deliveries["wm00000002"].status, deliveries["wm00000002"].reason) == (
+        "failed",
+        "not_friend",
+    )
+
+
+def test_joins_report_who_came_in_through_the_join_way(
+    invite: WeComInviteChannel, sandbox: SandboxHandle
+) -> None:
+    batch = request("w-join", CHANNEL, messages(2), options=GROUP)
+    invite.send(batch)
+    way = invite.join_way(batch)
+    sandbox.state.wecom_join("wm00000001", config_id=way.config_id)
+    (joined,) = invite.joins(GROUP["chat_id"])
+    assert joined.external_userid == "wm00000001"
+    assert joined.state == join_state("winback", "step", "j1:v1:tpl:a")
+    assert joined.join_time.tzinfo is UTC
+
+
+def test_cancel_withdraws_an_unconfirmed_task(
+    invite: WeComInviteChannel, sandbox: SandboxHandle
+) -> None:
+    (result, _) = invite.send(request("w-cancel", CHANNEL, messages(2), options=GROUP))
+    invite.cancel(WecomTask(str(result.provider_message_id), "staff-a"))
+    (cancelled,) = calls(sandbox, "wecom", "/cancel_groupmsg_send")
+    assert cancelled["body"] == {"msgid": result.provider_message_id}
+    assert sandbox.state.wecom_confirm(str(result.provider_message_id))["cancelled"] is True
+
+
+@pytest.mark.parametrize(
+    ("kind", "message_part"),
+    [("busy", r"-1 system_busy"), ("rate_limit", r"45009"), ("http_500", r"http_5xx")],
+)
+def test_transient_refusals_are_retryable_and_the_retry_creates_one_task(
+    invite: WeComInviteChannel, sandbox: SandboxHandle, kind: str, message_part: str
+) -> None:
+    batch = request(f"w-{kind}", CHANNEL, messages(2), options=GROUP)
+    invite.join_way(batch)
+    fault(sandbox, kind, "wecom", TASK)
+    with pytest.raises(ChannelRetryable, match=message_part):
+        invite.send(batch)
+    assert {r.status for r in invite.send(batch)} == {"sent"}
+    assert [t["outcome"] for t in tasks(sandbox)] == [f"fault:{kind}", "accepted"]
+
+
+@pytest.mark.parametrize("kind", ["drop", "timeout"])
+def test_a_lost_answer_is_unknown_and_reconcile_finds_the_task_without_resending(
+    invite: WeComInviteChannel, sandbox: SandboxHandle, kind: str
+) -> None:
+    batch = request(f"w-{kind}", CHANNEL, messages(3), options=GROUP, created_at=datetime.now(UTC))
+    fault(sandbox, kind, "wecom", TASK)
+    with pytest.raises(ChannelUnknown, match=r"reconcile, do not resend"):
+        invite.send(batch)
+    with pytest.raises(ChannelUnknown):  # a redelivered task does not create it again
+        invite.send(batch)
+    results = invite.reconcile(batch)
+    (accepted,) = tasks(sandbox)
+    assert accepted["outcome"] == "accepted"
+    msgids = {r.provider_message_id for r in results}
+    assert {r.status for r in results} == {"sent"} and len(msgids) == 1
+    (listing,) = calls(sandbox, "wecom", "/get_groupmsg_list_v2")
+    assert listing["body"]["creator"] == "staff-a"
+    assert invite.send(batch) == results  # reconciled into the ledger
+
+
+def test_reconcile_without_a_task_leaves_the_touches_unknown(
+    invite: WeComInviteChannel, sandbox: SandboxHandle
+) -> None:
+    invite.send(request("w-other", CHANNEL, messages(2), options=GROUP))
+    never = request("w-never", CHANNEL, messages(2), options=GROUP, created_at=datetime.now(UTC))
+    assert {r.status for r in invite.reconcile(never)} == {"unknown"}
+    assert len(tasks(sandbox)) == 1
+
+
+def test_one_sender_lost_leaves_only_its_touches_unknown(
+    invite: WeComInviteChannel, sandbox: SandboxHandle
+) -> None:
+    batch = (*messages(2, wecom_sender="staff-a"), *messages(1, start=2, wecom_sender="staff-b"))
+    req = request("w-half", CHANNEL, batch, options=GROUP)
+    invite.join_way(req)
+    fault(sandbox, "drop", "wecom", TASK)  # the first sender's call
+    results = invite.send(req)
+    assert [r.status for r in results] == ["unknown", "unknown", "sent"]
