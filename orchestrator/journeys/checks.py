@@ -313,8 +313,9 @@ def _step_templates(check: JourneyCheck, index: int, step: SendStep) -> Iterator
             1,
             'a wechat_article template must set its title: {% set title = "…" %}',
         )
+    parsed = closure and all(t.syntax_problem is None for t in closure)
     uses_link = any("link" in t.variables for t in closure)
-    if step.send == "sms" and step.link and closure and not uses_link:
+    if step.send == "sms" and step.link and parsed and not uses_link:
         yield check.problem(
             ("steps", index, "link"),
             f"step {step.id!r} has a link that its template never shows: add {{{{ link }}}}",
@@ -430,7 +431,7 @@ def _cap_problems(check: JourneyCheck, key: str, cap: Cap, sends: list[_Send]) -
     certain = [g for g in _groups(sends, 2 * n + 1) if _span(g[0], g[-1]) < shortest]
     for group in certain:
         yield _never_met(check, key, cap, group)
-    flagged = {g[-1].index for g in certain}
+    flagged = {send.index for group in certain for send in group}
     for group in _groups(sends, n + 1):
         if _span(group[0], group[-1]) < shortest and group[-1].index not in flagged:
             yield check.problem(

@@ -491,7 +491,8 @@ class Policy(_Model):
     """``journeys/policy.yaml``: caps per person across journeys, quiet hours, SMS rules."""
 
     timezone: str = "Asia/Shanghai"
-    caps: dict[CapKey, Cap] = Field(default={}, json_schema_extra=_CAP_KEYS)
+    # validate_default: the platform limits are added even when ``caps`` is left out.
+    caps: dict[CapKey, Cap] = Field(default={}, validate_default=True, json_schema_extra=_CAP_KEYS)
     when_capped: Literal["skip", "defer"] = "skip"
     max_defer: Duration = Field(default=timedelta(hours=24), json_schema_extra={"default": "24h"})
     send_hours: dict[ChannelKey, Window] = Field(default={}, json_schema_extra=_CHANNEL_KEYS)
@@ -513,7 +514,7 @@ class Policy(_Model):
             cap = value.get(channel)
             if cap is not None and not cap.at_least_as_strict_as(limit):
                 raise located(
-                    f"{channel} cap {cap} exceeds the platform limit of {limit}: "
+                    f"{channel} cap {cap} allows more than the platform limit of {limit}: "
                     "it cannot be raised",
                     channel,
                 )

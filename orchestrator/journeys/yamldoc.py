@@ -177,7 +177,7 @@ def _plain(error: ErrorDetails) -> str:
 
 def _message(error: ErrorDetails, path: PathKey) -> str:
     kind, ctx, value, where = error["type"], error.get("ctx") or {}, error["input"], _dotted(path)
-    if kind in ("value_error", "assertion_error", "recall"):
+    if kind in ("value_error", "assertion_error", "recall", "step_kind"):
         return _plain(error)
     if kind == "literal_error":
         return f"{where} must be {ctx['expected']}, not {value!r}"
