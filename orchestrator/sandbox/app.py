@@ -8,6 +8,7 @@ import asyncio
 import base64
 import binascii
 import json
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -137,6 +138,7 @@ class Waker:
         self._waiting: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        self._changed = threading.Condition()
 
     async def sleep(self, seconds: float) -> None:
         if seconds <= 0 or self._stopping:
@@ -144,12 +146,30 @@ class Waker:
         loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         timer = loop.call_later(seconds, _resolve, future)
-        self._waiting.add(future)
+        self._track(future, add=True)
         try:
             await future
         finally:
-            self._waiting.discard(future)
+            self._track(future, add=False)
             timer.cancel()
+
+    def waiting(self) -> int:
+        """How many answers are being held back right now."""
+        with self._changed:
+            return len(self._waiting)
+
+    def wait_until_waiting(self, count: int, timeout_s: float) -> bool:
+        """Block until ``count`` answers are held back (for harnesses timing a stop)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self._waiting) >= count, timeout_s)
+
+    def _track(self, future: asyncio.Future[None], *, add: bool) -> None:
+        with self._changed:
+            if add:
+                self._waiting.add(future)
+            else:
+                self._waiting.discard(future)
+            self._changed.notify_all()
 
     def wake_all(self) -> None:
         """End every pending wait now and skip future ones (thread-safe; used by stop())."""
@@ -159,7 +179,9 @@ class Waker:
             loop.call_soon_threadsafe(self._resolve_all)
 
     def _resolve_all(self) -> None:
-        for future in list(self._waiting):
+        with self._changed:
+            held = list(self._waiting)
+        for future in held:
             _resolve(future)
 
 
