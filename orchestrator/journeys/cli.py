@@ -60,12 +60,13 @@ def validate(
 
 
 def schema(
-    out: Annotated[Path, typer.Option(help="Folder to write the schema files to.")] = Path(
-        "schemas"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder to write to (default: the schemas folder of the journeys)."),
+    ] = None,
 ) -> None:
     """Write journey.schema.json and policy.schema.json (JSON Schema) for editors."""
-    for path in write_schemas(out):
+    for path in write_schemas(out or get_settings().journeys_dir / "schemas"):
         _out().print(f"wrote {escape(str(path))}")
 
 

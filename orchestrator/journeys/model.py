@@ -185,7 +185,9 @@ _CHANNEL_KEYS: dict[str, Any] = {"propertyNames": {"enum": list(CHANNELS)}}
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, use_attribute_docstrings=True
+    )
 
 
 # ---------------------------------------------------------------- journeys
@@ -195,7 +197,9 @@ class Goal(_Model):
     """Reaching ``event`` within ``within`` of entering converts the enrollment and exits it."""
 
     event: str = Field(min_length=1)
+    """The event that converts the enrollment, e.g. order_placed."""
     within: Duration
+    """How long after entry the goal counts, e.g. 7d."""
 
     @field_validator("within")
     @classmethod
@@ -209,8 +213,11 @@ class Entry(_Model):
     """Who enters: on an ``event`` (filtered by ``segment``), or a ``segment`` on ``schedule``."""
 
     segment: str | None = None
+    """Who: an expression over user fields, e.g. tier == 'at_risk' and churn_score >= 0.6."""
     event: str | None = None
+    """Enroll when this event is ingested (webhook or API), e.g. payment_failed."""
     schedule: str | None = None
+    """Cron (policy timezone) on which the segment is re-evaluated, e.g. 0 10 * * *."""
 
     @field_validator("segment")
     @classmethod
@@ -243,19 +250,28 @@ class Entry(_Model):
 
 class Variant(_Model):
     weight: int = Field(ge=0, le=100)
+    """Share of users in percent; the weights of a step sum to 100."""
     template: str = Field(min_length=1)
+    """Template path relative to the templates folder."""
 
 
 class SendStep(_Model):
     """One touch on one channel. ``link`` is a Jinja2 template of the URL to track."""
 
     id: StepId
+    """Stable step id (touch key, branch target, report row)."""
     send: Channel
+    """Channel: wechat_article, wecom_group_invite or sms."""
     template: str | None = None
+    """Template path relative to the templates folder (or use variants)."""
     variants: dict[VariantName, Variant] | None = None
+    """A/B variants by name, deterministic per user."""
     link: str | None = None
+    """Target URL (a template), shortened and tracked per touch; {{ link }} in the text."""
     group: str | None = None
+    """wecom_group_invite: the WeCom group chat to invite to."""
     fallback: Channel | None = None
+    """Channel to use when the user cannot be reached on this one."""
 
     @property
     def kind(self) -> Literal["send"]:
@@ -307,7 +323,9 @@ class WaitStep(_Model):
 
     id: StepId | None = None
     wait: Duration
+    """Elapsed time after the previous step finished, e.g. 1d."""
     window: Window | None = None
+    """Then continue at the next local time inside HH:MM-HH:MM."""
 
     @property
     def kind(self) -> Literal["wait"]:
@@ -326,8 +344,11 @@ class BranchStep(_Model):
 
     id: StepId | None = None
     if_: str = Field(alias="if")
+    """Condition, e.g. not joined('invite')."""
     then: str
+    """A later step id, or exit, when the condition holds."""
     else_: str = Field(alias="else")
+    """A later step id, or exit, otherwise."""
 
     @property
     def kind(self) -> Literal["branch"]:
@@ -381,6 +402,7 @@ class Pool(_Model):
     """A coupon-code CSV (a ``code`` column), relative to the journey file."""
 
     csv: str = Field(min_length=1)
+    """CSV with a code column, relative to the journey file."""
 
 
 # ---------------------------------------------------------------- policy
@@ -399,6 +421,7 @@ class Cap(_Model):
     (calendar, in the policy timezone; weeks start on Monday)."""
 
     max: int = Field(ge=0)
+    """At most this many sends per person…"""
     per: str = Field(json_schema_extra={"pattern": r"^((\d+[smhdw])+|day|week|month)$"})
 
     @field_validator("per")
@@ -491,15 +514,18 @@ class Policy(_Model):
     """``journeys/policy.yaml``: caps per person across journeys, quiet hours, SMS rules."""
 
     timezone: str = "Asia/Shanghai"
+    """For users without a timezone; also the zone of calendar caps and crons."""
     # validate_default: the platform limits are added even when ``caps`` is left out.
     caps: dict[CapKey, Cap] = Field(default={}, validate_default=True, json_schema_extra=_CAP_KEYS)
     when_capped: Literal["skip", "defer"] = "skip"
+    """A capped touch is skipped, or deferred up to max_defer."""
     max_defer: Duration = Field(default=timedelta(hours=24), json_schema_extra={"default": "24h"})
     send_hours: dict[ChannelKey, Window] = Field(default={}, json_schema_extra=_CHANNEL_KEYS)
     holiday_send_hours: dict[ChannelKey, Window] = Field(
         default={}, json_schema_extra=_CHANNEL_KEYS
     )
     holidays: str | None = None
+    """Holiday calendar (holidays package country code), e.g. CN."""
     sms: SmsPolicy
 
     @field_validator("timezone")
@@ -600,16 +626,24 @@ class JourneySpec(_Model):
     """What a journey file may contain (the JSON Schema is made from this)."""
 
     id: JourneyId
+    """Unique, stable journey id."""
     name: str = Field(min_length=1)
+    """Display name."""
     entry: Entry
-    reentry: Reentry = None
-    holdout: Holdout = 0.0
+    reentry: Reentry = Field(default=None, json_schema_extra={"default": "never"})
+    """Minimum time between two entries of a user (>= goal.within), or never."""
+    holdout: Holdout = Field(default=0.0, json_schema_extra={"default": "0%"})
+    """Control group share, 0% to 50%: enrolled and measured, never touched."""
     goal: Goal | None = None
     steps: list[Step] = Field(min_length=1)
     priority: int = 0
+    """Higher goes first when a cap slot is scarce."""
     test_recipients: list[str] = []
+    """User ids that receive every touch, uncapped and never counted."""
     policy: PolicyOverride | None = None
+    """Stricter caps, quiet hours or deferral for this journey only."""
     pools: dict[PoolName, Pool] = {}
+    """Coupon pools: one code drawn per enrollment, a template variable."""
 
     def send_steps(self) -> list[SendStep]:
         return [s for s in self.steps if isinstance(s, SendStep)]

@@ -108,6 +108,16 @@ def test_schema_files_validate_the_samples(app: typer.Typer, tmp_path: Path) -> 
         jsonschema.validate(data, schema, cls=jsonschema.Draft202012Validator)
 
 
+def test_committed_schemas_are_up_to_date(tmp_path: Path) -> None:
+    from orchestrator.journeys.schema import write_schemas
+
+    for path in write_schemas(tmp_path):
+        committed = REPO / "journeys/schemas" / path.name
+        assert committed.read_text("utf-8") == path.read_text("utf-8"), (
+            f"{committed} is stale: run recall schema"
+        )
+
+
 @pytest.mark.parametrize(
     ("change", "error"),
     [
