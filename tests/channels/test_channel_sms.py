@@ -263,3 +263,12 @@ def test_a_messaging_service_replaces_from(
 
 def _today() -> datetime:
     return datetime.now(UTC)
+
+
+def test_latency_below_the_read_timeout_is_just_slow(
+    sms: SmsChannel, sandbox: SandboxHandle
+) -> None:
+    fault(sandbox, "latency", "twilio", CREATE, seconds=0.2)
+    (result,) = sms.send(request("s-slow", CHANNEL, messages(1), options=POLICY))
+    assert result.status == "sent"
+    assert [c["outcome"] for c in creates(sandbox)] == ["accepted"]

@@ -198,3 +198,15 @@ def test_one_sender_lost_leaves_only_its_touches_unknown(
     fault(sandbox, "drop", "wecom", TASK)  # the first sender's call
     results = invite.send(req)
     assert [r.status for r in results] == ["unknown", "unknown", "sent"]
+
+
+def test_an_expired_token_is_refreshed_once_and_the_task_created_once(
+    invite: WeComInviteChannel, sandbox: SandboxHandle
+) -> None:
+    invite.send(request("w-before", CHANNEL, messages(2), options=GROUP))
+    fault(sandbox, "token_expired", "wecom")
+    assert {
+        r.status for r in invite.send(request("w-after", CHANNEL, messages(2), options=GROUP))
+    } == {"sent"}
+    assert len(calls(sandbox, "wecom", "/cgi-bin/gettoken")) == 2
+    assert [t["outcome"] for t in tasks(sandbox)] == ["accepted", "error:42001", "accepted"]
