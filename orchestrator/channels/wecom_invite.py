@@ -26,7 +26,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
@@ -155,15 +155,16 @@ class WeComInviteChannel:
         """One ``add_msg_template`` per sender; recorded senders are not called again."""
         check_batch(request, channel=self.name, max_batch=self.max_batch)
         groups = _by_sender(request, self._default_sender)
-        join_way = self.join_way(request) if groups else None
-        recorded = self._ledger.load(request.batch_id)
         outcomes = _no_contact(request)
-        for sender, messages in groups.items():
-            entry = recorded.get(_field(sender))
-            if entry is not None:
-                outcomes += _from_entry(entry, messages)
-            elif join_way is not None:
-                outcomes += self._send_task(request, join_way, sender, messages)
+        if groups:
+            join_way = self.join_way(request)
+            recorded = self._ledger.load(request.batch_id)
+            for sender, messages in groups.items():
+                entry = recorded.get(_field(sender))
+                if entry is not None:
+                    outcomes += _from_entry(entry, messages)
+                else:
+                    outcomes += self._send_task(request, join_way, sender, messages)
         return conclude(request, outcomes, provider=PROVIDER)
 
     def reconcile(self, request: SendRequest) -> list[TouchResult]:
@@ -247,7 +248,7 @@ class WeComInviteChannel:
             # A join way that may exist is only an unused QR code: creating another is safe.
             raise ChannelRetryable(str(exc), provider=PROVIDER) from exc
         way = JoinWay(config_id=config_id, qr_code=str(got["join_way"]["qr_code"]), state=state)
-        return json.dumps(way.__dict__)
+        return json.dumps(asdict(way))
 
     # -- asynchronous results ---------------------------------------------------------------
 
