@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
 from orchestrator.channels.base import Message, SendRequest, TouchResult
 from orchestrator.errors import ChannelConfig, ConfigError
+
+T = TypeVar("T")
 
 # (connect, read) seconds for every provider call. A connect failure is cheap to retry; the
 # read timeout bounds how long a worker waits before declaring the outcome unknown.
@@ -43,3 +48,18 @@ def failed(message: Message, reason: str) -> TouchResult:
 
 def unknown(message: Message) -> TouchResult:
     return TouchResult(touch_id=message.touch_id, status="unknown")
+
+
+class PerThread(Generic[T]):
+    """One ``make()`` per thread: SDK clients hold a ``requests.Session``, which is not meant
+    to be shared between threads, and keeping one per thread keeps its connection alive."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._local = threading.local()
+
+    def get(self) -> T:
+        value: T | None = getattr(self._local, "value", None)
+        if value is None:
+            value = self._local.value = self._make()
+        return value

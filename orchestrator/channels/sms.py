@@ -19,7 +19,6 @@ touch's short link (or exact body) in the text.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ from twilio.rest import Client
 from orchestrator.channels.base import Message, SendRequest, TouchResult, TouchStatus
 from orchestrator.channels.common import (
     DEFAULT_TIMEOUT,
+    PerThread,
     check_batch,
     failed,
     provider_base,
@@ -127,7 +127,6 @@ class SmsChannel:
         self._sender = _sender(settings)
         self._base = provider_base(settings.twilio_api_base, TWILIO_HOST, "RECALL_TWILIO_API_BASE")
         self._status_callback = f"{settings.public_base_url.rstrip('/')}/v1/callbacks/twilio"
-        self._proxies = requests.utils.get_environ_proxies(self._base)
         self._timeout = timeout
         self._rate_per_s = rate_per_s
         self._backoff = backoff or Backoff()
@@ -135,7 +134,7 @@ class SmsChannel:
         self._on_opt_out = on_opt_out
         self._ledger = SendLedger(redis, prefix=key_prefix, channel=self.name)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recall-sms")
-        self._local = threading.local()
+        self._clients = PerThread(self._new_client)
 
     def __repr__(self) -> str:
         return f"SmsChannel(account_sid={self._account_sid!r}, base={self._base!r}, token=***)"
@@ -248,18 +247,18 @@ class SmsChannel:
 
     def _client(self) -> Client:
         """This thread's Twilio client (its own session and keep-alive connection)."""
-        client: Client | None = getattr(self._local, "client", None)
-        if client is None:
-            # Proxies from the environment are resolved once, not per request (requests
-            # would walk os.environ on every call: a fifth of the CPU per message).
-            http = _PacedHttpClient(proxy=self._proxies)
-            http.session.trust_env = False
-            http.timeout = self._timeout  # the constructor refuses a (connect, read) tuple
-            client = Client(self._account_sid, self._auth_token, http_client=http)
-            client.edge = None
-            client.region = None
-            client.api.base_url = self._base
-            self._local.client = client
+        return self._clients.get()
+
+    def _new_client(self) -> Client:
+        # Proxies from the environment are resolved once, not per request (requests would
+        # walk os.environ on every call: a fifth of the CPU per message).
+        http = _PacedHttpClient(proxy=requests.utils.get_environ_proxies(self._base))
+        http.session.trust_env = False
+        http.timeout = self._timeout  # the constructor refuses a (connect, read) tuple
+        client = Client(self._account_sid, self._auth_token, http_client=http)
+        client.edge = None
+        client.region = None
+        client.api.base_url = self._base
         return client
 
     def _bucket(self, options: Mapping[str, str]) -> TokenBucket:

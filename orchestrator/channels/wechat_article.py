@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from wechatpy.exceptions import WeChatClientException
 
 from orchestrator.channels.base import Message, SendRequest, TouchResult
-from orchestrator.channels.common import DEFAULT_TIMEOUT, check_batch, failed, unknown
+from orchestrator.channels.common import DEFAULT_TIMEOUT, PerThread, check_batch, failed, unknown
 from orchestrator.channels.errors import wechat_reason
 from orchestrator.channels.fanout import Outcome, from_entry, send_each
 from orchestrator.channels.ledger import SendLedger
@@ -83,14 +82,20 @@ class WeChatArticleChannel:
         template_workers: int = TEMPLATE_WORKERS,
     ) -> None:
         self._appid = settings.wechat_appid
-        self._secret = settings.wechat_secret.get_secret_value()
-        self._api_base = settings.wechat_api_base
         self._redis = redis
         self._key_prefix = key_prefix
-        self._timeout = timeout
         self._ledger = SendLedger(redis, prefix=key_prefix, channel=self.name)
         self._pool = ThreadPoolExecutor(template_workers, thread_name_prefix="recall-wx")
-        self._local = threading.local()
+        self._clients = PerThread(
+            lambda: RecallWeChatClient(
+                settings.wechat_appid,
+                settings.wechat_secret.get_secret_value(),
+                redis=redis,
+                api_base=settings.wechat_api_base,
+                key_prefix=key_prefix,
+                timeout=timeout,
+            )
+        )
         self.client()  # validates the base URL now, not at the first send
 
     def __repr__(self) -> str:
@@ -100,18 +105,8 @@ class WeChatArticleChannel:
         self._pool.shutdown(wait=True)
 
     def client(self) -> RecallWeChatClient:
-        """This thread's client (wechatpy clients hold a requests.Session)."""
-        client: RecallWeChatClient | None = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = RecallWeChatClient(
-                self._appid,
-                self._secret,
-                redis=self._redis,
-                api_base=self._api_base,
-                key_prefix=self._key_prefix,
-                timeout=self._timeout,
-            )
-        return client
+        """This thread's client."""
+        return self._clients.get()
 
     # -- the port ---------------------------------------------------------------------------
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from orchestrator.channels.base import Message, SendRequest, TouchResult
-from orchestrator.channels.common import DEFAULT_TIMEOUT, check_batch, failed, unknown
+from orchestrator.channels.common import DEFAULT_TIMEOUT, PerThread, check_batch, failed, unknown
 from orchestrator.channels.errors import wechat_reason
 from orchestrator.channels.fanout import Outcome, conclude
 from orchestrator.channels.ledger import Entry, SendLedger
@@ -122,32 +121,28 @@ class WeComInviteChannel:
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
     ) -> None:
         self._corp_id = settings.wecom_corp_id
-        self._secret = settings.wecom_secret.get_secret_value()
-        self._api_base = settings.wecom_api_base
         self._default_sender = settings.wecom_default_sender
         self._redis = redis
         self._key_prefix = key_prefix
-        self._timeout = timeout
         self._ledger = SendLedger(redis, prefix=key_prefix, channel=self.name)
-        self._local = threading.local()
+        self._clients = PerThread(
+            lambda: RecallWeComClient(
+                settings.wecom_corp_id,
+                settings.wecom_secret.get_secret_value(),
+                redis=redis,
+                api_base=settings.wecom_api_base,
+                key_prefix=key_prefix,
+                timeout=timeout,
+            )
+        )
         self.client()  # validates the base URL now, not at the first send
 
     def __repr__(self) -> str:
         return f"WeComInviteChannel(corp_id={self._corp_id!r}, secret=***)"
 
     def client(self) -> RecallWeComClient:
-        """This thread's client (wechatpy clients hold a requests.Session)."""
-        client: RecallWeComClient | None = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = RecallWeComClient(
-                self._corp_id,
-                self._secret,
-                redis=self._redis,
-                api_base=self._api_base,
-                key_prefix=self._key_prefix,
-                timeout=self._timeout,
-            )
-        return client
+        """This thread's client."""
+        return self._clients.get()
 
     # -- the port ---------------------------------------------------------------------------
 

@@ -65,11 +65,26 @@ class _BoundedClient:
 
     PROVIDER: ClassVar[str]
     TOKEN_PATH: ClassVar[str]
+    DEFAULT_BASE: ClassVar[str]
     base_url: str
     timeout: Any
     _http: requests.Session
 
-    def _setup(self, *, base: str, redis: Redis, key_prefix: str, app_id: str, secret: str) -> None:
+    def __init__(
+        self,
+        app_id: str,
+        secret: str,
+        *,
+        redis: Redis,
+        api_base: str | None = None,
+        key_prefix: str = "recall",
+        timeout: tuple[float, float] | float = DEFAULT_TIMEOUT,
+    ) -> None:
+        # wechatpy's own __init__ (next in the MRO): no auto_retry, our timeout everywhere.
+        super().__init__(app_id, secret, timeout=timeout, auto_retry=False)  # type: ignore[call-arg]
+        base = provider_base(
+            api_base, self.DEFAULT_BASE, f"RECALL_{self.PROVIDER.upper()}_API_BASE"
+        )
         self.base_url = base
         self.API_BASE_URL = f"{base}/cgi-bin/"
         self._used = threading.local()
@@ -161,20 +176,6 @@ class RecallWeChatClient(_BoundedClient, WeChatClient):  # type: ignore[misc]
     TOKEN_PATH = "/cgi-bin/token"
     DEFAULT_BASE = "https://api.weixin.qq.com"
 
-    def __init__(
-        self,
-        appid: str,
-        secret: str,
-        *,
-        redis: Redis,
-        api_base: str | None = None,
-        key_prefix: str = "recall",
-        timeout: tuple[float, float] | float = DEFAULT_TIMEOUT,
-    ) -> None:
-        super().__init__(appid, secret, timeout=timeout, auto_retry=False)
-        base = provider_base(api_base, self.DEFAULT_BASE, "RECALL_WECHAT_API_BASE")
-        self._setup(base=base, redis=redis, key_prefix=key_prefix, app_id=appid, secret=secret)
-
     def _token_params(self) -> dict[str, str]:
         return {"grant_type": "client_credential", "appid": self.appid, "secret": self.secret}
 
@@ -188,20 +189,6 @@ class RecallWeComClient(_BoundedClient, WeComClient):  # type: ignore[misc]
     PROVIDER = "wecom"
     TOKEN_PATH = "/cgi-bin/gettoken"
     DEFAULT_BASE = "https://qyapi.weixin.qq.com"
-
-    def __init__(
-        self,
-        corp_id: str,
-        secret: str,
-        *,
-        redis: Redis,
-        api_base: str | None = None,
-        key_prefix: str = "recall",
-        timeout: tuple[float, float] | float = DEFAULT_TIMEOUT,
-    ) -> None:
-        super().__init__(corp_id, secret, timeout=timeout, auto_retry=False)
-        base = provider_base(api_base, self.DEFAULT_BASE, "RECALL_WECOM_API_BASE")
-        self._setup(base=base, redis=redis, key_prefix=key_prefix, app_id=corp_id, secret=secret)
 
     def _token_params(self) -> dict[str, str]:
         return {"corpid": self.corp_id, "corpsecret": self.secret}
