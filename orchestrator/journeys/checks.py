@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import timedelta
 from pathlib import Path
 
@@ -67,11 +68,13 @@ class JourneyCheck:
     ) -> Problem:
         return self.doc.problem(path, message, key=key, severity=severity)
 
-    @property
+    @cached_property
     def steps(self) -> list[SendStep | WaitStep | BranchStep | ExitStep]:
         return list(self.spec.steps)
 
+    @cached_property
     def first_index(self) -> dict[str, int]:
+        """Each step id and the index of its first step."""
         ids: dict[str, int] = {}
         for index, step in enumerate(self.steps):
             if step.id is not None:
@@ -138,7 +141,7 @@ def _policy_override(check: JourneyCheck) -> Iterator[Problem]:
 
 
 def _duplicate_ids(check: JourneyCheck) -> Iterator[Problem]:
-    first = check.first_index()
+    first = check.first_index
     for index, step in enumerate(check.steps):
         if step.id is not None and first[step.id] != index:
             line = check.doc.position(("steps", first[step.id], "id"))[0]
@@ -148,7 +151,7 @@ def _duplicate_ids(check: JourneyCheck) -> Iterator[Problem]:
 
 
 def _branch_targets(check: JourneyCheck) -> Iterator[Problem]:
-    ids = check.first_index()
+    ids = check.first_index
     for index, step in enumerate(check.steps):
         if not isinstance(step, BranchStep):
             continue
@@ -174,7 +177,7 @@ def _successors(check: JourneyCheck, index: int) -> list[int]:
     if isinstance(step, ExitStep):
         return []
     if isinstance(step, BranchStep):
-        ids = check.first_index()
+        ids = check.first_index
         return sorted({ids[t] for t in step.targets if t != EXIT})
     return [index + 1] if index + 1 < len(check.steps) else []
 

@@ -83,7 +83,7 @@ def load_all(journeys_dir: Path, templates_dir: Path) -> tuple[list[Journey], Po
     every problem of the run if anything is wrong."""
     report = check_paths([journeys_dir], templates_dir)
     _raise_errors(report.problems)
-    return report.journeys, report.policies[journeys_dir]
+    return report.journeys, report.policies[Path(journeys_dir)]
 
 
 def validate_paths(paths: Iterable[Path], templates_dir: Path) -> list[Problem]:
@@ -193,24 +193,11 @@ def _journey_files(folder: Path) -> list[Path]:
     )
 
 
-def _policy_of(
-    folder: Path, policies: dict[Path, Policy | None], report: ValidationReport
-) -> Policy | None:
-    if folder not in policies:
-        path = folder / POLICY_FILE
-        policy, problems = _policy_file(path)
-        report.problems += problems
-        policies[folder] = policy
-        if policy is not None:
-            report.policies[folder] = policy
-    return policies[folder]
-
-
 def _policy_file(path: Path) -> tuple[Policy | None, list[Problem]]:
     if not path.is_file():
         message = f"no {POLICY_FILE} in {path.parent}: journeys are checked against the policy"
         return None, [Problem(str(path), 1, 1, message)]
-    doc, problems = _read(path)
+    _, doc, problems = _read(path)
     if doc is None:
         return None, problems
     policy = _validate(Policy, doc, problems)
@@ -218,7 +205,7 @@ def _policy_file(path: Path) -> tuple[Policy | None, list[Problem]]:
 
 
 def _journey_file(path: Path, policy: Policy | None, catalog: TemplateCatalog) -> _Loaded:
-    doc, problems = _read(path)
+    raw, doc, problems = _read(path)
     spec = _validate(JourneySpec, doc, problems) if doc is not None else None
     if spec is None or doc is None:
         return _Loaded(doc, None, problems)
@@ -226,7 +213,7 @@ def _journey_file(path: Path, policy: Policy | None, catalog: TemplateCatalog) -
     if _has_errors(problems):
         return _Loaded(doc, None, problems)
     templates = catalog.closure(spec.templates_used())
-    digest = hashlib.sha256(path.read_bytes())
+    digest = hashlib.sha256(raw)
     for template in templates:
         digest.update(template.data)
     journey = Journey.model_validate(
@@ -240,18 +227,20 @@ def _journey_file(path: Path, policy: Policy | None, catalog: TemplateCatalog) -
     return _Loaded(doc, journey, problems)
 
 
-def _read(path: Path) -> tuple[YamlDocument | None, list[Problem]]:
+def _read(path: Path) -> tuple[bytes, YamlDocument | None, list[Problem]]:
+    """The file's bytes (they make the version) and its YAML with positions."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
     except OSError as exc:
-        return None, [Problem(str(path), 1, 1, f"cannot read the file: {exc.strerror}")]
+        return b"", None, [Problem(str(path), 1, 1, f"cannot read the file: {exc.strerror}")]
     except UnicodeDecodeError as exc:
-        return None, [Problem(str(path), 1, 1, f"not UTF-8 text (byte {exc.start})")]
+        return b"", None, [Problem(str(path), 1, 1, f"not UTF-8 text (byte {exc.start})")]
     doc, problems = read_yaml(text, str(path))
     if doc is not None and not isinstance(doc.data, dict):
         problems.append(doc.problem((), "expected a mapping of keys at the top of the file"))
-        return None, problems
-    return doc, problems
+        return raw, None, problems
+    return raw, doc, problems
 
 
 def _validate(model: type[M], doc: YamlDocument, problems: list[Problem]) -> M | None:
