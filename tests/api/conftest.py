@@ -103,3 +103,22 @@ def auth() -> dict[str, str]:
 @pytest.fixture
 def seed(db_engine: Engine) -> Seeder:
     return Seeder(db_engine)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only: HTTP behaviour the database backend cannot change; run it "
+        "on SQLite only (keeps the area fast; DB semantics are tested on both)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    dropped = [
+        item for item in items
+        if item.get_closest_marker("sqlite_only")
+        and getattr(item, "callspec", None) is not None
+        and item.callspec.params.get("db_engine") == "postgres"
+    ]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]

@@ -19,6 +19,7 @@ def event(i: int, **fields: Any) -> dict[str, Any]:
             "ts": "2026-03-02T10:00:00+08:00", "value": None, "props": {}} | fields
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("header", [
     None, "Bearer wrong", "Bearer key-one2", "Basic a2V5LW9uZQ==", "Bearer", "key-one",
 ])
@@ -34,6 +35,7 @@ def test_protected_routes_need_a_key(
     assert response.headers["www-authenticate"] == "Bearer"
 
 
+@pytest.mark.sqlite_only
 def test_each_configured_key_works(client: httpx.Client) -> None:
     for key in ("key-one", "key-two"):
         response = client.get("/v1/journeys", headers={"Authorization": f"Bearer {key}"})
@@ -56,6 +58,7 @@ def test_events_are_ingested_idempotently_and_rejected_by_index(
     assert seed.count(EVENTS) == 3
 
 
+@pytest.mark.sqlite_only
 def test_more_than_ten_thousand_events_are_refused(
     client: httpx.Client, auth: dict[str, str], seed: Seeder
 ) -> None:
@@ -67,6 +70,7 @@ def test_more_than_ten_thousand_events_are_refused(
     assert seed.count(EVENTS) == 0
 
 
+@pytest.mark.sqlite_only
 def test_bodies_over_the_limit_are_refused_before_reading(
     client: httpx.Client, auth: dict[str, str]
 ) -> None:
@@ -76,6 +80,7 @@ def test_bodies_over_the_limit_are_refused_before_reading(
     assert response.json()["error"]["code"] == "payload_too_large"
 
 
+@pytest.mark.sqlite_only
 def test_streamed_bodies_over_the_limit_are_refused(
     client: httpx.Client, auth: dict[str, str]
 ) -> None:
@@ -90,6 +95,7 @@ def test_streamed_bodies_over_the_limit_are_refused(
     assert response.json()["error"]["code"] == "payload_too_large"
 
 
+@pytest.mark.sqlite_only
 def test_errors_share_one_shape(client: httpx.Client, auth: dict[str, str]) -> None:
     bad_json = client.post("/v1/events", content=b"{", headers=auth | {
         "content-type": "application/json"})
@@ -122,6 +128,7 @@ def test_healthz_checks_database_and_redis(client: httpx.Client, api_redis_url: 
     assert response.json() == {"status": "ok", "db": "ok", "redis": "ok"}
 
 
+@pytest.mark.sqlite_only
 def test_healthz_says_which_dependency_is_down(
     client: httpx.Client, app: Any
 ) -> None:
@@ -147,6 +154,7 @@ def test_metrics_read_the_store(client: httpx.Client, seed: Seeder, clock: Any) 
     assert "recall_store_up 1.0" in text
 
 
+@pytest.mark.sqlite_only
 def test_openapi_lists_every_route(client: httpx.Client) -> None:
     paths = set(client.get("/openapi.json").json()["paths"])
     assert {"/v1/events", "/v1/journeys", "/v1/webhooks/payments/generic",

@@ -98,6 +98,7 @@ def test_twilio_21610_also_opts_the_number_out(
     assert consent.suppressions(db_engine, ["u1"], "sms") == {"u1": "opted_out:sms"}
 
 
+@pytest.mark.sqlite_only
 def test_twilio_unknown_message_is_acknowledged(client: httpx.Client, seed: Seeder) -> None:
     touch = sms_touch(seed)
     response = post_twilio(client, status_params("delivered", sid="SMunknown"))
@@ -105,6 +106,7 @@ def test_twilio_unknown_message_is_acknowledged(client: httpx.Client, seed: Seed
     assert seed.row(TOUCHES, id=touch)["status"] == "sent"
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("signature", [
     "bm90IHRoZSBzaWduYXR1cmU=",
     twilio_signature(TWILIO_URL, status_params("delivered"), token="other-token"),
@@ -145,6 +147,7 @@ def signed_query(token: str, **extra: str) -> dict[str, str]:
             "nonce": nonce} | extra
 
 
+@pytest.mark.sqlite_only
 def test_wechat_url_verification(client: httpx.Client) -> None:
     ok = client.get("/v1/callbacks/wechat", params=signed_query("wechat-token", echostr="e42"))
     assert ok.status_code == 200 and ok.text == "e42"
@@ -178,6 +181,7 @@ def test_wechat_unsubscribe_opts_out_and_subscribe_clears_it(
     assert consent.suppressions(db_engine, ["u1"], "wechat_article") == {}
 
 
+@pytest.mark.sqlite_only
 def test_wechat_push_with_a_wrong_signature_changes_nothing(
     client: httpx.Client, seed: Seeder
 ) -> None:
@@ -205,6 +209,7 @@ def test_masssendjobfinish_stores_the_counts_on_the_batch(
         "error_count": 5}
 
 
+@pytest.mark.sqlite_only
 def test_wechat_safe_mode_push_is_decrypted(
     client: httpx.Client, app: FastAPI, seed: Seeder
 ) -> None:
@@ -271,6 +276,7 @@ def test_wecom_encrypted_verification_and_join_by_state(
     assert seed.row(TOUCHES, id=touch)["joined_at"] is not None
 
 
+@pytest.mark.sqlite_only
 def test_malformed_push_is_a_400(client: httpx.Client) -> None:
     response = push(client, "/v1/callbacks/wechat", "<xml><oops", signed_query("wechat-token"))
     assert response.status_code == 400

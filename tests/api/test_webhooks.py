@@ -76,6 +76,7 @@ def test_generic_replay_is_acknowledged_and_ignored(client: httpx.Client, seed: 
     assert seed.count(EVENTS) == 1 and seed.count(RECEIPTS) == 1
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize(("t", "secret", "tamper", "message"), [
     (NOW, b"wrong-secret", False, "does not match"),
     (NOW, GENERIC_SECRET, True, "does not match"),
@@ -99,6 +100,7 @@ def test_generic_wrong_or_stale_signature_stores_nothing(
     assert 'recall_webhook_rejections_total{source="generic"} 1.0' in client.get("/metrics").text
 
 
+@pytest.mark.sqlite_only
 def test_generic_tolerance_is_inclusive_and_follows_the_clock(
     client: httpx.Client, seed: Seeder, clock: ManualClock
 ) -> None:
@@ -109,6 +111,7 @@ def test_generic_tolerance_is_inclusive_and_follows_the_clock(
     assert late.status_code == 400 and seed.count(EVENTS) == 1
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("header", [None, "", "v1=abc", "t=now,v1=abc", f"t={NOW}"])
 def test_generic_malformed_header(client: httpx.Client, seed: Seeder, header: str | None) -> None:
     headers = {} if header is None else {"X-Recall-Signature": header}
@@ -128,6 +131,7 @@ def test_generic_unknown_payer_is_recorded_as_unmatched(
     assert post_generic(client, generic_body(user_id="nobody")).json() == {"status": "duplicate"}
 
 
+@pytest.mark.sqlite_only
 def test_generic_other_types_are_acknowledged_and_ignored(
     client: httpx.Client, seed: Seeder
 ) -> None:
@@ -136,6 +140,7 @@ def test_generic_other_types_are_acknowledged_and_ignored(
     assert response.json() == {"status": "ignored"} and nothing_stored(seed)
 
 
+@pytest.mark.sqlite_only
 def test_generic_bad_body_with_good_signature_is_a_400(client: httpx.Client,
                                                        seed: Seeder) -> None:
     response = post_generic(client, json.dumps({"type": "payment_failed"}).encode())
@@ -198,6 +203,7 @@ def test_stripe_replay_is_ignored(client: httpx.Client, seed: Seeder) -> None:
     assert again.json() == {"status": "duplicate"} and seed.count(EVENTS) == 1
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize(("t", "secret"), [
     (NOW, b"whsec_wrong"), (NOW - 301, STRIPE_SECRET), (NOW + 400, STRIPE_SECRET),
 ])
@@ -212,6 +218,7 @@ def test_stripe_wrong_or_stale_signature_stores_nothing(
     assert nothing_stored(seed)
 
 
+@pytest.mark.sqlite_only
 def test_stripe_other_events_are_acknowledged(client: httpx.Client, seed: Seeder) -> None:
     body = stripe_event("invoice.paid")
     assert post_stripe(client, body, stripe_header(body)).json() == {"status": "ignored"}
@@ -298,6 +305,7 @@ def test_wechatpay_replay_is_acknowledged_once(client: httpx.Client, seed: Seede
     assert seed.count(EVENTS) == 1 and seed.count(RECEIPTS) == 1
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("body", [
     notify(key="not-the-key"),
     notify("HMAC-SHA256", key="not-the-key"),
@@ -319,12 +327,14 @@ def test_wechatpay_unknown_openid_is_unmatched(client: httpx.Client, seed: Seede
     assert seed.count(EVENTS) == 0
 
 
+@pytest.mark.sqlite_only
 def test_wechatpay_success_notify_is_ignored(client: httpx.Client, seed: Seeder) -> None:
     seed.user("u1", openid="oUpF8uMuAJO_M2pxb1Q9zNjWeS6o")
     assert post_wechatpay(client, notify(result_code="SUCCESS")).text == ACK
     assert nothing_stored(seed)
 
 
+@pytest.mark.sqlite_only
 def test_wechatpay_refuses_entities(client: httpx.Client, seed: Seeder) -> None:
     evil = (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
             b"<xml><openid>&e;</openid></xml>")
