@@ -22,6 +22,10 @@ from orchestrator.journeys.preview import (
 )
 from orchestrator.journeys.schema import write_schemas
 
+TemplatesOption = Annotated[
+    Path | None, typer.Option(help="Templates folder (default: RECALL_TEMPLATES_DIR).")
+]
+
 
 def register(app: typer.Typer) -> None:
     """Add the journey commands to the ``recall`` app."""
@@ -43,9 +47,7 @@ def validate(
         list[Path] | None,
         typer.Argument(help="Journey files or folders (default: RECALL_JOURNEYS_DIR)."),
     ] = None,
-    templates: Annotated[
-        Path | None, typer.Option(help="Templates folder (default: RECALL_TEMPLATES_DIR).")
-    ] = None,
+    templates: TemplatesOption = None,
 ) -> None:
     """Check journeys, the policy and templates; print every problem as FILE:LINE:COL."""
     settings = get_settings()
@@ -81,9 +83,7 @@ def preview(
         str | None,
         typer.Option(help="JSON props of the entry event, e.g. '{\"amount\": 23.5}'."),
     ] = None,
-    templates: Annotated[
-        Path | None, typer.Option(help="Templates folder (default: RECALL_TEMPLATES_DIR).")
-    ] = None,
+    templates: TemplatesOption = None,
 ) -> None:
     """Render every send step of JOURNEY for one user, as it would be sent."""
     settings = get_settings()
