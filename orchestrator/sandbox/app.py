@@ -224,4 +224,4 @@ def _hang_up(send: Send) -> None:
     if transport is None:
         raise ConnectionAbortedError("sandbox drop fault: connection closed without an answer")
     transport.close()
-    cycle.disconnected = True  # tell uvicorn not to answer on our behalf
+    cycle.disconnected = True  # type: ignore[union-attr]  # uvicorn: do not answer for us

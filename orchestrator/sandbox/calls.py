@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 Provider = Literal["wechat", "wecom", "twilio"]
 PROVIDERS: tuple[Provider, ...] = ("wechat", "wecom", "twilio")
@@ -115,6 +115,23 @@ def errcode_fault_reply(kind: str) -> Reply:
         return Reply(500, text="Internal Server Error")
     code, message = ERRCODE_FAULTS[kind]
     return Reply(200, {"errcode": code, "errmsg": message})
+
+
+T = TypeVar("T")
+
+
+def typed(value: Any, kind: type[T], code: int, message: str) -> T:
+    """``value`` if it is a ``kind``, else the provider error ``code``."""
+    if not isinstance(value, kind):
+        raise ProviderError(code, message)
+    return value
+
+
+def present(value: T | None, code: int, message: str) -> T:
+    """``value`` unless it is None (an unknown id), else the provider error ``code``."""
+    if value is None:
+        raise ProviderError(code, message)
+    return value
 
 
 def require(condition: bool, code: int, message: str) -> None:

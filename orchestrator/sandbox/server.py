@@ -94,7 +94,7 @@ def serve(host: str = "127.0.0.1", port: int = 8081, *, state: SandboxState | No
     """Serve in the foreground until interrupted (``recall sandbox``)."""
     app = create_app(state)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
     finally:
         app.state.sandbox.close()
 

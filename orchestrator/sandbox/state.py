@@ -165,12 +165,13 @@ class SandboxState:
         if found is None:
             raise LookupError(f"the sandbox serves no provider API at {method} {path}")
         endpoint, params = found
+        kind: BodyKind = endpoint.body_kind
+        body: dict[str, Any] = {}
+        raw = b""
         if form is not None:
             body, raw, kind = dict(form), urlencode(form).encode(), "form"
         elif json_body is not None:
             body, raw, kind = json_body, json.dumps(json_body).encode(), "json"
-        else:
-            body, raw, kind = {}, b"", endpoint.body_kind
         call = Call(
             endpoint.provider,
             method.upper(),
@@ -181,7 +182,7 @@ class SandboxState:
             kind,
             params,
             auth,
-        )  # type: ignore[arg-type]
+        )
         return self.handle(endpoint, call)
 
     def _file(

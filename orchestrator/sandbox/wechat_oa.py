@@ -30,7 +30,9 @@ from orchestrator.sandbox.calls import (
     Reply,
     errcode_error_reply,
     errcode_fault_reply,
+    present,
     require,
+    typed,
 )
 from orchestrator.sandbox.outbox import Delivery, Pending
 from orchestrator.sandbox.signing import PushValue, push_xml, wechat_push
@@ -40,9 +42,11 @@ if TYPE_CHECKING:
 
 MIN_MASS, MAX_MASS = 2, 10_000
 MONTHLY_MASS_QUOTA = 4
+MAX_HINTED = 100  # unknown OpenIDs named in one 40003 errmsg
 MEDIA_TYPES = ("image", "voice", "video", "thumb")
 MEDIA_MSGTYPES = ("mpnews", "image", "voice", "mpvideo")
 FOLLOWER_STATES = ("followed", "unfollowed", "unknown")
+NOT_AN_OPENID_LIST = "data format error: touser must be a list of OpenIDs"
 
 
 @dataclass(slots=True)
@@ -108,13 +112,8 @@ class WeChatOA:
     def mass_send(self, call: Call) -> Outcome:
         self._authorize(call)
         body = call.body
-        touser = body.get("touser")
-        require(
-            isinstance(touser, list) and all(isinstance(o, str) for o in touser),
-            47001,
-            "data format error: touser must be a list of OpenIDs",
-        )
-        assert isinstance(touser, list)
+        touser: list[str] = typed(body.get("touser"), list, 47001, NOT_AN_OPENID_LIST)
+        require(all(isinstance(o, str) for o in touser), 47001, NOT_AN_OPENID_LIST)
         require(
             MIN_MASS <= len(touser) <= MAX_MASS,
             40130,
@@ -144,9 +143,7 @@ class WeChatOA:
     def _mass_content(self, body: dict[str, Any]) -> Any:
         msgtype = body.get("msgtype")
         require(msgtype in (*MEDIA_MSGTYPES, "text", "wxcard"), 40008, "invalid message type")
-        content = body.get(str(msgtype))
-        require(isinstance(content, dict), 47001, f"data format error: missing {msgtype}")
-        assert isinstance(content, dict)
+        content = typed(body.get(str(msgtype)), dict, 47001, f"data format error: no {msgtype}")
         if msgtype in MEDIA_MSGTYPES:
             require(content.get("media_id") in self.media, 40007, "invalid media_id")
         elif msgtype == "text":
@@ -182,7 +179,7 @@ class WeChatOA:
             return
         unknown = [o for o in openids if self.followers.get(o) == "unknown"]
         if unknown:
-            shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            shown = ", ".join(unknown[:MAX_HINTED]) + (" ..." if len(unknown) > MAX_HINTED else "")
             raise ProviderError(40003, f"invalid openid hint: [{shown}]")
 
     def _apply_quota(self, recipients: list[str]) -> dict[str, str]:
@@ -235,8 +232,7 @@ class WeChatOA:
         job = self.jobs.get(msg_id) if isinstance(msg_id, int) else None
         if job is None and isinstance(msg_id, str) and msg_id.isdigit():
             job = self.jobs.get(int(msg_id))
-        require(job is not None, 40097, f"invalid args: unknown msg_id {msg_id!r}")
-        assert job is not None
+        job = present(job, 40097, f"invalid args: unknown msg_id {msg_id!r}")
         return Outcome({"msg_id": job.msg_id, "msg_status": "SEND_SUCCESS"}, ref=str(job.msg_id))
 
     # -- template message ------------------------------------------------------------------
@@ -244,11 +240,11 @@ class WeChatOA:
     def template_send(self, call: Call) -> Outcome:
         self._authorize(call)
         body = call.body
-        touser, template_id = body.get("touser"), body.get("template_id")
-        require(isinstance(touser, str) and bool(touser), 40003, "invalid openid")
+        touser = typed(body.get("touser"), str, 40003, "invalid openid")
+        template_id = body.get("template_id")
+        require(bool(touser), 40003, "invalid openid")
         require(isinstance(template_id, str) and bool(template_id), 40037, "invalid template_id")
         require(isinstance(body.get("data", {}), dict), 47001, "data format error: data")
-        assert isinstance(touser, str)
         state = self.followers.get(touser, "followed")
         require(state != "unknown", 40003, f"invalid openid hint: [{touser}]")
         require(state != "unfollowed", 43004, "require subscribe")
@@ -272,9 +268,8 @@ class WeChatOA:
         return Outcome({"media_id": media_id}, ref=media_id)
 
     def _store_articles(self, body: dict[str, Any]) -> str:
-        articles = body.get("articles")
-        require(isinstance(articles, list) and bool(articles), 44003, "empty news data")
-        assert isinstance(articles, list)
+        articles = typed(body.get("articles"), list, 44003, "empty news data")
+        require(bool(articles), 44003, "empty news data")
         for index, article in enumerate(articles):
             require(
                 isinstance(article, dict)

@@ -21,7 +21,9 @@ from orchestrator.sandbox.calls import (
     Reply,
     errcode_error_reply,
     errcode_fault_reply,
+    present,
     require,
+    typed,
 )
 from orchestrator.sandbox.outbox import Delivery, Pending
 from orchestrator.sandbox.signing import PushValue, push_xml, wecom_push
@@ -36,6 +38,7 @@ MAX_STATE_CHARS = 30
 MAX_CHAT_MEMBERS = 200
 DEFAULT_SENDER = "sandbox-staff"
 CUSTOMER_STATES = ("friend", "not_friend", "unknown")
+NOT_AN_ID_LIST = "invalid external_userid: a non-empty list of ids is required"
 NOT_SENT, SENT, NOT_FRIEND, ALREADY_TODAY = 0, 1, 2, 3
 JOIN_BY_QR = 3  # WeCom join_scene: joined by scanning the group QR code
 ATTACHMENT_FIELDS = {
@@ -160,13 +163,8 @@ class WeCom:
             40058,
             "invalid chat_type: the sandbox supports chat_type 'single' only",
         )
-        ids = body.get("external_userid")
-        require(
-            isinstance(ids, list) and bool(ids) and all(isinstance(i, str) for i in ids),
-            40058,
-            "invalid external_userid: a non-empty list of ids is required",
-        )
-        assert isinstance(ids, list)
+        ids: list[str] = typed(body.get("external_userid"), list, 40058, NOT_AN_ID_LIST)
+        require(bool(ids) and all(isinstance(i, str) for i in ids), 40058, NOT_AN_ID_LIST)
         require(
             len(ids) <= MAX_RECIPIENTS,
             40058,
@@ -260,9 +258,11 @@ class WeCom:
         task.confirmed = True
 
     def _task(self, body: dict[str, Any]) -> GroupMsgTask:
-        task = self.tasks.get(str(body.get("msgid", "")))
-        require(task is not None, 40058, f"invalid msgid: {body.get('msgid')!r}")
-        assert task is not None
+        task = present(
+            self.tasks.get(str(body.get("msgid", ""))),
+            40058,
+            f"invalid msgid: {body.get('msgid')!r}",
+        )
         return task
 
     def get_groupmsg_send_result(self, call: Call) -> Outcome:
@@ -312,12 +312,10 @@ class WeCom:
     def get_groupmsg_list_v2(self, call: Call) -> Outcome:
         self._authorize(call)
         body = call.body
-        start, end = body.get("start_time"), body.get("end_time")
-        require(
-            isinstance(start, int) and isinstance(end, int) and start <= end,
-            40058,
-            "invalid start_time/end_time: unix seconds with start_time <= end_time",
-        )
+        bad_range = "invalid start_time/end_time: unix seconds with start_time <= end_time"
+        start = typed(body.get("start_time"), int, 40058, bad_range)
+        end = typed(body.get("end_time"), int, 40058, bad_range)
+        require(start <= end, 40058, bad_range)
         creator = body.get("creator")
         rows = [
             {
@@ -347,22 +345,21 @@ class WeCom:
     def add_join_way(self, call: Call) -> Outcome:
         self._authorize(call)
         body = call.body
-        chat_ids = body.get("chat_id_list")
+        bad_chats = f"invalid chat_id_list: 1..{MAX_JOIN_WAY_CHATS} group chat ids"
+        chat_ids: list[str] = typed(body.get("chat_id_list"), list, 40058, bad_chats)
         state = body.get("state", "")
         require(body.get("scene") in (1, 2), 40058, "invalid scene: 1 (mini program) or 2 (QR)")
         require(
-            isinstance(chat_ids, list)
-            and 0 < len(chat_ids) <= MAX_JOIN_WAY_CHATS
+            0 < len(chat_ids) <= MAX_JOIN_WAY_CHATS
             and all(isinstance(c, str) and c for c in chat_ids),
             40058,
-            f"invalid chat_id_list: 1..{MAX_JOIN_WAY_CHATS} group chat ids",
+            bad_chats,
         )
         require(
             isinstance(state, str) and len(state) <= MAX_STATE_CHARS,
             40058,
             f"invalid state: at most {MAX_STATE_CHARS} characters",
         )
-        assert isinstance(chat_ids, list)
         serial = self._state.next_id("wecom_join_way", 1)
         config_id = hashlib.md5(f"{self._state.prefix}:{serial}".encode()).hexdigest()
         self.join_ways[config_id] = JoinWay(
@@ -381,9 +378,11 @@ class WeCom:
 
     def get_join_way(self, call: Call) -> Outcome:
         self._authorize(call)
-        way = self.join_ways.get(str(call.body.get("config_id", "")))
-        require(way is not None, 40058, f"invalid config_id: {call.body.get('config_id')!r}")
-        assert way is not None
+        way = present(
+            self.join_ways.get(str(call.body.get("config_id", ""))),
+            40058,
+            f"invalid config_id: {call.body.get('config_id')!r}",
+        )
         return Outcome({"errcode": 0, "errmsg": "ok", "join_way": way.as_json()}, ref=way.config_id)
 
     def del_join_way(self, call: Call) -> Outcome:
@@ -394,9 +393,11 @@ class WeCom:
 
     def groupchat_get(self, call: Call) -> Outcome:
         self._authorize(call)
-        chat = self.chats.get(str(call.body.get("chat_id", "")))
-        require(chat is not None, 40050, f"chat_id not exist: {call.body.get('chat_id')!r}")
-        assert chat is not None
+        chat = present(
+            self.chats.get(str(call.body.get("chat_id", ""))),
+            40050,
+            f"chat_id not exist: {call.body.get('chat_id')!r}",
+        )
         return Outcome(
             {"errcode": 0, "errmsg": "ok", "group_chat": chat.as_json()}, ref=chat.chat_id
         )
