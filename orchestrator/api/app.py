@@ -7,8 +7,6 @@ Routes are in ``orchestrator.api.routes``; the reference is ``docs/api.md``.
 
 from __future__ import annotations
 
-import importlib.util
-
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
@@ -16,7 +14,15 @@ from orchestrator.api.deps import Services
 from orchestrator.api.errors import install_error_handlers
 from orchestrator.api.limits import MAX_BODY_BYTES, BodyLimit
 from orchestrator.api.metrics import ApiMetrics
-from orchestrator.api.routes import callbacks, events, health, journeys, links, webhooks
+from orchestrator.api.routes import (
+    callbacks,
+    events,
+    exports,
+    health,
+    journeys,
+    links,
+    webhooks,
+)
 from orchestrator.clock import Clock
 from orchestrator.config import Settings, get_settings
 
@@ -46,15 +52,6 @@ def create_app(
     app.state.services = Services(settings, engine, clock, ApiMetrics(engine, clock))
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     install_error_handlers(app)
-    for module in (events, journeys, webhooks, callbacks, links, health):
+    for module in (events, journeys, exports, webhooks, callbacks, links, health):
         app.include_router(module.router)
-    _include_optional(app)
     return app
-
-
-def _include_optional(app: FastAPI) -> None:
-    """Routes served by other areas, included only once those areas exist (never stubbed)."""
-    if importlib.util.find_spec("orchestrator.api.routes.reports") is not None:
-        from orchestrator.api.routes import reports
-
-        app.include_router(reports.router)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -23,7 +24,9 @@ def event(i: int, **fields: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("header", [
     None, "Bearer wrong", "Bearer key-one2", "Basic a2V5LW9uZQ==", "Bearer", "key-one",
 ])
-@pytest.mark.parametrize(("method", "path"), [("POST", "/v1/events"), ("GET", "/v1/journeys")])
+@pytest.mark.parametrize(("method", "path"), [
+    ("POST", "/v1/events"), ("GET", "/v1/journeys"), ("GET", "/v1/exports/touches"),
+])
 def test_protected_routes_need_a_key(
     client: httpx.Client, header: str | None, method: str, path: str
 ) -> None:
@@ -162,3 +165,22 @@ def test_openapi_lists_every_route(client: httpx.Client) -> None:
             "/v1/callbacks/twilio", "/v1/callbacks/wechat", "/v1/callbacks/wecom",
             "/s/{code}", "/l/{journey_id}", "/healthz", "/metrics"} <= paths
     assert client.get("/docs").status_code == 200
+
+
+def test_exports_stream_touches_and_enrollments(
+    client: httpx.Client, auth: dict[str, str], seed: Seeder
+) -> None:
+    enrollment = seed.enrollment(seed.user("u1"))
+    seed.touch(enrollment, "sms", provider_message_id="SM1", cost=0.09)
+    seed.touch(seed.enrollment(seed.user("u2"), journey_id="other"), "sms")
+    jsonl = client.get("/v1/exports/touches", params={"journey_id": "winback"}, headers=auth)
+    assert jsonl.headers["content-type"] == "application/x-ndjson"
+    lines = [json.loads(line) for line in jsonl.text.splitlines()]
+    assert [(r["user_id"], r["provider_message_id"], r["sent_at"]) for r in lines] == [
+        ("u1", "SM1", "2026-03-02T02:00:00Z")]
+    csv_text = client.get("/v1/exports/enrollments", params={"format": "csv"},
+                          headers=auth).text
+    header, *rows = csv_text.splitlines()
+    assert header.startswith("journey_id,enrollment_id,user_id,arm,variant,state")
+    assert len(rows) == 2
+    assert client.get("/v1/exports/users", headers=auth).status_code == 422
