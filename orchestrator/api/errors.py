@@ -8,6 +8,7 @@ whose caller only reads XML (WeChat Pay) sets ``request.state.error_format = "we
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -52,7 +53,7 @@ def error_body(code: str, message: str, field: str | None = None) -> dict[str, A
 
 def error_response(
     status: int, code: str, message: str, field: str | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(error_body(code, message, field), status_code=status, headers=headers)
 
