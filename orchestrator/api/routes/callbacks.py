@@ -67,7 +67,8 @@ def _twilio_inbound(services: Services, params: Mapping[str, str], now: datetime
 
 
 def _twilio(services: Services, url: str, raw: bytes, signature: str | None) -> None:
-    params = ImmutableMultiDict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))
+    params = ImmutableMultiDict(parse_qsl(raw.decode("utf-8", errors="replace"),
+                                          keep_blank_values=True))
     verify_twilio(url, params, signature,
                   auth_token=services.settings.twilio_auth_token.get_secret_value())
     now = services.clock.now()
@@ -121,7 +122,7 @@ def _wechat_xml(services: Services, raw: bytes, query: Mapping[str, str]) -> str
     verify_wechat(token, query.get("signature"), query.get("timestamp", ""),
                   query.get("nonce", ""))
     if query.get("encrypt_type", "raw") == "raw":
-        return raw.decode("utf-8")
+        return raw.decode("utf-8", errors="replace")
     aes_key = _secret(s.wechat_aes_key)
     if not aes_key:
         raise ConfigError("WeChat sent an encrypted push but RECALL_WECHAT_AES_KEY is not set")
@@ -136,7 +137,7 @@ def _wecom_xml(services: Services, raw: bytes, query: Mapping[str, str]) -> str:
     # No AES key: plain mode (the sandbox), signed like a WeChat plain-mode push.
     verify_wechat(token, query.get("signature") or query.get("msg_signature"),
                   query.get("timestamp", ""), query.get("nonce", ""))
-    return raw.decode("utf-8")
+    return raw.decode("utf-8", errors="replace")
 
 
 def _parse(parse: Any, xml: str) -> Any:

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from orchestrator.api.deps import Services, ServicesDep
 from orchestrator.errors import SignatureError
 from orchestrator.tracking.landing import landing_secret, read_landing_token, record_landing_click
-from orchestrator.tracking.links import LINKS, Click, record_click
+from orchestrator.tracking.links import LINKS, TOUCHES, Click, record_click
 
 router = APIRouter(tags=["links"])
 CODE_SHAPE = re.compile(r"^[A-Za-z0-9_-]{8,32}$")
@@ -47,9 +47,18 @@ def _click(services: Services, code: str) -> Click | None:
 
 
 def _peek(services: Services, code: str) -> Click | None:
+    """The click a GET would record, without recording it."""
+    query = (
+        select(LINKS.c.target_url, LINKS.c.touch_id, TOUCHES.c.channel, TOUCHES.c.journey_id)
+        .select_from(LINKS.outerjoin(TOUCHES, TOUCHES.c.id == LINKS.c.touch_id))
+        .where(LINKS.c.code == code)
+    )
     with services.engine.connect() as conn:
-        target = conn.execute(select(LINKS.c.target_url).where(LINKS.c.code == code)).scalar()
-    return Click(code, target, None, "unknown", "unknown") if target else None
+        row = conn.execute(query).first()
+    if row is None:
+        return None
+    return Click(code, row.target_url, row.touch_id, row.channel or "unknown",
+                 row.journey_id or "unknown")
 
 
 def _redirect(click: Click | None) -> Response:
