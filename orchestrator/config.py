@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     claim_lease_s: int = 300
     max_attempts: int = 5
     confirm_timeout_s: int = 86_400
+    celery_queue: str = "recall"  # one queue per deployment sharing a broker
 
     @field_validator("api_keys")
     @classmethod

@@ -39,8 +39,9 @@ def _postgres_engine() -> Iterator[Engine]:
     admin = make_engine(PG_URL)
     with admin.begin() as conn:
         conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    url = sa.engine.make_url(PG_URL).set(drivername="postgresql+psycopg")
-    engine = sa.create_engine(url, connect_args={"options": f"-csearch_path={schema}"})
+    # The schema travels in the URL, so a worker process given this URL sees the same data.
+    url = sa.engine.make_url(PG_URL).set(query={"options": f"-csearch_path={schema}"})
+    engine = make_engine(url.render_as_string(hide_password=False))
     try:
         migrate.upgrade(engine)
         yield engine

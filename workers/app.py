@@ -25,9 +25,11 @@ VISIBILITY_TIMEOUT_S = 3600
 app = Celery("recall", include=["workers.tasks"])
 
 
-def configure(url: str | None = None) -> Celery:
+def configure(url: str | None = None, queue: str | None = None) -> Celery:
+    settings = get_settings()
     app.conf.update(
-        broker_url=url or broker_url(get_settings()),
+        broker_url=url or broker_url(settings),
+        task_default_queue=queue or settings.celery_queue,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

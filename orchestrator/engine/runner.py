@@ -144,10 +144,10 @@ class InlineDispatcher:
 
 
 def in_flight(rt: Runtime) -> int:
-    """Claimed or sending work (what a virtual clock must not run past)."""
+    """Claimed, sending or not yet reconciled work (what a virtual clock must not run past)."""
     with rt.db.connect() as conn:
         touches = conn.execute(select(func.count()).select_from(TOUCHES).where(
-            TOUCHES.c.status.in_(("claimed", "sending")))).scalar_one()
+            TOUCHES.c.status.in_(("claimed", "sending", "unknown")))).scalar_one()
         cursors = conn.execute(select(func.count()).select_from(ENROLLMENTS).where(
             ENROLLMENTS.c.lease_until.is_not(None), ENROLLMENTS.c.state == "active")).scalar_one()
     return int(touches) + int(cursors)

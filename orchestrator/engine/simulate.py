@@ -336,10 +336,11 @@ def simulate(
     settings = settings.model_copy(update={"api_keys": ",".join({*settings.api_key_list,
                                                                   api_key})})
     with Stack(settings, workers=workers) as stack:
+        from orchestrator.store.redis import broker_url
         from workers.app import configure
         from workers.tasks import CeleryDispatcher
 
-        configure()
+        configure(broker_url(stack.settings), stack.settings.celery_queue)
         rt = Runtime.from_settings(stack.settings)
         clock = rt.clock
         assert isinstance(clock, StoredClock)

@@ -4,6 +4,7 @@ the HTTP API, and Celery worker processes. Everything is stopped on exit."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -14,6 +15,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pydantic import SecretStr
 
 from orchestrator.config import Settings
 from orchestrator.errors import ConfigError
@@ -67,24 +70,30 @@ class ApiServer:
         self.thread.join(timeout=10)
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Every setting as its ``RECALL_*`` variable, so a child process sees the same config."""
+    env: dict[str, str] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, dict):
+            value = json.dumps(value)
+        elif isinstance(value, Path):
+            value = value.resolve()
+        env[f"RECALL_{name.upper()}"] = str(value)
+    return env
+
+
 def worker_env(settings: Settings) -> dict[str, str]:
     """The environment a worker process needs to see the same deployment."""
     from orchestrator.store.redis import redis_url
 
-    env = dict(os.environ)
-    env.update({
-        "RECALL_DATABASE_URL": settings.effective_database_url,
-        "RECALL_REDIS_URL": redis_url(settings),
-        "RECALL_STATE_DIR": str(Path(settings.state_dir).resolve()),
-        "RECALL_JOURNEYS_DIR": str(Path(settings.journeys_dir).resolve()),
-        "RECALL_TEMPLATES_DIR": str(Path(settings.templates_dir).resolve()),
-        "RECALL_PUBLIC_BASE_URL": settings.public_base_url,
-        "RECALL_GATHER_WINDOW_S": str(settings.gather_window_s),
-    })
-    for name in PROVIDER_BASES:
-        value = getattr(settings, name)
-        if value:
-            env[f"RECALL_{name.upper()}"] = value
+    env = {**os.environ, **settings_env(settings)}
+    env["RECALL_DATABASE_URL"] = settings.effective_database_url
+    env["RECALL_REDIS_URL"] = redis_url(settings)
     return env
 
 
@@ -93,12 +102,14 @@ def start_worker(settings: Settings, *, concurrency: int = 1, pool: str = "prefo
     """A real Celery worker process (``celery -A workers.main worker``)."""
     log = Path(settings.state_dir) / f"worker-{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers.main", "worker", f"--pool={pool}",
-         f"--concurrency={concurrency}", "--loglevel=WARNING", f"--hostname={name}@%h",
-         "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        env=worker_env(settings), stdout=log.open("ab"), stderr=subprocess.STDOUT,
-    )
+    with log.open("ab") as sink:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.main", "worker", f"--pool={pool}",
+             f"--concurrency={concurrency}", "--loglevel=WARNING", f"--hostname={name}@%h",
+             "-Q", settings.celery_queue,
+             "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            env=worker_env(settings), stdout=sink, stderr=subprocess.STDOUT,
+        )
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 15.0) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from orchestrator.config import Settings
 from orchestrator.engine.importer import import_users
 from orchestrator.engine.runtime import Runtime
 from orchestrator.sandbox.server import SandboxHandle, run_in_thread
+from orchestrator.store.clock import StoredClock
 from tests.support import REDIS_URL, require_server
 
 T0 = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # 09:00 in Shanghai
@@ -117,7 +119,8 @@ def make_runtime(
     tmp_path: Path, db_engine: Engine, sandbox: SandboxHandle, engine_redis_url: str
 ) -> Callable[..., Runtime]:
     def make(journeys: dict[str, str] | None = None, templates: dict[str, str] | None = None,
-             users: int = 20, **overrides: object) -> Runtime:
+             users: int = 20, shared_clock: bool = False, **overrides: object) -> Runtime:
+        """``shared_clock``: business time in the database, as worker processes read it."""
         write_journeys(tmp_path, journeys or {"winback": WINBACK}, templates or TEMPLATES)
         settings = Settings(
             _env_file=None,
@@ -125,9 +128,15 @@ def make_runtime(
             templates_dir=tmp_path / "templates", redis_url=engine_redis_url,
             wechat_api_base=sandbox.base_url, wecom_api_base=sandbox.base_url,
             twilio_api_base=sandbox.base_url, public_base_url="http://recall.test",
+            database_url=db_engine.url.render_as_string(hide_password=False),
+            celery_queue=f"recall-test-{uuid.uuid4().hex[:8]}",
             **overrides,
         )
-        rt = Runtime.from_settings(settings, db=db_engine, clock=ManualClock(T0))
+        clock: ManualClock | StoredClock = ManualClock(T0)
+        if shared_clock:
+            clock = StoredClock(db_engine)
+            clock.set(T0)
+        rt = Runtime.from_settings(settings, db=db_engine, clock=clock)
         rt.book.sync(db_engine, now=T0)
         users_csv = tmp_path / "users.csv"
         write_users(users_csv, users)
