@@ -49,8 +49,9 @@ def _twilio_status(services: Services, params: Mapping[str, str], now: datetime)
                     status, sid)
         return "unknown_message"
     if update.opted_out:
+        to = params.get("To")
         consent.record_opt_out(
-            services.engine, channel="sms", identity=f"phone:{params.get('To', '')}",
+            services.engine, channel="sms", identity=f"phone:{to}" if to else None,
             user_id=update.touch.user_id, reason=f"provider:{track.OPTED_OUT_CODE}", at=now,
         )
     return "status"
