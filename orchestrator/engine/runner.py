@@ -23,6 +23,7 @@ from orchestrator.engine.dispatch import Tick, TouchClaim, claim_due
 from orchestrator.engine.enroll import EnrollResult, enroll
 from orchestrator.engine.runtime import Runtime
 from orchestrator.engine.segments import segment_members
+from orchestrator.engine.wecom import due_for_poll, poll_wecom
 from orchestrator.errors import RetryLater
 from orchestrator.journeys.model import Journey
 from orchestrator.store.models import Enrollment, JourneyState, Touch
@@ -62,6 +63,8 @@ def tick(rt: Runtime, dispatcher: Dispatcher) -> Tick:
         dispatcher.touches(claim)
     for batch_id in claimed.unknown_batches:
         dispatcher.reconcile(batch_id)
+    if due_for_poll(rt, now):
+        poll_wecom(rt, now)
     return claimed
 
 

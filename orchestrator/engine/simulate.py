@@ -208,9 +208,10 @@ class Driver:
             self.sandbox.state.twilio_inbound(user["phone"], "TD")
 
     def _join(self, touch: Any, external_userid: str) -> None:
-        from orchestrator.channels.wecom_invite import join_way_state
+        from orchestrator.channels.wecom_invite import join_state
 
-        wanted = join_way_state(touch["batch_id"])
+        content = f"{touch['journey_version']}:{touch['step_id']}:{touch['variant'] or '-'}"
+        wanted = join_state(touch["journey_id"], touch["step_id"], content)
         ways = self.sandbox.state.wecom.join_ways
         config_id = next((cid for cid, way in ways.items() if way.state == wanted), None)
         if config_id is not None:

@@ -116,3 +116,59 @@ def test_goal_event_stops_later_touches(
         state, reason = conn.execute(select(ENROLLMENTS.c.state, ENROLLMENTS.c.exit_reason)
                                      .where(ENROLLMENTS.c.user_id == buyer)).one()
     assert (state, reason) == ("exited", "goal")
+
+
+INVITE_ONLY = """\
+id: invite
+name: 进群
+entry:
+  segment: "True"
+goal: { event: order_placed, within: 7d }
+steps:
+  - id: invite
+    send: wecom_group_invite
+    template: w/invite.j2
+    group: campus-deals
+"""
+
+
+def test_wecom_tasks_are_polled_until_confirmed_or_timed_out(
+    make_runtime: Callable[..., Runtime], sandbox: SandboxHandle
+) -> None:
+    sandbox.state.configure({"wecom_auto_confirm": False})
+    rt = make_runtime(journeys={"invite": INVITE_ONLY}, users=6)
+    clock = rt.clock
+    assert isinstance(clock, ManualClock)
+    with rt.db.begin() as conn:
+        enroll(conn, rt.book.latest("invite"), [f"u{i:04d}" for i in range(6)], now=T0)
+    clock.advance(60)
+    run_until_idle(rt)
+    rows = touches(rt)
+    assert {r.status for r in rows} == {"sent"}  # the task is accepted: the step is done
+    msgid = rows[0].provider_message_id
+
+    clock.advance(timedelta(hours=1))
+    run_until_idle(rt)
+    assert {r.status for r in touches(rt)} == {"sent"}  # nobody confirmed yet
+
+    sandbox.state.wecom_confirm(msgid)
+    clock.advance(timedelta(hours=1))
+    run_until_idle(rt)
+    assert {r.status for r in touches(rt)} == {"delivered"}
+
+
+def test_an_unconfirmed_wecom_task_is_cancelled_and_fails_its_touches(
+    make_runtime: Callable[..., Runtime], sandbox: SandboxHandle
+) -> None:
+    sandbox.state.configure({"wecom_auto_confirm": False})
+    rt = make_runtime(journeys={"invite": INVITE_ONLY}, users=4)
+    clock = rt.clock
+    assert isinstance(clock, ManualClock)
+    with rt.db.begin() as conn:
+        enroll(conn, rt.book.latest("invite"), [f"u{i:04d}" for i in range(4)], now=T0)
+    clock.advance(60)
+    run_until_idle(rt)
+    clock.advance(timedelta(hours=24, minutes=1))
+    run_until_idle(rt)
+    assert {(r.status, r.reason) for r in touches(rt)} == {("failed", "unconfirmed")}
+    assert sends(sandbox, "wecom", "cancel_groupmsg_send")
