@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.errors import (
@@ -103,7 +104,21 @@ async def validation_error_handler(request: Request, exc: Exception) -> Response
     return error_response(422, "invalid_request", message, field)
 
 
+async def database_error_handler(request: Request, exc: Exception) -> Response:
+    log.error("%s %s: database error: %s", request.method, request.url.path, exc)
+    return error_response(503, "store_unavailable",
+                          "the database did not answer; retry later (details in the server log)")
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
+    # Uvicorn logs the traceback too; the client learns nothing internal.
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "internal error (details in the server log)")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RecallError, recall_error_handler)
+    app.add_exception_handler(DBAPIError, database_error_handler)
+    app.add_exception_handler(Exception, unexpected_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)

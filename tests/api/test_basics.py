@@ -184,3 +184,22 @@ def test_exports_stream_touches_and_enrollments(
     assert header.startswith("journey_id,enrollment_id,user_id,arm,variant,state")
     assert len(rows) == 2
     assert client.get("/v1/exports/users", headers=auth).status_code == 422
+
+
+def test_a_database_outage_is_a_503_in_the_error_shape(
+    settings: Any, clock: Any, api_server: Any, auth: dict[str, str]
+) -> None:
+    from orchestrator.api.app import create_app
+    from orchestrator.store.db import make_engine
+
+    swappable, url = api_server
+    unreachable = make_engine("postgresql://postgres@127.0.0.1:1/none")
+    swappable.app = create_app(settings, engine=unreachable, clock=clock)
+    try:
+        with httpx.Client(base_url=url, trust_env=False, timeout=30) as client:
+            response = client.get("/v1/journeys", headers=auth)
+    finally:
+        swappable.app = None
+        unreachable.dispose()
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "store_unavailable"
