@@ -80,7 +80,8 @@ class SandboxState:
     ) -> None:
         self.lock = threading.RLock()
         self.config = config or SandboxConfig()
-        self.clock: Clock = clock or SystemClock()
+        self._base_clock: Clock = clock or SystemClock()
+        self.clock: Clock = self._base_clock
         self.business_tz = ZoneInfo(timezone)
         self.prefix = secrets.token_hex(4)  # keeps ids unique across sandbox instances
         self.tokens = TokenBook(monotonic)
@@ -216,15 +217,15 @@ class SandboxState:
     # -- control -------------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget all data, faults, queued callbacks and the clock; keep config and tokens
-        (clients stay logged in; use a token_expired fault to drop them)."""
+        """Forget all data, faults, queued callbacks and any frozen clock; keep config and
+        tokens (clients stay logged in; use a token_expired fault to drop them)."""
         with self.lock:
             for name in PROVIDERS:
                 self.provider(name).reset()
             self.record.clear()
             self.faults.clear()
             self.outbox.clear()
-            self.clock = SystemClock()
+            self.clock = self._base_clock
 
     def configure(self, changes: Mapping[str, Any]) -> SandboxConfig:
         with self.lock:
@@ -233,9 +234,10 @@ class SandboxState:
         return self.config
 
     def set_clock(self, now: datetime | None) -> datetime:
-        """Freeze business time at ``now`` (None: back to wall time)."""
+        """Freeze business time at ``now`` (None: back to the clock the state was made with,
+        wall time by default)."""
         with self.lock:
-            self.clock = ManualClock(now) if now is not None else SystemClock()
+            self.clock = ManualClock(now) if now is not None else self._base_clock
             return self.clock.now()
 
     def add_fault(self, spec: FaultSpec) -> dict[str, Any]:

@@ -155,3 +155,15 @@ def test_wecom_confirm_rejects_other_senders() -> None:
     with pytest.raises(LookupError, match="for sender 'li'"):
         state.wecom_confirm(reply.payload["msgid"], "li")
     assert state.wecom_confirm(reply.payload["msgid"], "zhang")["sent"] == 1
+
+
+def test_unfreezing_returns_to_the_injected_clock() -> None:
+    simulated = ManualClock(datetime(2025, 6, 1, tzinfo=UTC))
+    state = SandboxState(clock=simulated)
+    state.set_clock(datetime(2030, 1, 1, tzinfo=UTC))
+    assert state.now().year == 2030
+    state.set_clock(None)
+    assert state.now() == datetime(2025, 6, 1, tzinfo=UTC)
+    state.set_clock(datetime(2030, 1, 1, tzinfo=UTC))
+    state.reset()
+    assert state.clock is simulated
