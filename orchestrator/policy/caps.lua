@@ -13,12 +13,17 @@
 --          kind ("r" rolling: free = k-th oldest counted + param; "c" calendar: free = param),
 --          param (rolling window ms, or calendar window end ms)
 --
+-- Trimming touches the all-channel set and this channel's set only. A member of another
+-- channel's set may outlive its trimmed twin in KEYS[2] until that channel grants again or
+-- the set expires; it is older than every window, so it counts nowhere, and whether a key
+-- is held is read from KEYS[2].
+--
 -- Answers: 1 reserved, 2 already held (a retry), -1 needs rebuild (marker missing),
 --          {first refusing rule (1-based), ms when every refusing window frees a slot or -1}.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return -1
 end
-if redis.call('ZSCORE', KEYS[3], ARGV[1]) then
+if redis.call('ZSCORE', KEYS[2], ARGV[2]) then
   return 2
 end
 
