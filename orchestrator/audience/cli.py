@@ -90,8 +90,8 @@ def segment(
         summary = tier_summary(engine, at=when)
     except RecallError as exc:
         raise _fail("segment", exc) from exc
-    local = when.astimezone(config.zone)
-    table = Table(title=f"{written:,} users segmented at {local:%Y-%m-%d %H:%M %Z}")
+    out.print(f"{written:,} users segmented at {when.astimezone(config.zone):%Y-%m-%d %H:%M %Z}")
+    table = Table()
     table.add_column("tier")
     table.add_column("users", justify="right")
     table.add_column("mean churn score", justify="right")

@@ -33,9 +33,9 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from orchestrator.audience.churn import default_models_dir, load_model, score_users
+from orchestrator.audience.churn import default_models_dir, load_model, score_frame
 from orchestrator.audience.config import AudienceConfig
-from orchestrator.audience.features import EVENTS, FeatureFrame, compute_features
+from orchestrator.audience.features import EVENTS, FeatureFrame, FloatArray, compute_features
 from orchestrator.clock import as_utc
 
 EventDict = dict[str, Any]
@@ -79,22 +79,30 @@ def detect_signals(
     config: AudienceConfig,
     models_dir: Path | None = None,
 ) -> list[Signal]:
-    """Run the enabled detectors at ``at``; signals sorted by (name, user)."""
+    """Run the enabled detectors at ``at``; signals sorted by (name, user, day)."""
     at = as_utc(at)
     golden = config.golden
     previous = at - timedelta(hours=golden.interval_hours)
     signals: list[Signal] = []
+    frames: dict[tuple[datetime, AudienceConfig], FeatureFrame] = {}
+
+    def frame(cutoff: datetime, cfg: AudienceConfig) -> FeatureFrame:
+        if (cutoff, cfg) not in frames:
+            frames[cutoff, cfg] = compute_features(engine, cutoff=cutoff, config=cfg)
+        return frames[cutoff, cfg]
+
     if golden.activity_drop.enabled:
-        now = compute_features(engine, cutoff=at, config=config)
-        before = compute_features(engine, cutoff=previous, config=config)
-        signals += activity_drop_signals(now, before, config)
+        signals += activity_drop_signals(frame(at, config), frame(previous, config), config)
     if golden.payment_failure.enabled:
         signals += payment_failure_signals(engine, at=at, config=config)
     if golden.churn_score.enabled:
         model = load_model(models_dir=models_dir or default_models_dir())
-        now_scores = score_users(engine, at=at, model=model, config=config)
-        before_scores = score_users(engine, at=previous, model=model, config=config)
-        signals += churn_score_signals(now_scores, before_scores, at=at, config=config)
+        scoring = model.config if model is not None else config  # the model's own features
+        now, before = frame(at, scoring), frame(previous, scoring)
+        signals += churn_score_signals(
+            now, score_frame(now, model, scoring), before, score_frame(before, model, scoring),
+            config=config,
+        )
     return sorted(signals, key=lambda s: (s.name, s.user_id, s.day))
 
 
@@ -170,27 +178,31 @@ def payment_failure_signals(
 
 
 def churn_score_signals(
-    now: dict[str, float],
-    before: dict[str, float],
+    now: FeatureFrame,
+    now_scores: FloatArray,
+    before: FeatureFrame,
+    before_scores: FloatArray,
     *,
-    at: datetime,
     config: AudienceConfig,
 ) -> list[Signal]:
-    """Scores at or above the threshold now and below it one interval earlier (a user
-    unknown then counts as below)."""
+    """Users seen active by now whose score reached the threshold and was below it one
+    interval earlier (a user unknown then counts as below). Never-active users have no
+    behaviour to read a churn risk from: they never fire."""
     threshold = config.golden.churn_score.threshold
-    day = _local_date(at, config)
+    previous = np.nan_to_num(_lookup_values(before, now.user_ids, before_scores), nan=0.0)
+    crossed = (now_scores >= threshold) & (previous < threshold)
+    fired = np.flatnonzero(crossed & ~np.isnan(now["recency_days"]))
+    day = _local_date(now.cutoff, config)
     return [
         Signal(
             name="churn_score",
-            user_id=uid,
-            ts=as_utc(at),
+            user_id=str(now.user_ids[i]),
+            ts=now.cutoff,
             day=day,
-            props={"churn_score": round(score, 6), "previous": _rounded(before.get(uid)),
-                   "threshold": threshold},
+            props={"churn_score": round(float(now_scores[i]), 6),
+                   "previous": round(float(previous[i]), 6), "threshold": threshold},
         )
-        for uid, score in sorted(now.items())
-        if score >= threshold and before.get(uid, 0.0) < threshold
+        for i in fired
     ]
 
 
@@ -227,21 +239,33 @@ def write_signals(engine: Engine, events: Sequence[EventDict], *, at: datetime) 
         for start in range(0, len(rows), 1_000):
             stmt = insert(EVENTS).values(rows[start : start + 1_000])
             stmt = stmt.on_conflict_do_nothing(index_elements=["event_id"])
-            written += conn.execute(stmt).rowcount
+            written += len(conn.execute(stmt.returning(EVENTS.c.event_id)).all())
     return written
+
+
+def _positions(frame: FeatureFrame, user_ids: NDArray[np.object_]) -> NDArray[np.int64]:
+    """Row of each of ``user_ids`` in ``frame`` (-1 where absent)."""
+    position = {uid: i for i, uid in enumerate(frame.user_ids.tolist())}
+    return np.array([position.get(uid, -1) for uid in user_ids.tolist()], dtype=np.int64)
 
 
 def _lookup(
     frame: FeatureFrame, user_ids: NDArray[np.object_], values: NDArray[np.bool_], *, default: bool
 ) -> NDArray[np.bool_]:
-    position = {uid: i for i, uid in enumerate(frame.user_ids.tolist())}
-    idx = np.array([position.get(uid, -1) for uid in user_ids.tolist()], dtype=np.int64)
-    return np.where(idx >= 0, values[np.maximum(idx, 0)] if len(values) else default, default)
+    idx = _positions(frame, user_ids)
+    found = values[np.maximum(idx, 0)] if len(values) else np.full(len(idx), default)
+    return np.where(idx >= 0, found, default)
+
+
+def _lookup_values(
+    frame: FeatureFrame, user_ids: NDArray[np.object_], values: FloatArray
+) -> FloatArray:
+    idx = _positions(frame, user_ids)
+    found = values[np.maximum(idx, 0)] if len(values) else np.zeros(len(idx))
+    return np.where(idx >= 0, found, np.nan)
 
 
 def _local_date(moment: datetime, config: AudienceConfig) -> date:
     return moment.astimezone(config.zone).date()
 
 
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 6)

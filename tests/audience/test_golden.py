@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from orchestrator.audience.config import AudienceConfig
+from orchestrator.audience.features import EVENTS
+from orchestrator.audience.golden import Signal, detect, detect_signals, write_signals
+from tests.audience.helpers import T, add_events, days_ago, ev
+
+CONFIG = AudienceConfig()  # drop ≥ 50 % over 7 d vs 28 d; 2 h after a failure; score ≥ 0.6
+
+
+def _daily(user: str, first: int, last: int) -> list[dict[str, object]]:
+    """One login a day, ``first`` … ``last`` days before T, at local noon (mid-day)."""
+    return [ev(user, "login", days_ago(k, hours=12)) for k in range(first, last + 1)]
+
+
+@pytest.fixture
+def golden(db_engine: Engine) -> Engine:
+    add_events(db_engine, [
+        # Drop starts at T: 3 of the last 7 days active (vs 7 expected) — a day earlier 4.
+        *_daily("dropper", 4, 39),
+        *_daily("steady", 0, 39),
+        *_daily("long_gone", 20, 50),  # dropped long ago: the drop is not new
+        ev("sparse", "order_placed", days_ago(9), 20.0),  # 2 baseline days: not judged
+        ev("sparse", "order_placed", days_ago(25), 20.0),
+        # Payment failures (none of these users is otherwise active).
+        ev("ripe", "payment_failed", days_ago(0, hours=3), 25.0),
+        ev("fresh", "payment_failed", days_ago(0, hours=1), 25.0),
+        ev("recovered", "payment_failed", days_ago(0, hours=5), 25.0),
+        ev("recovered", "order_placed", days_ago(0, hours=4), 25.0),
+        ev("stale", "payment_failed", days_ago(4, hours=5), 25.0),
+        # Recency rule min(1, r / 30 d) crosses 0.6 at 18 days of silence.
+        ev("crosser", "login", days_ago(18, hours=1)),
+        ev("above", "login", days_ago(25)),
+        ev("below", "login", days_ago(17, hours=22)),
+    ])
+    return db_engine
+
+
+def _fired(signals: list[Signal]) -> list[tuple[str, str]]:
+    return [(s.name, s.user_id) for s in signals]
+
+
+def test_detectors_fire_exactly_where_expected(golden: Engine, tmp_path: Path) -> None:
+    signals = detect_signals(golden, at=T, config=CONFIG, models_dir=tmp_path)
+    assert _fired(signals) == [
+        ("activity_drop", "dropper"),
+        ("churn_score", "crosser"),
+        ("payment_failure", "ripe"),
+    ]
+    drop, churn, payment = signals
+    assert drop.event_id == "signal.activity_drop:dropper:2026-03-10"  # local date of T
+    assert drop.ts == T
+    assert drop.props == {"drop_pct": 57.1, "recent_active_days": 3,
+                          "baseline_active_days": 28, "recent_days": 7, "baseline_days": 28}
+    assert churn.props == {"churn_score": pytest.approx((18 + 1 / 24) / 30),
+                           "previous": pytest.approx((17 + 1 / 24) / 30), "threshold": 0.6}
+    # The golden moment is 2 h after the failure; the id carries the failure's local date.
+    assert payment.ts == days_ago(0, hours=1)
+    assert payment.event_id == "signal.payment_failure:ripe:2026-03-09"
+
+
+def test_thresholds_and_switches_come_from_config(golden: Engine, tmp_path: Path) -> None:
+    config = AudienceConfig.model_validate({"golden": {
+        "activity_drop": {"min_drop_pct": 60},  # the dropper fell 57 %
+        "payment_failure": {"after_hours": 0.5},  # now "fresh" (1 h ago) is ripe too
+        "churn_score": {"enabled": False},
+    }})
+    signals = detect_signals(golden, at=T, config=config, models_dir=tmp_path)
+    assert _fired(signals) == [("payment_failure", "fresh"), ("payment_failure", "ripe")]
+
+
+def test_detection_is_idempotent(golden: Engine, tmp_path: Path) -> None:
+    first = detect(golden, at=T, config=CONFIG, models_dir=tmp_path)
+    assert detect(golden, at=T, config=CONFIG, models_dir=tmp_path) == first
+    assert write_signals(golden, first, at=T) == 3
+    # An hour later the same windows are still open under the same ids; only "fresh"
+    # (failed 1 h before T) has become ripe, so only it is new.
+    later = detect(golden, at=T + timedelta(hours=1), config=CONFIG, models_dir=tmp_path)
+    new = sorted({e["event_id"] for e in later} - {e["event_id"] for e in first})
+    assert new == ["signal.payment_failure:fresh:2026-03-09"]
+    assert {e["event_id"] for e in first} <= {e["event_id"] for e in later}
+    assert write_signals(golden, later, at=T + timedelta(hours=1)) == 1
+    assert write_signals(golden, later, at=T + timedelta(hours=2)) == 0
+    with golden.connect() as conn:
+        stored = conn.execute(
+            select(func.count()).where(EVENTS.c.name.like("signal.%"))
+        ).scalar_one()
+    assert stored == 4
+    # Signals are not behaviour: detecting again over them changes nothing.
+    assert detect(golden, at=T, config=CONFIG, models_dir=tmp_path) == first
+
+
+def test_events_after_the_detection_time_are_ignored(golden: Engine, tmp_path: Path) -> None:
+    before = detect(golden, at=T, config=CONFIG, models_dir=tmp_path)
+    add_events(golden, [
+        ev("dropper", "login", T + timedelta(minutes=5)),
+        ev("ripe", "order_placed", T + timedelta(minutes=5), 25.0),
+        ev("crosser", "login", T + timedelta(minutes=5)),
+    ])
+    assert detect(golden, at=T, config=CONFIG, models_dir=tmp_path) == before
+    assert detect(golden, at=T + timedelta(minutes=10), config=CONFIG, models_dir=tmp_path) == []
+
+
+def test_signals_are_spec_events(golden: Engine, tmp_path: Path) -> None:
+    events = detect(golden, at=T, config=CONFIG, models_dir=tmp_path)
+    assert events[2] == {
+        "event_id": "signal.payment_failure:ripe:2026-03-09",
+        "user_id": "ripe",
+        "name": "signal.payment_failure",
+        "ts": "2026-03-09T23:00:00+08:00",
+        "value": None,
+        "props": {"failed_at": "2026-03-09T13:00:00+00:00", "after_hours": 2.0},
+    }
