@@ -31,11 +31,13 @@ _SEARCH_DAYS = 400
 class HolidayCalendar:
     """Public holidays and make-up working days of a country (``holidays`` package).
 
-    ``is_holiday``: the day is a public holiday or a day off moved onto a weekday (for CN
-    e.g. 2025-10-08). ``is_makeup_workday``: a weekend day declared a working day (调休, for
-    CN e.g. Sunday 2025-09-28); ``holidays`` lists them in ``weekend_workdays``, which its
-    ``is_working_day`` reads. A year's make-up days can be listed with the next year's
-    schedule (a late-December Saturday worked for New Year), so both years are loaded.
+    ``is_holiday``: the day is inside a holiday break (放假), i.e. a public holiday, a day off
+    moved onto a weekday (for CN e.g. 2025-10-08), or a weekend day in an unbroken run of
+    days off that contains one (Saturday 2025-10-04 in the National Day week). An ordinary
+    weekend is not a holiday. ``is_makeup_workday``: a weekend day declared a working day
+    (调休, for CN e.g. Sunday 2025-09-28); the package lists them in ``weekend_workdays``,
+    which its ``is_working_day`` reads. A year's make-up days may be published with the next
+    year's schedule (a late-December weekend worked for New Year), so both years are loaded.
     """
 
     def __init__(self, country: str, subdiv: str | None = None) -> None:
@@ -52,9 +54,17 @@ class HolidayCalendar:
             if y not in self._days.years:
                 _ = date(y, 1, 1) in self._days  # a lookup loads the year (expand=True)
 
-    def is_holiday(self, day: date) -> bool:
+    def is_public_holiday(self, day: date) -> bool:
+        """Listed by the package itself (public holiday or a day off moved onto a weekday)."""
         self._load(day.year)
         return day in self._days
+
+    def is_holiday(self, day: date) -> bool:
+        if self.is_public_holiday(day):
+            return True
+        if self._is_working_day(day):
+            return False
+        return any(self.is_public_holiday(d) for d in self._break_around(day))
 
     def is_makeup_workday(self, day: date) -> bool:
         self._load(day.year)
@@ -64,6 +74,20 @@ class HolidayCalendar:
         """The holiday's name (in the package's default language), if ``day`` is one."""
         self._load(day.year)
         return self._days.get(day)
+
+    def _is_working_day(self, day: date) -> bool:
+        self._load(day.year)
+        return bool(self._days.is_working_day(day))
+
+    def _break_around(self, day: date) -> list[date]:
+        """The other days off in the unbroken run of days off around ``day``."""
+        run = []
+        for step in (timedelta(days=-1), timedelta(days=1)):
+            other = day + step
+            while not self._is_working_day(other) and abs((other - day).days) <= 14:
+                run.append(other)
+                other += step
+        return run
 
 
 @dataclass(frozen=True)
