@@ -48,6 +48,7 @@ class HolidayCalendar:
             )
         self.country = country
         self._days = holidays_lib.country_holidays(country, subdiv=subdiv)
+        self._holiday_cache: dict[date, bool] = {}
 
     def _load(self, year: int) -> None:
         for y in (year, year + 1):
@@ -60,11 +61,17 @@ class HolidayCalendar:
         return day in self._days
 
     def is_holiday(self, day: date) -> bool:
-        if self.is_public_holiday(day):
-            return True
-        if self._is_working_day(day):
-            return False
-        return any(self.is_public_holiday(d) for d in self._break_around(day))
+        known = self._holiday_cache.get(day)
+        if known is None:
+            known = self._holiday_cache[day] = self.is_public_holiday(day) or (
+                not self._is_working_day(day)
+                and any(self.is_public_holiday(d) for d in self._break_around(day))
+            )
+        return known
+
+    def is_weekend(self, day: date) -> bool:
+        """Saturday or Sunday (the country's weekend), whatever else the day is."""
+        return bool(self._days.is_weekend(day))
 
     def is_makeup_workday(self, day: date) -> bool:
         self._load(day.year)
@@ -92,17 +99,26 @@ class HolidayCalendar:
 
 @dataclass(frozen=True)
 class HolidayWindows:
-    """Send hours on special days; ``"same"`` keeps the regular window for that kind of day."""
+    """Send hours by kind of day; ``"same"`` keeps the regular window for that kind.
+
+    Kinds, first match wins: a day in a holiday break (``holiday``), a make-up working day
+    (``makeup_workday``), any other weekend day (``weekend``), else a working day (the
+    regular window). "Rest days use other hours" is ``holiday=H, weekend=H``.
+    """
 
     calendar: HolidayCalendar
     holiday: DayHours | Literal["same"] = "same"
     makeup_workday: DayHours | Literal["same"] = "same"
+    weekend: DayHours | Literal["same"] = "same"
 
     def hours_on(self, day: date, regular: DayHours) -> DayHours:
         if self.holiday != "same" and self.calendar.is_holiday(day):
             return self.holiday
         if self.makeup_workday != "same" and self.calendar.is_makeup_workday(day):
             return self.makeup_workday
+        if self.weekend != "same" and self.calendar.is_weekend(day):
+            if not (self.calendar.is_holiday(day) or self.calendar.is_makeup_workday(day)):
+                return self.weekend
         return regular
 
 

@@ -137,6 +137,19 @@ def test_makeup_workday_send_hours_apply_on_a_tiaoxiu_day() -> None:
     )
 
 
+def test_rest_day_hours_can_cover_ordinary_weekends_too() -> None:
+    rest = parse_hours("10:00-20:00")
+    special = HolidayWindows(CN, holiday=rest, weekend=rest)
+    saturday = local(SHANGHAI, 2025, 10, 18, 9, 0)
+    assert next_send_time(saturday, SHANGHAI, SMS_HOURS, holidays_windows=special) == local(
+        SHANGHAI, 2025, 10, 18, 10, 0
+    )
+    worked_saturday = local(SHANGHAI, 2025, 10, 11, 9, 0)  # 调休: the regular window
+    assert next_send_time(worked_saturday, SHANGHAI, SMS_HOURS, holidays_windows=special) == (
+        worked_saturday
+    )
+
+
 def test_closed_holidays_defer_past_the_whole_golden_week() -> None:
     special = HolidayWindows(CN, holiday="closed")
     at = local(SHANGHAI, 2025, 9, 30, 21, 30)
@@ -207,14 +220,20 @@ day_hours = st.one_of(st.none(), windows)
     regular=day_hours,
     holiday=st.one_of(st.just("same"), day_hours),
     makeup=st.one_of(st.just("same"), day_hours),
+    weekend=st.one_of(st.just("same"), day_hours),
 )
 def test_next_send_time_is_the_first_allowed_minute(
-    at: datetime, tz: ZoneInfo, regular: DayHours, holiday: DayHours, makeup: DayHours
+    at: datetime,
+    tz: ZoneInfo,
+    regular: DayHours,
+    holiday: DayHours,
+    makeup: DayHours,
+    weekend: DayHours,
 ) -> None:
     at = at.replace(second=0, microsecond=0)
     if tz == NEW_YORK:  # around DST nights wall-clock membership is ambiguous by design
         assume(all(NEW_YORK.dst(at + timedelta(days=d)) == NEW_YORK.dst(at) for d in (-1, 3)))
-    special = HolidayWindows(CN, holiday=holiday, makeup_workday=makeup)
+    special = HolidayWindows(CN, holiday=holiday, makeup_workday=makeup, weekend=weekend)
     got = next_send_time(at, tz, regular, holidays_windows=special)
     expected = at
     while not allowed(expected, tz, regular, special):
