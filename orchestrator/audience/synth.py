@@ -393,3 +393,39 @@ def events_for_store(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {**event, "ts": datetime.fromisoformat(event["ts"]).astimezone(UTC)} for event in events
     ]
+
+
+def write_truth_csv(path: Path, truth: dict[str, float]) -> int:
+    """``user_id,true_churn_probability`` (what ``generate`` returns as ``truth``)."""
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["user_id", "true_churn_probability"])
+        writer.writerows((uid, f"{p:.6f}") for uid, p in truth.items())
+    return len(truth)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m orchestrator.audience.synth --users 20000 --days 60 --out DIR``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a synthetic campus population.")
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--start", default="2026-01-05T00:00:00+08:00")
+    parser.add_argument("--horizon-days", type=int, default=14)
+    parser.add_argument("--out", type=Path, default=Path("."))
+    args = parser.parse_args(argv)
+    users, events, truth = generate(
+        args.users, days_of_history=args.days, start=datetime.fromisoformat(args.start),
+        seed=args.seed, horizon_days=args.horizon_days,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_users_csv(args.out / "users.csv", users)
+    write_events_jsonl(args.out / "events.jsonl", events)
+    write_truth_csv(args.out / "truth.csv", truth)
+    print(f"wrote {len(users):,} users, {len(events):,} events and their truth to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
