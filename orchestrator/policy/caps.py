@@ -95,6 +95,10 @@ class CapRequest:
     key: str
     rules: tuple[CapRule, ...] | None = None
 
+    def __post_init__(self) -> None:
+        if self.rules is not None and not isinstance(self.rules, tuple):
+            object.__setattr__(self, "rules", tuple(self.rules))  # hashable: plans are cached
+
 
 @dataclass(frozen=True, slots=True)
 class HeldReservation:

@@ -152,7 +152,7 @@ def next_send_time(
     """The first moment at or after ``at_utc`` inside the send hours, in UTC.
 
     ``window`` is the regular send hours in the user's zone ``tz`` (``None``: any time);
-    ``holidays_windows`` replaces it on holidays and make-up working days. Returns
+    ``holidays_windows`` replaces it on holidays, make-up working days or weekends. Returns
     ``at_utc`` itself when it is already inside. Raises ``ConfigError`` if no day of the
     next ``_SEARCH_DAYS`` has open hours (every one closed).
     """
