@@ -25,6 +25,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestrator.errors import InputError
+from orchestrator.store.db import begin_write
 from orchestrator.store.models import User, WebhookReceipt
 
 RECEIPTS = WebhookReceipt.__table__  # type: ignore[attr-defined]
@@ -267,7 +268,7 @@ def _store_receipt(
                 user_id=user_id, received_at=now)
         .on_conflict_do_nothing()
     )
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         return bool(conn.execute(stmt).rowcount)
 
 

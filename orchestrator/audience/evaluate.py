@@ -30,7 +30,7 @@ from orchestrator.audience.churn import churn_labels, top_decile_lift, train
 from orchestrator.audience.config import AudienceConfig
 from orchestrator.audience.features import EVENTS, USERS, compute_features
 from orchestrator.audience.synth import USER_COLUMNS, Population, simulate
-from orchestrator.store.db import make_engine
+from orchestrator.store.db import begin_write, make_engine
 from orchestrator.store.migrate import upgrade
 
 CHINA = timezone(timedelta(hours=8))
@@ -100,7 +100,7 @@ def load(engine: Engine, population: Population, *, chunk: int = 20_000) -> None
     events = [
         {**e, "ts": datetime.fromisoformat(e["ts"]).astimezone(UTC)} for e in population.events
     ]
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         for table, rows in ((USERS, users), (EVENTS, events)):
             for start in range(0, len(rows), chunk):
                 conn.execute(table.insert(), rows[start : start + chunk])

@@ -37,6 +37,7 @@ from orchestrator.audience.churn import default_models_dir, load_model, score_fr
 from orchestrator.audience.config import AudienceConfig
 from orchestrator.audience.features import EVENTS, FeatureFrame, FloatArray, compute_features
 from orchestrator.clock import as_utc
+from orchestrator.store.db import begin_write
 
 EventDict = dict[str, Any]
 SIGNAL_PREFIX = "signal."
@@ -235,7 +236,7 @@ def write_signals(engine: Engine, events: Sequence[EventDict], *, at: datetime) 
     ]
     insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
     written = 0
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         for start in range(0, len(rows), 1_000):
             stmt = insert(EVENTS).values(rows[start : start + 1_000])
             stmt = stmt.on_conflict_do_nothing(index_elements=["event_id"])

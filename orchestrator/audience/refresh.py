@@ -19,6 +19,7 @@ from orchestrator.audience.config import AudienceConfig, load_audience_config
 from orchestrator.audience.features import FeatureFrame, FloatArray, compute_features
 from orchestrator.clock import as_utc
 from orchestrator.config import Settings, get_settings
+from orchestrator.store.db import begin_write
 from orchestrator.store.models import UserFeatures
 
 FEATURES = UserFeatures.__table__  # type: ignore[attr-defined]
@@ -107,5 +108,5 @@ def _upsert(engine: Engine, rows: list[dict[str, Any]]) -> None:
     stmt = insert(FEATURES)
     updated = {c: stmt.excluded[c] for c in rows[0] if c != "user_id"}
     stmt = stmt.on_conflict_do_update(index_elements=["user_id"], set_=updated)
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         conn.execute(stmt.returning(FEATURES.c.user_id), rows).all()

@@ -18,6 +18,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from orchestrator.errors import NotFoundError
 from orchestrator.journeys.loader import load_all, load_journey, load_policy
 from orchestrator.journeys.model import Journey, Policy
+from orchestrator.store.db import begin_write
 from orchestrator.store.models import JourneyState, JourneyVersion
 
 STATES = JourneyState.__table__  # type: ignore[attr-defined]
@@ -72,7 +73,7 @@ class JourneyBook:
     def sync(self, engine: Engine, *, now: datetime) -> None:
         """Record every current journey (its state row and its version's files)."""
         insert = upsert(engine)
-        with engine.begin() as conn:
+        with begin_write(engine) as conn:
             for j in self.current.values():
                 conn.execute(
                     insert(VERSIONS)

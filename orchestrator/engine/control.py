@@ -13,6 +13,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Engine, insert, select, update
 
 from orchestrator.errors import InputError, NotFoundError
+from orchestrator.store.db import begin_write
 from orchestrator.store.models import AuditLog, Enrollment, JourneyState, Touch
 
 STATES = JourneyState.__table__  # type: ignore[attr-defined]
@@ -31,7 +32,7 @@ def audit(conn: Connection, *, at: datetime, actor: str, action: str, subject: s
 
 def change_state(engine: Engine, journey_id: str, action: Action, *, now: datetime,
                  actor: str = "cli") -> dict[str, int]:
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         current = conn.execute(select(STATES.c.state).where(STATES.c.journey_id == journey_id)
                                .with_for_update()).scalar()
         if current is None:

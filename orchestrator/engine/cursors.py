@@ -16,6 +16,7 @@ from orchestrator.engine.runtime import Runtime
 from orchestrator.engine.steps import Facts, Next, advance
 from orchestrator.journeys.assign import variant_for
 from orchestrator.journeys.model import Journey, SendStep
+from orchestrator.store.db import begin_write
 from orchestrator.store.models import Enrollment, Event, Touch, User
 
 ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
@@ -44,7 +45,7 @@ def journey_policy_tz(journey: Journey) -> str | None:
 def run_cursors(rt: Runtime, enrollment_ids: Sequence[int]) -> int:
     """Advance each leased, due enrollment; returns how many touches were created."""
     now = rt.clock.now()
-    with rt.db.begin() as conn:
+    with begin_write(rt.db) as conn:
         rows = conn.execute(
             select(ENROLLMENTS).where(
                 ENROLLMENTS.c.id.in_(list(enrollment_ids)),

@@ -31,6 +31,7 @@ from orchestrator.engine.policy_gates import gates_for, release_caps
 from orchestrator.engine.runtime import Runtime
 from orchestrator.errors import ChannelConfig, ChannelRetryable, ChannelUnknown, RetryLater
 from orchestrator.journeys.model import SendStep
+from orchestrator.store.db import begin_write
 from orchestrator.store.models import AuditLog, Enrollment, Link, SendBatch, Touch, User
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def process_touches(rt: Runtime, touch_ids: Sequence[int], token: str) -> list[s
     if not works:
         return []
     ready = run_gates(gates_for(rt), works, now)
-    with rt.db.begin() as conn:
+    with begin_write(rt.db) as conn:
         _record_decisions(rt, conn, [w for w in works if w.decision], token, now)
         batch_ids = _freeze(rt, conn, ready, token, now)
     return batch_ids
@@ -229,7 +230,7 @@ def request_of(batch: Mapping[str, Any], only: set[int] | None = None) -> SendRe
 def deliver_batch(rt: Runtime, batch_id: str) -> None:
     """Call the provider for a frozen batch. Raises ``RetryLater`` on a retryable failure."""
     now = rt.clock.now()
-    with rt.db.begin() as conn:
+    with begin_write(rt.db) as conn:
         batch = conn.execute(select(BATCHES).where(BATCHES.c.id == batch_id)).mappings().first()
         if batch is None or batch["state"] != "frozen":
             return
@@ -273,7 +274,7 @@ def _mark(rt: Runtime, batch_id: str, status: str, reason: str, request: SendReq
                for m in request.messages]
     record_results(rt, batch_id, results, now)
     if audit:
-        with rt.db.begin() as conn:
+        with begin_write(rt.db) as conn:
             conn.execute(insert(AUDIT).values(at=now, actor="engine", action="channel_config",
                                               subject=request.channel,
                                               detail={"batch": batch_id, "error": audit}))
@@ -289,7 +290,7 @@ def record_results(rt: Runtime, batch_id: str, results: Sequence[TouchResult],
         "sent_at": now if r.status in ("sent", "delivered") else None,
         "delivered_at": now if r.status == "delivered" else None,
     } for r in results]
-    with rt.db.begin() as conn:
+    with begin_write(rt.db) as conn:
         conn.execute(
             update(TOUCHES)
             .where(TOUCHES.c.id == bindparam("b_id"),

@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from orchestrator.engine.book import JourneyBook, upsert
 from orchestrator.engine.ingest import ingest_events
+from orchestrator.store.db import begin_write
 from orchestrator.store.models import User
 
 USERS = User.__table__  # type: ignore[attr-defined]
@@ -98,7 +99,7 @@ def _upsert_users(engine: Engine, rows: list[dict[str, Any]]) -> int:
     stmt = upsert(engine)(USERS)
     updated = {c: stmt.excluded[c] for c in (*IDENTITY, "sms_opt_out", "wechat_followed",
                                                  "attributes", "updated_at")}
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         conn.execute(stmt.on_conflict_do_update(index_elements=["user_id"], set_=updated), unique)
     return len(unique)
 

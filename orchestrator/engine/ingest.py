@@ -24,6 +24,7 @@ from orchestrator.engine.book import JourneyBook, upsert
 from orchestrator.engine.enroll import enroll
 from orchestrator.engine.segments import passes_segment
 from orchestrator.journeys.model import Journey
+from orchestrator.store.db import begin_write
 from orchestrator.store.models import Conversion, Enrollment, Event, Touch
 from orchestrator.tracking.attribution import TouchView, attribute
 
@@ -89,7 +90,7 @@ def ingest_events(
             valid.append(parse_event(raw))
         except ValueError as exc:
             result.rejected.append(Rejected(index, str(exc)))
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         new = insert_events(conn, valid, now=now)
         result.accepted = len(new)
         result.duplicates = len(valid) - len(new)

@@ -26,6 +26,7 @@ from orchestrator.engine.segments import segment_members
 from orchestrator.engine.wecom import due_for_poll, poll_wecom
 from orchestrator.errors import RetryLater
 from orchestrator.journeys.model import Journey
+from orchestrator.store.db import begin_write
 from orchestrator.store.models import Enrollment, JourneyState, Touch
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def run_schedules(rt: Runtime, now: datetime) -> int:
     for journey in rt.book.journeys():
         if not journey.entry.schedule or journey.entry.event:
             continue
-        with rt.db.begin() as conn:
+        with begin_write(rt.db) as conn:
             state = conn.execute(select(STATES).where(STATES.c.journey_id == journey.id)
                                  .with_for_update()).mappings().first()
             if state is None or state["state"] != "active":
@@ -112,7 +113,7 @@ def next_fire(cron: str, after: datetime, tz: ZoneInfo) -> datetime:
 def enroll_segment(rt: Runtime, journey: Journey, *, dry_run: bool = False) -> EnrollResult:
     """``recall enroll``: the journey's segment, now."""
     now = rt.clock.now()
-    with rt.db.begin() as conn:
+    with begin_write(rt.db) as conn:
         members = list(segment_members(conn, journey.entry.segment or "True"))
         return enroll(conn, journey, members, now=now, dry_run=dry_run)
 

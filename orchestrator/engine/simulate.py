@@ -84,6 +84,12 @@ class Driver:
     tiers: dict[str, str | None] = field(default_factory=dict)
     result: SimulateResult | None = None
     http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30))
+    clock_now: datetime | None = None
+    _triggers: list[tuple[datetime, str]] = field(default_factory=list)
+    _trigger_index: int = 0
+
+    def __post_init__(self) -> None:
+        self._triggers = sorted((ts, str(e.get("name"))) for ts, _, e in self.pending_events)
 
     # --- the loop ---------------------------------------------------------------------
     def run(self, start: datetime, end: datetime,
@@ -92,9 +98,12 @@ class Driver:
         began = time.monotonic()
         now = start
         self._set_clock(now)
+        self._refresh(now)
         while True:
             self._replay(now)
             self._act(now)
+            if self._cron_due(now):
+                self._refresh(now)
             self._drain()
             self._plan(now)
             self.result.steps += 1
@@ -109,6 +118,7 @@ class Driver:
         return self.result
 
     def _set_clock(self, now: datetime) -> None:
+        self.clock_now = now
         self.clock.set(now)
         if self.sandbox is not None:
             self.sandbox.state.set_clock(now)
@@ -118,13 +128,38 @@ class Driver:
         due = next_due(self.rt)
         if due is not None:
             candidates.append(due)
-        if self.pending_events:
-            candidates.append(ceil_minute(self.pending_events[0][0]))
+        trigger = self._next_trigger()
+        if trigger is not None:
+            candidates.append(ceil_minute(trigger))
         if self.actions:
             candidates.append(ceil_minute(self.actions[0].at))
         candidates += self._cron_fires(now)
         later = [c for c in candidates if c > now]
         return min(later) if later else now + timedelta(days=3650)
+
+    def _next_trigger(self) -> datetime | None:
+        """The next pending event that enrolls someone when ingested: it needs its own
+        minute. Other events are ingested at the next stop at or after them (their effects,
+        goal conversions included, are dated by the event's own time)."""
+        names = {j.entry.event for j in self.rt.book.journeys() if j.entry.event}
+        while self._trigger_index < len(self._triggers):
+            ts, name = self._triggers[self._trigger_index]
+            if ts > self.clock_now and name in names:
+                return ts
+            self._trigger_index += 1
+        return None
+
+    def _cron_due(self, now: datetime) -> bool:
+        """Does a journey's schedule fire now? (Its audience is then re-derived first.)"""
+        minute = now - MINUTE
+        return any(fire <= now for fire in self._cron_fires(minute))
+
+    def _refresh(self, now: datetime) -> None:
+        """Tiers, RFM and churn scores as of ``now``, as the daily refresh would make them."""
+        from orchestrator.audience.refresh import refresh
+
+        refresh(self.rt.db, at=now, settings=self.rt.settings)
+        self.tiers.clear()
 
     def _cron_fires(self, now: datetime) -> list[datetime]:
         fires = []

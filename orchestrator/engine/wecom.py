@@ -18,6 +18,7 @@ from sqlalchemy import bindparam, select, update
 from orchestrator.clock import as_utc
 from orchestrator.engine.policy_gates import release_caps
 from orchestrator.engine.runtime import Runtime
+from orchestrator.store.db import begin_write
 from orchestrator.store.models import KeyValue, SendBatch, Touch, User
 
 BATCHES = SendBatch.__table__  # type: ignore[attr-defined]
@@ -29,7 +30,7 @@ POLL_EVERY = timedelta(minutes=10)  # business time between polls
 
 
 def due_for_poll(rt: Runtime, now: datetime) -> bool:
-    with rt.db.begin() as conn:
+    with begin_write(rt.db) as conn:
         last = conn.execute(select(KV.c.value).where(KV.c.key == "wecom:last_poll")
                             .with_for_update()).scalar()
         if last and as_utc(datetime.fromisoformat(last["at"])) + POLL_EVERY > now:
@@ -86,7 +87,7 @@ def poll_wecom(rt: Runtime, now: datetime) -> dict[str, int]:
 
 def _record(rt: Runtime, delivered: list[dict[str, Any]], failed: list[dict[str, Any]],
             expired: list[Any], now: datetime) -> None:
-    with rt.db.begin() as conn:
+    with begin_write(rt.db) as conn:
         if delivered:
             conn.execute(update(TOUCHES).where(TOUCHES.c.id == bindparam("b_id"),
                                                TOUCHES.c.status == "sent")

@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestrator.errors import InputError
+from orchestrator.store.db import begin_write
 from orchestrator.store.models import OptOut, User
 
 CHANNELS = ("wechat_article", "wecom_group_invite", "sms")
@@ -177,7 +178,7 @@ def record_opt_out(
     if identity is None and user_id is None:
         raise InputError("record_opt_out needs an identity (e.g. phone:+86…) or a user_id")
     ident = _normalized_identity(identity) if identity else f"user:{user_id}"
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         owner = user_id or _resolve(conn, ident)
         insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
         stmt = insert(_OPT_OUTS).values(
@@ -200,7 +201,7 @@ def clear_opt_out(
         matches += [o.user_id == user_id, o.identity == f"user:{user_id}"]
     if not matches:
         raise InputError("clear_opt_out needs an identity or a user_id")
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         return conn.execute(
             sa.delete(_OPT_OUTS).where(o.channel == channel, sa.or_(*matches))
         ).rowcount

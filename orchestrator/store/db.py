@@ -1,7 +1,10 @@
 """Engines and sessions. One engine per (URL, process): engines are created after fork.
 
-SQLite (the embedded default) runs in WAL mode with a busy timeout; claims use
-``BEGIN IMMEDIATE`` (see ``immediate``) so that one writer at a time takes due work.
+SQLite (the embedded default) runs in WAL mode with a busy timeout. A transaction that reads
+and then writes must begin ``BEGIN IMMEDIATE`` (``begin_write``): a deferred one that finds
+the database changed under its read cannot wait for the write lock, SQLite answers
+"database is locked" at once. Plain reads stay deferred, so a read nested inside a write
+transaction (the stored clock, say) never waits on its own process.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session
 
@@ -33,8 +36,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Any) -> None:
-    mode = conn.info.pop("begin_mode", "BEGIN")
-    conn.exec_driver_sql(mode)
+    conn.exec_driver_sql(conn.info.pop("begin_mode", "BEGIN"))
 
 
 def make_engine(url: str) -> Engine:
@@ -76,28 +78,29 @@ def is_sqlite(engine: Engine) -> bool:
 
 
 @contextmanager
-def session_scope(engine: Engine | None = None, *, immediate: bool = False) -> Iterator[Session]:
-    """A session committed on success, rolled back on error.
+def begin_write(engine: Engine) -> Iterator[Connection]:
+    """A transaction that will write: ``BEGIN IMMEDIATE`` on SQLite, a plain one elsewhere."""
+    with engine.connect() as conn:
+        if is_sqlite(engine):
+            conn.info["begin_mode"] = "BEGIN IMMEDIATE"
+        with conn.begin():
+            yield conn
 
-    ``immediate=True`` takes SQLite's write lock at BEGIN, so a read-then-claim cannot be
-    interleaved with another writer (PostgreSQL uses FOR UPDATE SKIP LOCKED instead).
-    """
+
+@contextmanager
+def session_scope(engine: Engine | None = None, *, immediate: bool = False) -> Iterator[Session]:
+    """A session committed on success, rolled back on error; ``immediate`` for sessions that
+    read then write on SQLite (PostgreSQL claims use FOR UPDATE SKIP LOCKED instead)."""
     engine = engine or get_engine()
     if immediate and is_sqlite(engine):
-        with engine.connect() as conn:
-            conn.info["begin_mode"] = "BEGIN IMMEDIATE"
-            with Session(bind=conn, expire_on_commit=False) as session:
-                yield from _committed(session)
-                conn.commit()
+        with begin_write(engine) as conn, Session(bind=conn, expire_on_commit=False) as session:
+            yield session
+            session.flush()
         return
     with Session(engine, expire_on_commit=False) as session:
-        yield from _committed(session)
-
-
-def _committed(session: Session) -> Iterator[Session]:
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise

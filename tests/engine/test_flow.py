@@ -86,7 +86,7 @@ def test_three_steps_respect_waits_windows_and_holdout(
 
     rows = touches(rt)
     assert {r.user_id for r in rows} == treatment  # the holdout is never touched
-    assert all(r.status == "sent" for r in rows)
+    assert {r.status for r in rows} <= {"sent", "delivered"}
     assert len(rows) == 3 * len(treatment)
 
 

@@ -27,6 +27,7 @@ from orchestrator.api.deps import Services, ServicesDep
 from orchestrator.api.signatures import TWILIO_HEADER, verify_twilio, verify_wechat
 from orchestrator.errors import ConfigError, InputError, SignatureError
 from orchestrator.policy import consent
+from orchestrator.store.db import begin_write
 from orchestrator.tracking import callbacks as track
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 def _twilio_status(services: Services, params: Mapping[str, str], now: datetime) -> str:
     sid = params.get("MessageSid") or params.get("SmsSid") or ""
     status = params.get("MessageStatus") or params.get("SmsStatus") or ""
-    with services.engine.begin() as conn:
+    with begin_write(services.engine) as conn:
         update = track.apply_sms_status(
             conn, message_id=sid, status=status, error_code=params.get("ErrorCode"), now=now
         )
@@ -160,7 +161,7 @@ def _on_wechat_event(services: Services, message: Any, now: datetime) -> str:
             "filter_count": message.filter_count, "sent_count": message.sent_count,
             "error_count": message.error_count, "finished_at": now.isoformat(),
         }
-        with services.engine.begin() as conn:
+        with begin_write(services.engine) as conn:
             batch = track.apply_mass_send_result(conn, msg_id=str(message.id), counts=counts)
         if batch is None:
             log.warning("MASSSENDJOBFINISH for unknown MsgID %s: acknowledged", message.id)
@@ -169,7 +170,7 @@ def _on_wechat_event(services: Services, message: Any, now: datetime) -> str:
 
 
 def _unfollowed(services: Services, openid: str, now: datetime) -> str:
-    with services.engine.begin() as conn:
+    with begin_write(services.engine) as conn:
         track.set_wechat_followed(conn, openid=openid, followed=False, now=now)
     # Reason "unfollow": consent reports such a user as not_following.
     consent.record_opt_out(services.engine, channel="wechat_article",
@@ -178,7 +179,7 @@ def _unfollowed(services: Services, openid: str, now: datetime) -> str:
 
 
 def _followed(services: Services, openid: str, now: datetime) -> str:
-    with services.engine.begin() as conn:
+    with begin_write(services.engine) as conn:
         track.set_wechat_followed(conn, openid=openid, followed=True, now=now)
     consent.clear_opt_out(services.engine, channel="wechat_article",
                              identity=f"openid:{openid}")
@@ -199,7 +200,7 @@ def _on_wecom_event(services: Services, message: Any, now: datetime) -> str:
     )
     if not is_join:
         return "ignored"
-    with services.engine.begin() as conn:
+    with begin_write(services.engine) as conn:
         touched = track.apply_group_join(
             conn, state=fields.get("State"), external_userids=_members(fields), now=now
         )

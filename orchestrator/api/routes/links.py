@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from orchestrator.api.deps import Services, ServicesDep
 from orchestrator.errors import SignatureError
+from orchestrator.store.db import begin_write
 from orchestrator.tracking.landing import landing_secret, read_landing_token, record_landing_click
 from orchestrator.tracking.links import LINKS, TOUCHES, Click, record_click
 
@@ -42,7 +43,7 @@ def not_found_page() -> HTMLResponse:
 
 
 def _click(services: Services, code: str) -> Click | None:
-    with services.engine.begin() as conn:
+    with begin_write(services.engine) as conn:
         return record_click(conn, code, now=services.clock.now())
 
 
@@ -97,7 +98,7 @@ def landing(journey_id: str, t: str, services: ServicesDep) -> Response:
         services.metrics.webhook_rejections.labels(source="landing").inc()
         return html_page(400, "链接无效 · Invalid link",
                          "这个链接已损坏。This link is damaged; please open it again.")
-    with services.engine.begin() as conn:
+    with begin_write(services.engine) as conn:
         hit = record_landing_click(
             conn, journey_id=journey_id, user_id=claim.user_id, now=services.clock.now()
         )
