@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     generic_webhook_secret: SecretStr = SecretStr("sandbox-generic-secret")
     stripe_webhook_secret: SecretStr = SecretStr("sandbox-stripe-secret")
     wechatpay_api_key: SecretStr = SecretStr("sandbox-wechatpay-key")
+    landing_token_secret: SecretStr = SecretStr("sandbox-landing-secret")  # fixed-link mode
+
+    # SMS throughput (client side)
+    sms_rate_per_s: float = 1000.0
+    sms_workers: int = 32
 
     # Engine tuning (not in the SPEC contract; documented in docs/operations.md)
     gather_window_s: int = 60

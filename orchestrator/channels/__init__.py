@@ -13,7 +13,12 @@ from orchestrator.channels.wecom_invite import WeComInviteChannel
 
 register(WeChatArticleChannel.name, WeChatArticleChannel)
 register(WeComInviteChannel.name, WeComInviteChannel)
-register(SmsChannel.name, SmsChannel)
+register(
+    SmsChannel.name,
+    lambda settings, redis: SmsChannel(
+        settings, redis, workers=settings.sms_workers, rate_per_s=settings.sms_rate_per_s
+    ),
+)
 
 __all__ = [
     "REGISTRY",

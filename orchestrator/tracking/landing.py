@@ -12,7 +12,7 @@ Token: ``<payload>.<mac>``, both unpadded base64url; ``payload`` is compact JSON
 ``{"u": user_id, "to": url?}`` and ``mac = HMAC-SHA256(secret, "recall-landing\\n" +
 journey_id + "\\n" + payload)``, so a token is bound to one journey and cannot be altered.
 The secret is the ``landing_token_secret`` setting (``RECALL_LANDING_TOKEN_SECRET``);
-until that setting exists, ``generic_webhook_secret`` stands in.
+
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ _DOMAIN = b"recall-landing\n"
 
 
 def landing_secret(settings: Any) -> str:
-    """The landing-token secret from settings (``generic_webhook_secret`` as a stand-in)."""
-    value = getattr(settings, SECRET_SETTING, None) or settings.generic_webhook_secret
+    """The landing-token secret (``RECALL_LANDING_TOKEN_SECRET``)."""
+    value = getattr(settings, SECRET_SETTING)
     return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
 
 

@@ -57,9 +57,9 @@ def test_only_http_targets() -> None:
         landing_token(SECRET, journey_id="j", user_id="u", to="javascript:alert(1)")
 
 
-def test_secret_falls_back_to_the_generic_webhook_secret() -> None:
-    settings = Settings(generic_webhook_secret="g-secret")
-    assert landing_secret(settings) == "g-secret"
+def test_secret_is_the_landing_token_setting() -> None:
+    settings = Settings(landing_token_secret="l-secret", generic_webhook_secret="g-secret")
+    assert landing_secret(settings) == "l-secret"
 
 
 def test_click_goes_on_the_latest_sent_touch(db_engine: Engine, seed: Seeder) -> None:
