@@ -31,6 +31,7 @@ from orchestrator.engine.policy_gates import gates_for, release_caps
 from orchestrator.engine.runtime import Runtime
 from orchestrator.errors import ChannelConfig, ChannelRetryable, ChannelUnknown, RetryLater
 from orchestrator.journeys.model import SendStep
+from orchestrator.policy.consent import record_opt_out
 from orchestrator.store.db import begin_write
 from orchestrator.store.models import AuditLog, Enrollment, Link, SendBatch, Touch, User
 
@@ -103,19 +104,19 @@ def _record_decisions(
 ) -> None:
     terminal = []
     for w in works:
+        values: dict[str, Any] = {"status": w.decision, "reason": w.reason, "claim_token": None,
+                                  "lease_until": None, "channel": w.channel}
         if w.decision == "deferred":
-            values: dict[str, Any] = {"status": "scheduled", "due_at": w.due_at,
-                                      "reason": w.reason, "claim_token": None,
-                                      "lease_until": None, "channel": w.channel}
-        else:
-            values = {"status": w.decision, "reason": w.reason, "claim_token": None,
-                      "lease_until": None, "channel": w.channel}
+            values.update(status="scheduled", due_at=w.due_at)
         done = conn.execute(
             update(TOUCHES).where(TOUCHES.c.id == w.id, _claimed(token)).values(**values)
         ).rowcount
-        if done and w.decision == "suppressed":
-            terminal.append(w.touch)
+        if done and w.decision in ("suppressed", "failed"):
+            terminal.append({**w.touch, "status": w.decision})
+        if w.render_error:
+            log.error("touch %s not sent: %s", w.id, w.render_error)
     settle(rt, conn, terminal, now)
+    release_caps(rt, [w for w in works if w.reserved])
 
 
 def _freeze(rt: Runtime, conn: Connection, works: Sequence[Work], token: str,
@@ -152,7 +153,7 @@ def _freeze_batch(conn: Connection, rt: Runtime, works: Sequence[Work], token: s
         update(TOUCHES)
         .where(TOUCHES.c.id.in_([w.id for w in works]), _claimed(token))
         .values(status="sending", batch_id=batch_id, reserved_at=now, claim_token=None,
-                lease_until=_lease(rt))
+                lease_until=_lease(rt), channel=channel)
         .returning(TOUCHES.c.id)
     ).scalars())
     lost = [w for w in works if w.id not in frozen]  # cancelled by a goal meanwhile
@@ -312,6 +313,18 @@ def record_results(rt: Runtime, batch_id: str, results: Sequence[TouchResult],
         settle(rt, conn, [t for t in touches if t["status"] in TERMINAL], now)
     rejected = [r for r in results if r.status == "failed" and r.reason != "unknown_outcome"]
     release_caps(rt, rejected_touches(touches, rejected))
+    _opted_out_at_provider(rt, touches, results, now)
+
+
+def _opted_out_at_provider(rt: Runtime, touches: Sequence[Mapping[str, Any]],
+                           results: Sequence[TouchResult], now: datetime) -> None:
+    """A provider that says the number opted out (Twilio 21610) feeds our own list, so no
+    journey tries that person on SMS again."""
+    users = {t["id"]: t["user_id"] for t in touches}
+    for r in results:
+        if r.status == "failed" and r.reason == "opted_out:sms" and r.touch_id in users:
+            record_opt_out(rt.db, channel="sms", user_id=users[r.touch_id],
+                           reason="provider:21610", at=now)
 
 
 def rejected_touches(touches: Sequence[Mapping[str, Any]],

@@ -1,11 +1,12 @@
 """What happens to claimed touches before any provider call, as small ordered gates.
 
-    inactive → reachability and consent (with channel fallback) → quiet hours → caps → render
+    inactive → consent and reach (with channel fallback) → quiet hours → caps → render
 
 Each gate looks only at the touches still undecided and may decide some of them:
 ``cancelled`` (the enrollment ended), ``suppressed`` with a reason (opted out, not
-reachable, capped), or ``deferred`` to a later due time (quiet hours, capped with
-``when_capped: defer``). What is left after ``render`` is ready to freeze into batches.
+reachable, capped), ``deferred`` to a later due time (quiet hours, capped with
+``when_capped: defer``) or ``failed`` (the template would not render). What is left after
+``render`` holds its cap reservation and is ready to freeze into batches.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 from orchestrator.journeys.model import Journey, Policy, SendStep
 
-Decision = str  # "cancelled" | "suppressed" | "deferred"
+Decision = str  # "cancelled" | "suppressed" | "deferred" | "failed"
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Work:
     link: str | None = None
     link_target: str | None = None
     reserved: bool = False
+    render_error: str | None = None
 
     @property
     def id(self) -> int:
@@ -70,21 +72,6 @@ def run_gates(gates: Sequence[Gate], works: Sequence[Work], now: datetime) -> li
             break
         gate(pending, now)
     return undecided(works)
-
-
-# --- reachability: who can be reached on which channel at all ---------------------------
-
-ADDRESS = {"wechat_article": "openid", "wecom_group_invite": "external_userid", "sms": "phone"}
-
-
-def unreachable_reason(channel: str, user: dict[str, Any]) -> str | None:
-    if not user.get(ADDRESS[channel]):
-        return f"unreachable:no_{ADDRESS[channel]}"
-    if channel == "wechat_article" and user.get("wechat_followed") is False:
-        return "not_following"
-    if channel == "sms" and user.get("sms_opt_out"):
-        return "opted_out:sms"
-    return None
 
 
 def inactive_gate(works: Sequence[Work], now: datetime) -> None:

@@ -3,74 +3,179 @@ and render the message. Order and meaning are documented in ``pipeline``."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from orchestrator.engine.pipeline import Gate, Work, inactive_gate, unreachable_reason
+from orchestrator.clock import as_utc
+from orchestrator.engine.pipeline import Gate, Work, inactive_gate
 from orchestrator.engine.runtime import Runtime
-from orchestrator.journeys.durations import next_in_window
+from orchestrator.errors import RecallError
+from orchestrator.journeys.model import Policy
 from orchestrator.journeys.render import render_link, render_touch, template_context
+from orchestrator.policy.caps import CapDecision, CapRequest, CapsNeedRebuild, touch_key
+from orchestrator.policy.consent import suppressions
+from orchestrator.policy.quiet import HolidayCalendar, HolidayWindows, next_send_time
+from orchestrator.policy.rebuild import rebuild_from_store
+from orchestrator.policy.rules import CapRule
 from orchestrator.tracking.links import new_code, short_url
 
 
 def gates_for(rt: Runtime) -> list[Gate]:
     return [
         inactive_gate,
-        lambda works, now: reach_gate(rt, works, now),
+        lambda works, now: consent_gate(rt, works, now),
         quiet_gate,
+        lambda works, now: caps_gate(rt, works, now),
         lambda works, now: render_gate(rt, works, now),
     ]
 
 
-def release_caps(rt: Runtime, touches: Sequence[Any]) -> None:
-    """A definite rejection frees the touch's cap reservation."""
-    return None
+# --- consent and reach, with channel fallback ------------------------------------------
 
-
-# --- reach and consent, with channel fallback ------------------------------------------
-
-def reach_gate(rt: Runtime, works: Sequence[Work], now: datetime) -> None:
-    for w in works:
-        while True:
-            reason = unreachable_reason(w.channel, w.user)
-            if reason is None:
-                break
-            w.tried.append(w.channel)
-            fallback = w.step.fallback
-            if fallback and fallback not in w.tried:
-                w.channel = fallback
-                continue
-            w.decide("suppressed", reason)
-            break
+def consent_gate(rt: Runtime, works: Sequence[Work], now: datetime) -> None:
+    """Opt-outs, unfollows and missing addresses, checked in bulk right before the send;
+    a step's ``fallback`` channel is tried (under its own consent) before suppressing."""
+    pending = list(works)
+    while pending:
+        by_channel: dict[str, list[Work]] = defaultdict(list)
+        for w in pending:
+            by_channel[w.channel].append(w)
+        pending = []
+        for channel, group in by_channel.items():
+            blocked = suppressions(rt.db, [w.user["user_id"] for w in group], channel)
+            for w in group:
+                reason = blocked.get(w.user["user_id"])
+                if reason is None:
+                    continue
+                w.tried.append(w.channel)
+                fallback = w.step.fallback
+                if fallback and fallback not in w.tried:
+                    w.channel = fallback
+                    pending.append(w)
+                else:
+                    w.decide("suppressed", reason)
 
 
 # --- quiet hours -----------------------------------------------------------------------
 
 def quiet_gate(works: Sequence[Work], now: datetime) -> None:
+    """Outside the channel's local send hours (holiday hours on rest days): deferred to the
+    next allowed minute, never dropped."""
     for w in works:
-        local_day = now.astimezone(w.tz).date()
-        window = w.policy.send_window(w.channel, local_day)
-        if window is None:
+        window = w.policy.send_hours.get(w.channel)
+        special = _holiday_hours(w.policy, w.channel)
+        if window is None and special is None:
             continue
-        allowed = next_in_window(now, w.tz, window)
+        hours = (window.start, window.end) if window else None
+        allowed = next_send_time(now, w.tz, hours, holidays_windows=special)
         if allowed > now:
             w.decide("deferred", f"quiet_hours:{w.channel}", allowed)
+
+
+def _holiday_hours(policy: Policy, channel: str) -> HolidayWindows | None:
+    window = policy.holiday_send_hours.get(channel)
+    if policy.holidays is None or window is None:
+        return None
+    hours = (window.start, window.end)
+    return HolidayWindows(_calendar(policy.holidays), holiday=hours, weekend=hours)
+
+
+@lru_cache(maxsize=8)
+def _calendar(country: str) -> HolidayCalendar:
+    return HolidayCalendar(country)
+
+
+# --- frequency caps --------------------------------------------------------------------
+
+def cap_rules(policy: Policy) -> tuple[CapRule, ...]:
+    """The policy's caps as rules (``global`` counts every channel); the platform quotas
+    are added per channel by the cap store."""
+    return tuple(
+        CapRule.per(name, None if name == "global" else name, cap.max, cap.per)
+        for name, cap in sorted(policy.caps.items())
+    )
+
+
+def caps_gate(rt: Runtime, works: Sequence[Work], now: datetime) -> None:
+    """Check and reserve every cap atomically, higher priority first. Refused: skipped
+    (``capped:<cap>``) or, with ``when_capped: defer``, deferred to when a slot frees, at
+    most ``max_defer`` after the touch first fell due (else ``defer_expired``)."""
+    live = sorted((w for w in works if not w.touch.get("test")),
+                  key=lambda w: -int(w.touch["priority"]))
+    by_zone: dict[str, list[Work]] = defaultdict(list)
+    for w in live:
+        by_zone[w.policy.timezone].append(w)
+    for zone, group in by_zone.items():
+        requests = [CapRequest(w.user["user_id"], w.channel, w.key, cap_rules(w.policy))
+                    for w in group]
+        for w, decision in zip(group, _reserve(rt, requests, now, ZoneInfo(zone)), strict=True):
+            _apply(w, decision)
+
+
+def _reserve(rt: Runtime, requests: list[CapRequest], now: datetime,
+             tz: ZoneInfo) -> list[CapDecision]:
+    try:
+        return rt.caps.reserve_many(requests, now=now, rules_by_channel={}, tz=tz)
+    except CapsNeedRebuild:
+        # Redis came back empty: rebuild from the touches SQL says are held, then retry
+        # (granted keys answer "already held", so the retry is idempotent).
+        rebuild_from_store(rt.db, rt.caps)
+        return rt.caps.reserve_many(requests, now=now, rules_by_channel={}, tz=tz)
+
+
+def _apply(w: Work, decision: CapDecision) -> None:
+    if decision.ok:
+        w.reserved = True
+        return
+    reason = f"capped:{decision.cap}"
+    if w.policy.when_capped == "defer" and decision.retry_at is not None:
+        first_due = as_utc(w.touch["first_due_at"] or w.touch["due_at"])
+        if decision.retry_at <= first_due + w.policy.max_defer:
+            w.decide("deferred", reason, decision.retry_at)
+            return
+        reason = "defer_expired"
+    w.decide("suppressed", reason)
+
+
+def release_caps(rt: Runtime, touches: Sequence[Any]) -> None:
+    """A definite rejection frees the touch's cap reservation (``unknown`` keeps it)."""
+    requests = [_request_of(t) for t in touches]
+    if requests:
+        rt.caps.release_many(requests)
+
+
+def _request_of(touch: Any) -> CapRequest:
+    if isinstance(touch, Work):
+        return CapRequest(touch.user["user_id"], touch.channel, touch.key)
+    return CapRequest(touch["user_id"], touch["channel"],
+                      touch_key(touch["enrollment_id"], touch["step_id"]))
 
 
 # --- rendering -------------------------------------------------------------------------
 
 def render_gate(rt: Runtime, works: Sequence[Work], now: datetime) -> None:
     for w in works:
-        data: Mapping[str, Any] = w.enrollment.get("data") or {}
-        context = template_context(
-            w.journey, user=w.user, arm=w.enrollment["arm"], variant=w.touch["variant"],
-            event=data.get("event"), pools={name: data.get(name) for name in w.journey.pools},
-        )
-        w.link_target = render_link(w.step, context)
-        if w.link_target:
-            w.link = short_url(rt.settings.public_base_url, new_code())
-            context["link"] = w.link
-        rendered = render_touch(w.journey, w.step, variant=w.touch["variant"], context=context,
-                                templates_dir=rt.settings.templates_dir)
-        w.title, w.text = rendered.title, rendered.text
+        try:
+            _render(rt, w)
+        except RecallError as exc:
+            w.decide("failed", f"render:{type(exc).__name__}")
+            w.render_error = str(exc)
+
+
+def _render(rt: Runtime, w: Work) -> None:
+    data: Mapping[str, Any] = w.enrollment.get("data") or {}
+    context = template_context(
+        w.journey, user=w.user, arm=w.enrollment["arm"], variant=w.touch["variant"],
+        event=data.get("event"), pools={name: data.get(name) for name in w.journey.pools},
+    )
+    w.link_target = render_link(w.step, context)
+    if w.link_target:
+        w.link = short_url(rt.settings.public_base_url, new_code())
+        context["link"] = w.link
+    rendered = render_touch(w.journey, w.step, variant=w.touch["variant"], context=context,
+                            templates_dir=rt.settings.templates_dir)
+    w.title, w.text = rendered.title, rendered.text

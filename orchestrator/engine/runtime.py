@@ -14,6 +14,7 @@ from orchestrator.engine.book import JourneyBook
 
 if TYPE_CHECKING:
     from orchestrator.channels.base import Channel
+    from orchestrator.policy.caps import CapStore
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Runtime:
     book: JourneyBook
     _redis: Redis | None = None
     _channels: dict[str, Channel] = field(default_factory=dict)
+    _caps: CapStore | None = None
 
     @property
     def redis(self) -> Redis:
@@ -41,6 +43,14 @@ class Runtime:
 
             self._channels[name] = build_channel(name, self.settings, self.redis)
         return self._channels[name]
+
+    @property
+    def caps(self) -> CapStore:
+        if self._caps is None:
+            from orchestrator.policy.caps import CapStore
+
+            self._caps = CapStore(self.redis)
+        return self._caps
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, *, clock: Clock | None = None,

@@ -73,9 +73,10 @@ TEMPLATES = {
 }
 
 
-def write_journeys(root: Path, journeys: dict[str, str], templates: dict[str, str]) -> None:
+def write_journeys(root: Path, journeys: dict[str, str], templates: dict[str, str],
+                   policy: str = POLICY) -> None:
     (root / "journeys").mkdir(parents=True, exist_ok=True)
-    (root / "journeys" / "policy.yaml").write_text(POLICY, encoding="utf-8")
+    (root / "journeys" / "policy.yaml").write_text(policy, encoding="utf-8")
     for name, text in journeys.items():
         (root / "journeys" / f"{name}.yaml").write_text(textwrap.dedent(text), encoding="utf-8")
     for name, text in templates.items():
@@ -119,9 +120,11 @@ def make_runtime(
     tmp_path: Path, db_engine: Engine, sandbox: SandboxHandle, engine_redis_url: str
 ) -> Callable[..., Runtime]:
     def make(journeys: dict[str, str] | None = None, templates: dict[str, str] | None = None,
-             users: int = 20, shared_clock: bool = False, **overrides: object) -> Runtime:
+             users: int = 20, shared_clock: bool = False, policy: str = POLICY,
+             **overrides: object) -> Runtime:
         """``shared_clock``: business time in the database, as worker processes read it."""
-        write_journeys(tmp_path, journeys or {"winback": WINBACK}, templates or TEMPLATES)
+        write_journeys(tmp_path, journeys or {"winback": WINBACK}, templates or TEMPLATES,
+                       policy)
         settings = Settings(
             _env_file=None,
             state_dir=tmp_path / "state", journeys_dir=tmp_path / "journeys",
