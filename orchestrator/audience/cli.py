@@ -6,7 +6,7 @@ import csv
 from datetime import date, datetime, time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -14,7 +14,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import Engine
 
-from orchestrator.audience.churn import ChurnMetrics, TrainedModel, score, train
 from orchestrator.audience.config import AudienceConfig, load_audience_config
 from orchestrator.audience.features import refresh_features
 from orchestrator.audience.segments import tier_summary
@@ -25,6 +24,9 @@ from orchestrator.journeys.durations import format_duration, parse_duration
 from orchestrator.store.clock import StoredClock
 from orchestrator.store.db import get_engine
 from orchestrator.store.migrate import upgrade
+
+if TYPE_CHECKING:  # scikit-learn loads only when a churn command runs
+    from orchestrator.audience.churn import ChurnMetrics, TrainedModel
 
 churn_app = typer.Typer(help="Train and apply the churn model.", no_args_is_help=True)
 out = Console()
@@ -122,6 +124,8 @@ def churn_train(
         config = load_audience_config(settings=settings)
         engine = _store(settings)
         with err.status("training churn model"):
+            from orchestrator.audience.churn import train
+
             trained = train(
                 engine, cutoff=parse_when(cutoff, config), horizon=parse_duration(horizon),
                 model=model.value, config=config,
@@ -146,6 +150,8 @@ def churn_score(
         settings = get_settings()
         config = load_audience_config(settings=settings)
         engine = _store(settings)
+        from orchestrator.audience.churn import score
+
         scores = score(
             engine, at=parse_when(at, config), model_path=model_path, config=config,
             models_dir=settings.state_dir / "models",

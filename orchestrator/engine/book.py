@@ -7,6 +7,9 @@ version whose files have since changed is rebuilt from the store, not from the f
 
 from __future__ import annotations
 
+import logging
+import stat
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,13 +19,23 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestrator.errors import NotFoundError
-from orchestrator.journeys.loader import load_all, load_journey, load_policy
+from orchestrator.journeys.loader import (
+    JOURNEY_SUFFIXES,
+    load_all,
+    load_journey,
+    load_policy,
+)
 from orchestrator.journeys.model import Journey, Policy
 from orchestrator.store.db import begin_write
 from orchestrator.store.models import JourneyState, JourneyVersion
 
 STATES = JourneyState.__table__  # type: ignore[attr-defined]
 VERSIONS = JourneyVersion.__table__  # type: ignore[attr-defined]
+log = logging.getLogger(__name__)
+# Files changed this recently may change again within the same mtime tick, unseen by the
+# fingerprint (the "racy git" problem): while any is this fresh, a check loads again.
+RACY_NS = 2_000_000_000
+FileStamp = tuple[str, int, int, int]  # path, mtime_ns, size, inode
 
 
 def upsert(engine: Engine) -> Any:
@@ -37,11 +50,61 @@ class JourneyBook:
         self.reload()
 
     def reload(self) -> None:
+        # Stamped before reading: an edit made during the load shows up at the next check.
+        self._stamps, self._racy = self._scan()
+        self._reload_error: str | None = getattr(self, "_reload_error", None)
         journeys, policy = load_all(self.journeys_dir, self.templates_dir)
         self.policy: Policy = policy
         self.current: dict[str, Journey] = {j.id: j for j in journeys}
         self._versions: dict[tuple[str, str], Journey] = {(j.id, j.version): j for j in journeys}
         self._policies: dict[tuple[str, str], Policy] = {}
+
+    def reload_if_changed(self) -> bool:
+        """Load the folders again if a journey file, the policy or a template changed since
+        the last load (a cheap check: names, mtimes, sizes and inodes; no file is read).
+
+        Returns True when the journeys or the policy now differ: the caller then ``sync``s
+        the new versions. A broken edit is logged and the last good journeys stay in use
+        (nothing raises); it is not retried until the files change again.
+        """
+        stamps, _ = self._scan()
+        if stamps == self._stamps and not self._racy:
+            return False
+        before = self._loaded()
+        try:
+            self.reload()
+        except Exception as exc:  # whatever a bad edit breaks, the engine keeps running
+            if str(exc) != self._reload_error:  # once per problem, not once per tick
+                log.error("journeys not reloaded, still running the last good ones: %s", exc)
+            self._reload_error = str(exc)
+            return False
+        self._reload_error = None
+        changed = self._loaded() != before
+        if changed:
+            log.info("journeys reloaded: %s", ", ".join(f"{i}@{v}" for i, v in self._loaded()[0]))
+        return changed
+
+    def _loaded(self) -> tuple[list[tuple[str, str]], Policy]:
+        return sorted((j.id, j.version) for j in self.current.values()), self.policy
+
+    def _scan(self) -> tuple[tuple[FileStamp, ...], bool]:
+        """Stamps of the journey files (what the loader reads) and of every template file;
+        and whether any of them is too fresh to trust its stamp."""
+        files: list[Path] = []
+        if self.journeys_dir.is_dir():
+            files += [p for p in self.journeys_dir.iterdir() if p.suffix in JOURNEY_SUFFIXES]
+        if self.templates_dir.is_dir():
+            files += self.templates_dir.rglob("*")
+        stamps = []
+        for path in files:
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # removed while scanning: the next check sees it
+                continue
+            if stat.S_ISREG(st.st_mode):
+                stamps.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino))
+        racy = any(time.time_ns() - mtime < RACY_NS for _, mtime, _, _ in stamps)
+        return tuple(sorted(stamps)), racy
 
     def policy_for(self, journey: Journey) -> Policy:
         """The policy with the journey's own (stricter) settings applied."""

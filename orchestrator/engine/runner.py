@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Protocol
+from functools import lru_cache
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
@@ -21,6 +22,7 @@ from orchestrator.engine.cursors import run_cursors
 from orchestrator.engine.delivery import deliver_batch, process_touches, reconcile_batch
 from orchestrator.engine.dispatch import Tick, TouchClaim, claim_due
 from orchestrator.engine.enroll import EnrollResult, enroll
+from orchestrator.engine.refresh import maybe_refresh
 from orchestrator.engine.runtime import Runtime
 from orchestrator.engine.segments import segment_members
 from orchestrator.engine.wecom import due_for_poll, poll_wecom
@@ -47,6 +49,9 @@ CURSOR_CHUNK = 500
 def tick(rt: Runtime, dispatcher: Dispatcher) -> Tick:
     """One dispatcher tick: run due schedules, claim due work, hand it out."""
     now = rt.clock.now()
+    if rt.book.reload_if_changed():
+        rt.book.sync(rt.db, now=now)
+    maybe_refresh(rt, now)
     run_schedules(rt, now)
     claimed = claim_due(
         rt.db,
@@ -74,24 +79,43 @@ def tick(rt: Runtime, dispatcher: Dispatcher) -> Tick:
 def run_schedules(rt: Runtime, now: datetime) -> int:
     """Enroll the segment of every journey whose ``entry.schedule`` fired since its last run
     (business time, in the policy time zone). Missed fires collapse into one run."""
-    enrolled = 0
-    for journey in rt.book.journeys():
-        if not journey.entry.schedule or journey.entry.event:
-            continue
-        with begin_write(rt.db) as conn:
-            state = conn.execute(select(STATES).where(STATES.c.journey_id == journey.id)
-                                 .with_for_update()).mappings().first()
-            if state is None or state["state"] != "active":
-                continue
-            since = as_utc(state["last_schedule_run_at"] or state["updated_at"] or now)
-            fire = last_fire(journey.entry.schedule, since, now,
-                             ZoneInfo(rt.book.policy_for(journey).timezone))
-            if fire is None:
-                continue
-            members = list(segment_members(conn, journey.entry.segment or "True"))
-            enrolled += enroll(conn, journey, members, now=now).enrolled
-            conn.execute(update(STATES).where(STATES.c.journey_id == journey.id)
-                         .values(last_schedule_run_at=fire))
+    scheduled = {j.id: j for j in rt.book.journeys() if j.entry.schedule and not j.entry.event}
+    if not scheduled:
+        return 0
+    with rt.db.connect() as conn:  # one cheap read; the lock is taken only when a fire is due
+        states = conn.execute(select(STATES).where(STATES.c.journey_id.in_(list(scheduled)))
+                              ).mappings().all()
+    due = [s["journey_id"] for s in states
+           if s["state"] == "active" and _fire(scheduled[s["journey_id"]], s, rt, now)]
+    return sum(_run_schedule(rt, scheduled[journey_id], now) for journey_id in due)
+
+
+def _fire(journey: Journey, state: Any, rt: Runtime, now: datetime) -> datetime | None:
+    since = as_utc(state["last_schedule_run_at"] or state["updated_at"] or now)
+    cron = journey.entry.schedule or ""
+    tz = ZoneInfo(rt.book.policy_for(journey).timezone)
+    if now < next_after(cron, since, tz):
+        return None
+    return last_fire(cron, since, now, tz)
+
+
+@lru_cache(maxsize=4096)
+def next_after(cron: str, since: datetime, tz: ZoneInfo) -> datetime:
+    """The first fire after ``since`` (cached: every tick asks, croniter is slow)."""
+    return next_fire(cron, since, tz)
+
+
+def _run_schedule(rt: Runtime, journey: Journey, now: datetime) -> int:
+    with begin_write(rt.db) as conn:
+        state = conn.execute(select(STATES).where(STATES.c.journey_id == journey.id)
+                             .with_for_update()).mappings().first()
+        fire = _fire(journey, state, rt, now) if state and state["state"] == "active" else None
+        if fire is None:
+            return 0  # another tick ran it first
+        members = list(segment_members(conn, journey.entry.segment or "True"))
+        enrolled = enroll(conn, journey, members, now=now).enrolled
+        conn.execute(update(STATES).where(STATES.c.journey_id == journey.id)
+                     .values(last_schedule_run_at=fire))
     return enrolled
 
 

@@ -21,7 +21,7 @@ import heapq
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -34,7 +34,7 @@ from orchestrator.config import Settings
 from orchestrator.engine.importer import import_users, read_events
 from orchestrator.engine.ingest import ingest_events
 from orchestrator.engine.responses import Action, Responses, plan_baseline, plan_touch
-from orchestrator.engine.runner import Dispatcher, in_flight, next_due, next_fire, tick
+from orchestrator.engine.runner import Dispatcher, in_flight, next_after, next_due, tick
 from orchestrator.engine.runtime import Runtime
 from orchestrator.engine.stack import Stack
 from orchestrator.errors import RecallError
@@ -46,13 +46,23 @@ ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
 USERS = User.__table__  # type: ignore[attr-defined]
 FEATURES = UserFeatures.__table__  # type: ignore[attr-defined]
 MINUTE = timedelta(minutes=1)
+# Simulated people act in 10-minute buckets (their events keep their exact times): a reply
+# or click a few minutes late changes nothing a journey can see, and the run takes far
+# fewer clock steps.
+ACTION_BUCKET = timedelta(minutes=10)
 IDLE_TIMEOUT_S = 300.0
 Pending = tuple[datetime, int, dict[str, Any]]  # (ts, line, event)
 
 
+def ceil_to(value: datetime, step: timedelta) -> datetime:
+    """``value`` rounded up to a whole multiple of ``step`` since the epoch."""
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    n = -(-(value - epoch) // step)
+    return epoch + n * step
+
+
 def ceil_minute(value: datetime) -> datetime:
-    floor = value.replace(second=0, microsecond=0)
-    return floor if floor == value else floor + MINUTE
+    return ceil_to(value, MINUTE)
 
 
 @dataclass
@@ -87,6 +97,8 @@ class Driver:
     clock_now: datetime | None = None
     _triggers: list[tuple[datetime, str]] = field(default_factory=list)
     _trigger_index: int = 0
+    _planned_until: datetime = datetime.min.replace(tzinfo=UTC)
+    _refreshed_at: datetime | None = None
 
     def __post_init__(self) -> None:
         self._triggers = sorted((ts, str(e.get("name"))) for ts, _, e in self.pending_events)
@@ -132,7 +144,7 @@ class Driver:
         if trigger is not None:
             candidates.append(ceil_minute(trigger))
         if self.actions:
-            candidates.append(ceil_minute(self.actions[0].at))
+            candidates.append(ceil_to(self.actions[0].at, ACTION_BUCKET))
         candidates += self._cron_fires(now)
         later = [c for c in candidates if c > now]
         return min(later) if later else now + timedelta(days=3650)
@@ -155,10 +167,14 @@ class Driver:
         return any(fire <= now for fire in self._cron_fires(minute))
 
     def _refresh(self, now: datetime) -> None:
-        """Tiers, RFM and churn scores as of ``now``, as the daily refresh would make them."""
+        """Tiers, RFM and churn scores as of ``now``, as the daily refresh would make them
+        (at most every 12 virtual hours, however many schedules fire)."""
         from orchestrator.audience.refresh import refresh
 
+        if self._refreshed_at is not None and now - self._refreshed_at < timedelta(hours=12):
+            return
         refresh(self.rt.db, at=now, settings=self.rt.settings)
+        self._refreshed_at = now
         self.tiers.clear()
 
     def _cron_fires(self, now: datetime) -> list[datetime]:
@@ -166,7 +182,7 @@ class Driver:
         for journey in self.rt.book.journeys():
             if journey.entry.schedule and not journey.entry.event:
                 tz = ZoneInfo(self.rt.book.policy_for(journey).timezone)
-                fires.append(next_fire(journey.entry.schedule, now, tz))
+                fires.append(next_after(journey.entry.schedule, now, tz))
         return fires
 
     # --- 1. the world acts ------------------------------------------------------------
@@ -256,20 +272,20 @@ class Driver:
     def _drain(self) -> None:
         while True:
             claimed = tick(self.rt, self.dispatcher)
-            self._wait_idle()
-            if claimed.empty:
+            if claimed.empty and not in_flight(self.rt):
                 return
+            self._wait_idle()
 
     def _wait_idle(self) -> None:
         deadline = time.monotonic() + IDLE_TIMEOUT_S
-        pause = 0.002
+        pause = 0.001
         while in_flight(self.rt):
             if time.monotonic() > deadline:
                 raise RecallError(
                     f"work still in flight after {IDLE_TIMEOUT_S:.0f}s of real time: is a "
                     f"worker running? (see {self.rt.settings.state_dir}/worker-*.log)")
             time.sleep(pause)
-            pause = min(0.05, pause * 1.5)
+            pause = min(0.01, pause * 1.5)
 
     # --- 3. planning responses --------------------------------------------------------
     def _plan(self, now: datetime) -> None:
@@ -279,14 +295,15 @@ class Driver:
                        TOUCHES.c.channel, TOUCHES.c.sent_at, TOUCHES.c.journey_id,
                        TOUCHES.c.journey_version)
                 .where(TOUCHES.c.status.in_(("sent", "delivered")), TOUCHES.c.sent_at <= now,
-                       TOUCHES.c.sent_at >= now - timedelta(days=1), TOUCHES.c.test.is_(False))
+                       TOUCHES.c.sent_at >= self._planned_until, TOUCHES.c.test.is_(False))
             ).all()
             entered = conn.execute(
                 select(ENROLLMENTS.c.id, ENROLLMENTS.c.user_id, ENROLLMENTS.c.entered_at,
                        ENROLLMENTS.c.journey_id, ENROLLMENTS.c.journey_version)
                 .where(ENROLLMENTS.c.entered_at <= now,
-                       ENROLLMENTS.c.entered_at >= now - timedelta(days=1))
+                       ENROLLMENTS.c.entered_at >= self._planned_until)
             ).all()
+        self._planned_until = now
         for t in sent:
             if t.id in self.seen_touches:
                 continue

@@ -30,6 +30,11 @@ POLL_EVERY = timedelta(minutes=10)  # business time between polls
 
 
 def due_for_poll(rt: Runtime, now: datetime) -> bool:
+    """Is a poll due? Claims it (one poller per interval) only when it is."""
+    with rt.db.connect() as conn:  # a plain read first: most ticks stop here
+        last = conn.execute(select(KV.c.value).where(KV.c.key == "wecom:last_poll")).scalar()
+    if last and as_utc(datetime.fromisoformat(last["at"])) + POLL_EVERY > now:
+        return False
     with begin_write(rt.db) as conn:
         last = conn.execute(select(KV.c.value).where(KV.c.key == "wecom:last_poll")
                             .with_for_update()).scalar()
