@@ -52,7 +52,7 @@ class JourneyBook:
     def reload(self) -> None:
         # Stamped before reading: an edit made during the load shows up at the next check.
         self._stamps, self._racy = self._scan()
-        self._reload_error: str | None = getattr(self, "_reload_error", None)
+        self._reload_error: str | None = None
         journeys, policy = load_all(self.journeys_dir, self.templates_dir)
         self.policy: Policy = policy
         self.current: dict[str, Journey] = {j.id: j for j in journeys}
@@ -70,15 +70,14 @@ class JourneyBook:
         stamps, _ = self._scan()
         if stamps == self._stamps and not self._racy:
             return False
-        before = self._loaded()
+        before, known_error = self._loaded(), self._reload_error
         try:
             self.reload()
         except Exception as exc:  # whatever a bad edit breaks, the engine keeps running
-            if str(exc) != self._reload_error:  # once per problem, not once per tick
+            if str(exc) != known_error:  # once per problem, not at every tick
                 log.error("journeys not reloaded, still running the last good ones: %s", exc)
             self._reload_error = str(exc)
             return False
-        self._reload_error = None
         changed = self._loaded() != before
         if changed:
             log.info("journeys reloaded: %s", ", ".join(f"{i}@{v}" for i, v in self._loaded()[0]))
