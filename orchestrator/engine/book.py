@@ -58,6 +58,7 @@ class JourneyBook:
         self.current: dict[str, Journey] = {j.id: j for j in journeys}
         self._versions: dict[tuple[str, str], Journey] = {(j.id, j.version): j for j in journeys}
         self._policies: dict[tuple[str, str], Policy] = {}
+        self._template_dirs: dict[tuple[str, str], Path] = {}
 
     def reload_if_changed(self) -> bool:
         """Load the folders again if a journey file, the policy or a template changed since
@@ -192,4 +193,10 @@ class JourneyBook:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(pool["text"], encoding="utf-8")
         policy = load_policy(self.journeys_dir / "policy.yaml")
+        self._template_dirs[(journey_id, version)] = root / "templates"
         return load_journey(journey_file, policy, root / "templates")
+
+    def templates_dir_for(self, journey: Journey) -> Path:
+        """Where this version's templates are: the live folder for current versions, the
+        stored snapshot for older ones (an enrollment keeps the copy it entered with)."""
+        return self._template_dirs.get((journey.id, journey.version), self.templates_dir)

@@ -124,7 +124,7 @@ def claim_touches(
         groups[(row.channel, row.journey_id, row.step_id)].append(row.id)
     claims: list[TouchClaim] = []
     for (channel, _journey, _step), ids in groups.items():
-        size = max_batch.get(channel, 500)
+        size = even_chunk(len(ids), max_batch.get(channel, 500))
         for start in range(0, len(ids), size):
             chunk = tuple(ids[start : start + size])
             token = secrets.token_hex(8)
@@ -134,6 +134,13 @@ def claim_touches(
             )
             claims.append(TouchClaim(token, channel, chunk))
     return claims
+
+
+def even_chunk(n: int, limit: int) -> int:
+    """The chunk size that splits ``n`` into the fewest chunks of at most ``limit``, as even
+    as possible: 10,001 is 5,001 + 5,000, never 10,000 + a lone one (a mass send needs two)."""
+    chunks = max(1, -(-n // limit))
+    return max(1, -(-n // chunks))
 
 
 def claim_unknown(

@@ -177,5 +177,5 @@ def _render(rt: Runtime, w: Work) -> None:
         w.link = short_url(rt.settings.public_base_url, new_code())
         context["link"] = w.link
     rendered = render_touch(w.journey, w.step, variant=w.touch["variant"], context=context,
-                            templates_dir=rt.settings.templates_dir)
+                            templates_dir=rt.book.templates_dir_for(w.journey))
     w.title, w.text = rendered.title, rendered.text

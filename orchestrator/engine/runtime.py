@@ -44,6 +44,14 @@ class Runtime:
             self._channels[name] = build_channel(name, self.settings, self.redis)
         return self._channels[name]
 
+    def close(self) -> None:
+        """Release the adapters' pools and connections."""
+        for channel in self._channels.values():
+            close = getattr(channel, "close", None)
+            if close is not None:
+                close()
+        self._channels.clear()
+
     @property
     def caps(self) -> CapStore:
         if self._caps is None:

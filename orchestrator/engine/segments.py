@@ -42,7 +42,7 @@ def segment_rows(
     )
     if user_ids is not None:
         query = query.where(USERS.c.user_id.in_(list(user_ids)))
-    result = conn.execution_options(yield_per=CHUNK).execute(query)
+    result = conn.execute(query.execution_options(yield_per=CHUNK))
     for row in result.mappings():
         yield to_context(row)
 

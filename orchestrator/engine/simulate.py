@@ -410,4 +410,8 @@ def simulate(
                         responses=responses or Responses(), seed=seed,
                         api_base=stack.api.base_url if stack.api else None,
                         sandbox=stack.sandbox, api_key=api_key, pending_events=future)
-        return driver.run(start, start + timedelta(days=days), progress)
+        try:
+            return driver.run(start, start + timedelta(days=days), progress)
+        finally:
+            driver.http.close()
+            rt.close()

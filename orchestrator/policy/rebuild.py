@@ -38,7 +38,7 @@ def held_reservations(
         *_held_filter(since)
     )
     with engine.connect() as conn:
-        for row in conn.execution_options(yield_per=5000).execute(query):
+        for row in conn.execute(query.execution_options(yield_per=5000)):
             key = touch_key(row.enrollment_id, row.step_id)
             yield HeldReservation(row.user_id, row.channel, key, row.reserved_at)
 

@@ -55,7 +55,7 @@ def rows(engine: Engine, kind: Kind, journey_id: str | None = None) -> Iterator[
             query = query.where(ENROLLMENTS.c.journey_id == journey_id)
         columns = ENROLLMENT_COLUMNS
     with engine.connect() as conn:
-        result = conn.execution_options(yield_per=CHUNK).execute(query)
+        result = conn.execute(query.execution_options(yield_per=CHUNK))
         variants = _variants(engine, journey_id) if kind == "enrollments" else None
         for row in result.mappings():
             data = dict(row)
@@ -92,7 +92,7 @@ def _variants(engine: Engine, journey_id: str | None) -> _MergedVariants:
 
     def stream() -> Iterator[Any]:
         with engine.connect() as conn:
-            yield from conn.execution_options(yield_per=CHUNK).execute(query)
+            yield from conn.execute(query.execution_options(yield_per=CHUNK))
 
     return _MergedVariants(stream())
 

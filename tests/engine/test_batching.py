@@ -93,12 +93,6 @@ def test_ten_thousand_and_two_touches_leave_in_two_mass_sends(
     assert (statuses, batches) == ({"sent": len(ids)}, 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dispatch.claim_touches cuts a step's due touches into max_batch-sized chunks in "
-    "order, so max_batch + 1 leaves one OpenID alone (template message, which needs a "
-    "template_id); balanced chunks (ceil(n / max_batch) of equal size) would not; reported",
-)
 def test_one_more_than_a_batch_leaves_nobody_alone(
     make_runtime: Callable[..., Runtime], sandbox: SandboxHandle,
     monkeypatch: pytest.MonkeyPatch,

@@ -97,12 +97,6 @@ def test_an_edited_template_is_a_new_version_from_the_next_tick(
     assert NEW_TEXT in bodies["+8613800000001"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="policy_gates._render renders every version from settings.templates_dir (the live "
-    "folder), not from the version's own stored templates (JourneyBook rebuilds them under "
-    "state_dir/versions/<id>/<version>/templates); reported to the lead",
-)
 def test_an_enrollment_made_before_the_edit_still_renders_the_old_template(
     make_runtime: Callable[..., Runtime], sandbox: SandboxHandle
 ) -> None:
