@@ -595,8 +595,10 @@ def load_users(engine: Engine, user_ids: set[str] | None = None) -> dict[str, Us
              "unionid", "external_userid")
     found = {}
     with engine.connect() as conn:
-        result = conn.execution_options(yield_per=10_000).execute(sa.select(*(u[n] for n in names)))
-        for row in result:
+        # yield_per on the statement, not the connection (whose later statements it would
+        # also stream)
+        query = sa.select(*(u[n] for n in names)).execution_options(yield_per=10_000)
+        for row in conn.execute(query):
             if user_ids is None or row.user_id in user_ids:
                 found[row.user_id] = UserFacts(**{n: getattr(row, n) for n in names})
     return found

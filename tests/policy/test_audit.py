@@ -401,6 +401,11 @@ def _touch(
     }
 
 
+def _user(user_id: str, **values: Any) -> dict[str, Any]:
+    empty = dict.fromkeys(("phone", "openid", "timezone", "wechat_followed"))
+    return {"user_id": user_id, **empty, "sms_opt_out": False, "attributes": {}, **values}
+
+
 def _insert(engine: Engine, table: Any, values: Sequence[Mapping[str, Any]]) -> None:
     with engine.begin() as conn:
         conn.execute(sa.insert(table), list(values))
@@ -410,11 +415,9 @@ def test_audit_store(db_engine: Engine) -> None:
     """Users, opt-outs and touches in the store: one violation of each kind is found, and
     neither the test send nor the held-but-unsent rows are miscounted."""
     _insert(db_engine, User.__table__, [  # type: ignore[attr-defined]
-        {"user_id": "u1", "phone": "13800138000", "sms_opt_out": False, "attributes": {}},
-        {"user_id": "u2", "openid": "o-2", "wechat_followed": False, "sms_opt_out": False,
-         "attributes": {}},
-        {"user_id": "u3", "timezone": "America/New_York", "sms_opt_out": False,
-         "attributes": {}},
+        _user("u1", phone="13800138000"),
+        _user("u2", openid="o-2", wechat_followed=False),
+        _user("u3", timezone="America/New_York"),
     ])
     _insert(db_engine, OptOut.__table__, [  # type: ignore[attr-defined]
         {"channel": "sms", "identity": "phone:+8613800138000", "user_id": None,
