@@ -18,6 +18,7 @@ def _register_all() -> None:
     from orchestrator.journeys.cli import register as _journeys; _journeys(app)  # noqa: E702, I001
     from orchestrator.engine.cli import register as _engine; _engine(app)  # noqa: E702, I001
     from orchestrator.policy.cli import register as _policy; _policy(app)  # noqa: E702, I001
+    from orchestrator.policy.audit_cli import register as _audit; _audit(app)  # noqa: E702, I001
     from orchestrator.audience.cli import register as _audience; _audience(app)  # noqa: E702, I001
     from orchestrator.sandbox.cli import register as _sandbox; _sandbox(app)  # noqa: E702, I001
     from orchestrator.api.cli import register as _api; _api(app)  # noqa: E702, I001

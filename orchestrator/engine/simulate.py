@@ -21,7 +21,7 @@ import heapq
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -33,6 +33,7 @@ from orchestrator.clock import as_utc
 from orchestrator.config import Settings
 from orchestrator.engine.importer import import_users, read_events
 from orchestrator.engine.ingest import ingest_events
+from orchestrator.engine.refresh import DEFAULT_REFRESH_CRON
 from orchestrator.engine.responses import Action, Responses, plan_baseline, plan_touch
 from orchestrator.engine.runner import Dispatcher, in_flight, next_after, next_due, tick
 from orchestrator.engine.runtime import Runtime
@@ -98,7 +99,7 @@ class Driver:
     _triggers: list[tuple[datetime, str]] = field(default_factory=list)
     _trigger_index: int = 0
     _planned_until: datetime = datetime.min.replace(tzinfo=UTC)
-    _refreshed_at: datetime | None = None
+    _tier_day: date | None = None
 
     def __post_init__(self) -> None:
         self._triggers = sorted((ts, str(e.get("name"))) for ts, _, e in self.pending_events)
@@ -114,9 +115,10 @@ class Driver:
         while True:
             self._replay(now)
             self._act(now)
-            if self._cron_due(now):
-                self._refresh(now)
-            self._drain()
+            self._drain()  # the tick runs the scheduled refresh and the journeys' crons
+            if now.date() != self._tier_day:  # tiers change with the daily refresh
+                self.tiers.clear()
+                self._tier_day = now.date()
             self._plan(now)
             self.result.steps += 1
             if progress:
@@ -161,24 +163,17 @@ class Driver:
             self._trigger_index += 1
         return None
 
-    def _cron_due(self, now: datetime) -> bool:
-        """Does a journey's schedule fire now? (Its audience is then re-derived first.)"""
-        minute = now - MINUTE
-        return any(fire <= now for fire in self._cron_fires(minute))
-
     def _refresh(self, now: datetime) -> None:
-        """Tiers, RFM and churn scores as of ``now``, as the daily refresh would make them
-        (at most every 12 virtual hours, however many schedules fire)."""
+        """Derived fields as of the start, so a schedule firing before the first daily
+        refresh sees today's tiers (the tick's scheduled refresh does the rest)."""
         from orchestrator.audience.refresh import refresh
 
-        if self._refreshed_at is not None and now - self._refreshed_at < timedelta(hours=12):
-            return
         refresh(self.rt.db, at=now, settings=self.rt.settings)
-        self._refreshed_at = now
-        self.tiers.clear()
 
     def _cron_fires(self, now: datetime) -> list[datetime]:
-        fires = []
+        """The next fire of every schedule: the journeys' and the audience refresh."""
+        policy_tz = ZoneInfo(self.rt.book.policy.timezone)
+        fires = [next_after(DEFAULT_REFRESH_CRON, now, policy_tz)]
         for journey in self.rt.book.journeys():
             if journey.entry.schedule and not journey.entry.event:
                 tz = ZoneInfo(self.rt.book.policy_for(journey).timezone)
