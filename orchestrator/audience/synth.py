@@ -415,6 +415,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--start", default="2026-01-05T00:00:00+08:00")
     parser.add_argument("--horizon-days", type=int, default=14)
     parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument("--history-until", default=None,
+                        help="also write events-history.jsonl with the events at or before "
+                        "this ISO time (what to import and train on before a simulation)")
     args = parser.parse_args(argv)
     users, events, truth = generate(
         args.users, days_of_history=args.days, start=datetime.fromisoformat(args.start),
@@ -424,6 +427,10 @@ def main(argv: list[str] | None = None) -> None:
     write_users_csv(args.out / "users.csv", users)
     write_events_jsonl(args.out / "events.jsonl", events)
     write_truth_csv(args.out / "truth.csv", truth)
+    if args.history_until:
+        until = datetime.fromisoformat(args.history_until)
+        history = [e for e in events if datetime.fromisoformat(e["ts"]) <= until]
+        write_events_jsonl(args.out / "events-history.jsonl", history)
     print(f"wrote {len(users):,} users, {len(events):,} events and their truth to {args.out}")
 
 
