@@ -4,15 +4,19 @@ the clean case beside it (pure), then ``audit_store`` on SQLite and PostgreSQL."
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import typer
 from sqlalchemy import Engine
+from typer.testing import CliRunner
 
+from orchestrator.config import get_settings
 from orchestrator.errors import InputError
 from orchestrator.journeys.model import Policy
 from orchestrator.policy.audit import (
@@ -26,6 +30,8 @@ from orchestrator.policy.audit import (
     counts_as_send,
     identity_key,
 )
+from orchestrator.policy.audit_cli import register
+from orchestrator.store.db import dispose_engines
 from orchestrator.store.models import OptOut, Touch, User
 
 _ids = itertools.count(1)
@@ -440,3 +446,88 @@ def test_audit_store(db_engine: Engine) -> None:
         ("consent", "u1", 2),
         ("cap", "u3", 7),
     ]
+
+
+# ---------------------------------------------------------------- recall audit
+
+POLICY_YAML = """\
+timezone: Asia/Shanghai
+caps:
+  global: { max: 3, per: 7d }
+  sms: { max: 2, per: 7d }
+send_hours:
+  sms: "08:00-21:00"
+sms:
+  signature: "【校园外卖】"
+  opt_out_suffix: "拒收请回复R"
+  price_per_segment: 0.045
+"""
+
+
+@pytest.fixture
+def audit_cli(
+    sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[typer.Typer, Path]]:
+    """The ``recall audit`` command on a SQLite store, with a journeys folder of its own."""
+    journeys = tmp_path / "journeys"
+    journeys.mkdir()
+    (journeys / "policy.yaml").write_text(POLICY_YAML, encoding="utf-8")
+    (tmp_path / "templates").mkdir()
+    monkeypatch.setenv("RECALL_DATABASE_URL", str(sqlite_engine.url))
+    monkeypatch.setenv("RECALL_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("RECALL_TEMPLATES_DIR", str(tmp_path / "templates"))
+    get_settings.cache_clear()
+    app = typer.Typer()
+    app.callback()(lambda: None)  # a group, as in `recall`: the command is named, not implied
+    register(app)
+    yield app, journeys
+    dispose_engines()
+    get_settings.cache_clear()
+
+
+def test_recall_audit_passes_a_clean_run(
+    audit_cli: tuple[typer.Typer, Path], sqlite_engine: Engine
+) -> None:
+    app, journeys = audit_cli
+    _insert(sqlite_engine, Touch.__table__, [  # type: ignore[attr-defined]
+        _touch(1, "u1", "sms", T0), _touch(2, "u1", "sms", T0, status="suppressed"),
+    ])
+    result = CliRunner().invoke(app, ["audit", "--journeys", str(journeys)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "audit: 1 sends checked of 2 touches",
+        "violations: cap 0, quiet_hours 0, consent 0",
+        "no cap, quiet-hour or consent violation",
+    ]
+
+
+def test_recall_audit_lists_violations_and_exits_1(
+    audit_cli: tuple[typer.Typer, Path], sqlite_engine: Engine
+) -> None:
+    app, journeys = audit_cli
+    late = T0.replace(hour=13, minute=30)  # 21:30 in Shanghai
+    _insert(sqlite_engine, Touch.__table__, [  # type: ignore[attr-defined]
+        _touch(n, "u1", "sms", late.replace(day=3 + n)) for n in range(25)
+    ])
+    result = CliRunner().invoke(app, ["audit", "--journeys", str(journeys)])
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert lines[:3] == [
+        "audit: 25 sends checked of 25 touches",
+        "violations: cap 45, quiet_hours 25, consent 0",  # sms from the 3rd, global the 4th
+        "  quiet_hours u1 j1/s1 #0: sms sent 2025-03-03T13:30:00Z, 21:30 Mon 2025-03-03 in "
+        "Asia/Shanghai: outside send hours 08:00-21:00",
+    ]
+    assert lines[-1] == "  … and 50 more"
+    assert len(lines) == 2 + 20 + 1
+
+
+def test_recall_audit_reports_a_bad_policy(
+    audit_cli: tuple[typer.Typer, Path], tmp_path: Path
+) -> None:
+    app, journeys = audit_cli
+    (journeys / "policy.yaml").write_text("timezone: Mars/Olympus\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["audit", "--journeys", str(journeys)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("recall audit: ")
+    assert "policy.yaml" in result.stderr
