@@ -43,6 +43,7 @@ def settings(tmp_path: Path) -> Settings:
         templates_dir=tmp_path / "templates",
         public_base_url="https://recall.example.com",
         generic_webhook_secret="whsec-generic",
+        landing_token_secret="whsec-generic",
         stripe_webhook_secret="whsec_stripe",
         wechatpay_api_key="192006250b4c09247ec02edce69f6a2d",
         twilio_auth_token="twilio-token",
