@@ -26,20 +26,15 @@ EVENTS = Event.__table__  # type: ignore[attr-defined]
 SENT = ("sent", "delivered")
 
 
-def user_timezone(user: Mapping[str, Any] | None, journey: Journey, fallback: str) -> ZoneInfo:
-    """The user's zone, else the policy's, else ``RECALL_TIMEZONE``."""
-    for name in ((user or {}).get("timezone"), journey_policy_tz(journey), fallback):
+def user_timezone(user: Mapping[str, Any] | None, policy_timezone: str) -> ZoneInfo:
+    """The user's zone, else the policy's (which defaults to ``RECALL_TIMEZONE``)."""
+    for name in ((user or {}).get("timezone"), policy_timezone):
         if name:
             try:
                 return ZoneInfo(name)
             except (KeyError, ValueError):
                 continue
     return ZoneInfo("UTC")
-
-
-def journey_policy_tz(journey: Journey) -> str | None:
-    policy = getattr(journey, "policy", None)
-    return getattr(policy, "timezone", None) if policy is not None else None
 
 
 def run_cursors(rt: Runtime, enrollment_ids: Sequence[int]) -> int:
@@ -62,7 +57,7 @@ def run_cursors(rt: Runtime, enrollment_ids: Sequence[int]) -> int:
         for row in rows:
             journey = rt.book.get(rt.db, row["journey_id"], row["journey_version"])
             at = as_utc(row["due_at"])
-            tz = user_timezone(users.get(row["user_id"]), journey, rt.settings.timezone)
+            tz = user_timezone(users.get(row["user_id"]), rt.book.policy_for(journey).timezone)
             nxt = advance(journey, row["cursor"], at, tz, facts[row["id"]])
             moves.append(_move(row, nxt))
             if nxt.kind == "send":

@@ -87,10 +87,11 @@ def _load_works(rt: Runtime, conn: Connection, ids: Sequence[int], token: str) -
         step = journey.steps[journey.step_index(t["step_id"])]
         assert isinstance(step, SendStep)
         user = users.get(t["user_id"]) or {"user_id": t["user_id"], "attributes": {}}
+        policy = rt.book.policy_for(journey)
         works.append(Work(
             touch=dict(t), enrollment=enrollments[t["enrollment_id"]], user=user,
-            journey=journey, policy=rt.book.policy_for(journey), step=step,
-            tz=user_timezone(user, journey, rt.settings.timezone), channel=t["channel"],
+            journey=journey, policy=policy, step=step,
+            tz=user_timezone(user, policy.timezone), channel=t["channel"],
         ))
     return works
 

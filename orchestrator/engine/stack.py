@@ -137,11 +137,12 @@ class Stack:
     def __enter__(self) -> Stack:
         from orchestrator.store.db import get_engine
         from orchestrator.store.migrate import upgrade
-        from orchestrator.store.redis import start_embedded
+        from orchestrator.store.redis import start_embedded, stop_embedded
 
         try:
             if not self.settings.redis_url:
                 start_embedded(self.settings)
+                self._exit.callback(stop_embedded, self.settings)
             upgrade(get_engine(self.settings))
             self._start_sandbox()
             if self.with_api:

@@ -23,7 +23,10 @@ _TOUCHES = Touch.__table__  # type: ignore[attr-defined]
 
 def _held_filter(since: datetime | None) -> list[sa.ColumnElement[bool]]:
     t = _TOUCHES.c
-    where = [t.status.in_(HELD_STATUSES), t.reserved_at.is_not(None), t.test.is_(False)]
+    # A touch whose outcome stayed unknown keeps its slot (it may have reached the person).
+    held = sa.or_(t.status.in_(HELD_STATUSES),
+                  sa.and_(t.status == "failed", t.reason == "unknown_outcome"))
+    where = [held, t.reserved_at.is_not(None), t.test.is_(False)]
     if since is not None:
         where.append(t.reserved_at >= since)
     return where

