@@ -6,6 +6,7 @@ at flush time, so the hot path stays cheap. Deliveries that fail are reported, n
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 from collections import deque
@@ -83,6 +84,14 @@ def deliver(deliveries: list[Delivery], timeout_s: float) -> list[dict[str, Any]
 
 _CLIENTS: dict[float, httpx.Client] = {}
 _CLIENTS_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_clients() -> None:
+    with _CLIENTS_LOCK:
+        for client in _CLIENTS.values():
+            client.close()
+        _CLIENTS.clear()
 
 
 def _client(timeout_s: float) -> httpx.Client:
