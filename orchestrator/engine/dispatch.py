@@ -116,12 +116,17 @@ def claim_touches(
             TOUCHES.c.journey_id.not_in(_paused()),
         )
         .order_by(TOUCHES.c.due_at, TOUCHES.c.priority.desc(), TOUCHES.c.enrollment_id)
-        .limit(limit)
+        .limit(limit + 1)
     )
     rows = conn.execute(_lock(query, conn)).all()  # type: ignore[arg-type]
     groups: dict[tuple[str, str, str], list[int]] = defaultdict(list)
-    for row in rows:
+    for row in rows[:limit]:
         groups[(row.channel, row.journey_id, row.step_id)].append(row.id)
+    if len(rows) > limit and len(groups) > 1:
+        # The limit cut the last step's touches: leave that step whole for the next tick,
+        # so its batches are formed from everything due (no lone article recipient).
+        last = rows[limit - 1]
+        groups.pop((last.channel, last.journey_id, last.step_id))
     claims: list[TouchClaim] = []
     for (channel, _journey, _step), ids in groups.items():
         size = even_chunk(len(ids), max_batch.get(channel, 500))

@@ -44,6 +44,7 @@ class Dispatcher(Protocol):
 
 
 CURSOR_CHUNK = 500
+TOUCH_CLAIM_LIMIT = 50_000  # a multiple of the 10,000 mass-send limit
 
 
 def tick(rt: Runtime, dispatcher: Dispatcher) -> Tick:
@@ -59,7 +60,7 @@ def tick(rt: Runtime, dispatcher: Dispatcher) -> Tick:
         real_now=utcnow(),
         lease=timedelta(seconds=rt.settings.claim_lease_s),
         gather=timedelta(seconds=rt.settings.gather_window_s),
-        limit=rt.settings.claim_batch_size * 20,
+        limit=TOUCH_CLAIM_LIMIT,
         max_batch={name: rt.channel(name).max_batch for name in
                    ("wechat_article", "wecom_group_invite", "sms")},
     )

@@ -14,6 +14,8 @@ from sqlalchemy import Engine
 from orchestrator.audience.synth import generate, write_events_jsonl, write_users_csv
 from orchestrator.config import Settings
 from orchestrator.engine.simulate import simulate
+from orchestrator.journeys.loader import load_all
+from orchestrator.policy.audit import audit_store
 from orchestrator.reports.export import rows
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,3 +64,8 @@ def test_simulate_runs_the_sample_journeys_over_virtual_days(
     assert control, "the holdout is enrolled too"
     assert not [t for t in touches if t["enrollment_id"] in control]
     assert sum(result.actions.values()) > 0  # simulated people answered
+    # An independent audit of every send: no cap, quiet-hour or consent violation.
+    journeys, policy = load_all(REPO / "journeys", REPO / "templates")
+    violations = audit_store(db_engine, policy=policy, journey_policies={
+        j.id: policy.tightened_by(j.policy) for j in journeys})
+    assert violations == []
