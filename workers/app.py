@@ -45,7 +45,6 @@ def configure(url: str | None = None, queue: str | None = None) -> Celery:
     return app
 
 
-@worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     """Engines and Redis clients are per process: drop what the parent made."""
     from orchestrator.store.db import dispose_engines
@@ -54,3 +53,8 @@ def _after_fork(**_: Any) -> None:
     from workers import tasks
 
     tasks.reset_runtime()
+
+
+# Connected by a call rather than as a decorator: Celery ships no type hints, and an untyped
+# decorator would leave the receiver untyped for mypy. The effect is the same.
+worker_process_init.connect(_after_fork)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
 
 from orchestrator.engine.delivery import deliver_batch, process_touches, reconcile_batch
 from orchestrator.engine.dispatch import TouchClaim
@@ -13,6 +14,38 @@ from workers.app import app
 
 MAX_RETRIES = 8
 _RUNTIME: Runtime | None = None
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_R_co = TypeVar("_R_co", covariant=True)
+
+
+class Task(Protocol[_P, _R_co]):
+    """The part of a Celery task we use, typed by the function it wraps (Celery ships no
+    type hints, so ``app.task`` alone would leave every task untyped for mypy)."""
+
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R_co: ...
+
+    def delay(self, *args: _P.args, **kwargs: _P.kwargs) -> Any: ...
+
+    def apply_async(self, args: tuple[Any, ...], *, countdown: float) -> Any: ...
+
+
+class Retrying(Protocol):
+    """A bound task (``bind=True``) as its function sees it."""
+
+    def retry(self, *, countdown: float) -> Exception: ...
+
+
+def _task(name: str) -> Callable[[Callable[_P, _R]], Task[_P, _R]]:
+    return cast(Callable[[Callable[_P, _R]], Task[_P, _R]], app.task(name=name))
+
+
+def _retrying_task(
+    name: str, max_retries: int
+) -> Callable[[Callable[Concatenate[Retrying, _P], _R]], Task[_P, _R]]:
+    decorate = app.task(name=name, bind=True, max_retries=max_retries)
+    return cast(Callable[[Callable[Concatenate[Retrying, _P], _R]], Task[_P, _R]], decorate)
 
 
 def runtime() -> Runtime:
@@ -38,20 +71,20 @@ class CeleryDispatcher:
         reconcile.delay(batch_id)
 
 
-@app.task(name="workers.tasks.tick")
+@_task("workers.tasks.tick")
 def tick() -> dict[str, Any]:
     claimed = engine_tick(runtime(), CeleryDispatcher())
     return {"cursors": len(claimed.cursors), "touch_claims": len(claimed.touches)}
 
 
-@app.task(name="workers.tasks.advance")
+@_task("workers.tasks.advance")
 def advance(enrollment_ids: list[int]) -> None:
     from orchestrator.engine.cursors import run_cursors
 
     run_cursors(runtime(), enrollment_ids)
 
 
-@app.task(name="workers.tasks.send")
+@_task("workers.tasks.send")
 def send(touch_ids: list[int], token: str) -> None:
     """Gate and freeze the claimed touches, then deliver each batch; a batch that meets a
     retryable failure continues in its own retrying ``deliver`` task."""
@@ -62,16 +95,16 @@ def send(touch_ids: list[int], token: str) -> None:
             deliver.apply_async((batch_id,), countdown=retry.delay_s)
 
 
-@app.task(name="workers.tasks.deliver", bind=True, max_retries=MAX_RETRIES)
-def deliver(self: Any, batch_id: str) -> None:
+@_retrying_task("workers.tasks.deliver", max_retries=MAX_RETRIES)
+def deliver(self: Retrying, batch_id: str) -> None:
     try:
         deliver_batch(runtime(), batch_id)
     except RetryLater as retry:
         raise self.retry(countdown=retry.delay_s) from None
 
 
-@app.task(name="workers.tasks.reconcile", bind=True, max_retries=MAX_RETRIES)
-def reconcile(self: Any, batch_id: str) -> None:
+@_retrying_task("workers.tasks.reconcile", max_retries=MAX_RETRIES)
+def reconcile(self: Retrying, batch_id: str) -> None:
     try:
         reconcile_batch(runtime(), batch_id)
     except RetryLater as retry:

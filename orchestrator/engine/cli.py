@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -14,6 +15,9 @@ from rich.table import Table
 
 from orchestrator.config import Settings, get_settings
 from orchestrator.errors import RecallError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 err = Console(stderr=True)
 out = Console()
@@ -24,7 +28,7 @@ def _fail(exc: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _db(settings: Settings):  # type: ignore[no-untyped-def]
+def _db(settings: Settings) -> Engine:
     from orchestrator.store.db import get_engine
     from orchestrator.store.migrate import upgrade
 
@@ -115,7 +119,7 @@ def enroll_cmd(
     out.print(table)
 
 
-def control_cmd(action: Literal["pause", "resume", "stop"]):  # type: ignore[no-untyped-def]
+def control_cmd(action: Literal["pause", "resume", "stop"]) -> Callable[[str], None]:
     def command(journey: Annotated[str, typer.Argument(help="journey id")]) -> None:
         from orchestrator.engine.control import change_state
 
@@ -250,4 +254,4 @@ def register(app: typer.Typer) -> None:
     app.command("worker")(worker_cmd)
     app.command("beat")(beat_cmd)
     for action in ("pause", "resume", "stop"):
-        app.command(action)(control_cmd(action))  # type: ignore[arg-type]
+        app.command(action)(control_cmd(action))

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, RowMapping, bindparam, select, update
 
 from orchestrator.clock import as_utc
 from orchestrator.engine.book import upsert
@@ -80,7 +80,7 @@ def run_cursors(rt: Runtime, enrollment_ids: Sequence[int]) -> int:
     return len(touches)
 
 
-def _move(row: Mapping[str, Any], nxt: Next) -> dict[str, Any]:
+def _move(row: RowMapping, nxt: Next) -> dict[str, Any]:
     done = nxt.kind == "done"
     return {
         "b_id": row["id"],
@@ -94,7 +94,7 @@ def _move(row: Mapping[str, Any], nxt: Next) -> dict[str, Any]:
     }
 
 
-def _touch(row: Mapping[str, Any], journey: Journey, nxt: Next, priority: int) -> dict[str, Any]:
+def _touch(row: RowMapping, journey: Journey, nxt: Next, priority: int) -> dict[str, Any]:
     step = journey.steps[nxt.cursor]
     assert isinstance(step, SendStep)
     return {
@@ -124,7 +124,7 @@ def _users(conn: Connection, user_ids: set[str]) -> dict[str, dict[str, Any]]:
 
 
 def _facts(
-    conn: Connection, rows: Sequence[Mapping[str, Any]], users: Mapping[str, Mapping[str, Any]]
+    conn: Connection, rows: Sequence[RowMapping], users: Mapping[str, Mapping[str, Any]]
 ) -> dict[int, Facts]:
     sets: dict[int, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     touched = conn.execute(

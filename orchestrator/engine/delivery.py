@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, RowMapping, bindparam, insert, or_, select, update
 
 from orchestrator.channels.base import Message, Recipient, SendRequest, TouchResult
 from orchestrator.engine.cursors import user_timezone
@@ -212,7 +212,7 @@ def _payload(works: Sequence[Work], *, options: Mapping[str, str],
     }
 
 
-def request_of(batch: Mapping[str, Any], only: set[int] | None = None) -> SendRequest:
+def request_of(batch: RowMapping, only: set[int] | None = None) -> SendRequest:
     payload = batch["payload"]
     messages = tuple(
         Message(touch_id=m["touch_id"], key=m["key"], recipient=Recipient(**m["recipient"]),
@@ -260,7 +260,7 @@ def deliver_batch(rt: Runtime, batch_id: str) -> None:
     record_results(rt, batch_id, results, now)
 
 
-def _retryable(rt: Runtime, batch: Mapping[str, Any], request: SendRequest,
+def _retryable(rt: Runtime, batch: RowMapping, request: SendRequest,
                exc: ChannelRetryable, now: datetime) -> None:
     attempts = int(batch["attempts"]) + 1
     if attempts >= rt.settings.max_attempts:
@@ -317,7 +317,7 @@ def record_results(rt: Runtime, batch_id: str, results: Sequence[TouchResult],
     _opted_out_at_provider(rt, touches, results, now)
 
 
-def _opted_out_at_provider(rt: Runtime, touches: Sequence[Mapping[str, Any]],
+def _opted_out_at_provider(rt: Runtime, touches: Sequence[RowMapping],
                            results: Sequence[TouchResult], now: datetime) -> None:
     """A provider that says the number opted out (Twilio 21610) feeds our own list, so no
     journey tries that person on SMS again."""
@@ -328,8 +328,8 @@ def _opted_out_at_provider(rt: Runtime, touches: Sequence[Mapping[str, Any]],
                            reason="provider:21610", at=now)
 
 
-def rejected_touches(touches: Sequence[Mapping[str, Any]],
-                     rejected: Sequence[TouchResult]) -> list[Mapping[str, Any]]:
+def rejected_touches(touches: Sequence[RowMapping],
+                     rejected: Sequence[TouchResult]) -> list[RowMapping]:
     ids = {r.touch_id for r in rejected}
     return [t for t in touches if t["id"] in ids]
 
@@ -360,7 +360,7 @@ def reconcile_batch(rt: Runtime, batch_id: str) -> None:
 
 # --- 4. moving enrollments on ---------------------------------------------------------------
 
-def settle(rt: Runtime, conn: Connection, touches: Sequence[Mapping[str, Any]],
+def settle(rt: Runtime, conn: Connection, touches: Sequence[Mapping[str, Any] | RowMapping],
            now: datetime) -> None:
     """Each enrollment waiting on a now-terminal touch moves to its next step at ``now``."""
     rows = [

@@ -17,8 +17,19 @@ import secrets
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, TypeVarTuple, cast
 
-from sqlalchemy import Connection, Engine, and_, or_, select, update
+from sqlalchemy import (
+    ColumnClause,
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    and_,
+    or_,
+    select,
+    update,
+)
 
 from orchestrator.store.db import session_scope
 from orchestrator.store.models import Enrollment, JourneyState, Touch
@@ -27,6 +38,7 @@ ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
 TOUCHES = Touch.__table__  # type: ignore[attr-defined]
 STATES = JourneyState.__table__  # type: ignore[attr-defined]
 BATCHED = frozenset({"wechat_article", "wecom_group_invite"})
+_Columns = TypeVarTuple("_Columns")
 
 
 @dataclass(frozen=True)
@@ -36,13 +48,15 @@ class TouchClaim:
     touch_ids: tuple[int, ...]
 
 
-def _paused() -> object:
+def _paused() -> Select[Any]:
     return select(STATES.c.journey_id).where(STATES.c.state != "active")
 
 
-def _lock(query: object, conn: Connection) -> object:
+def _lock(query: Select[*_Columns], conn: Connection) -> Select[*_Columns]:
     if conn.dialect.name == "postgresql":
-        return query.with_for_update(skip_locked=True, of=query.selected_columns[0].table)  # type: ignore[attr-defined]
+        # Every claim query selects table columns first: lock the rows of that table only.
+        first = cast(ColumnClause[Any], query.selected_columns[0])
+        return query.with_for_update(skip_locked=True, of=first.table)
     return query
 
 
@@ -80,7 +94,7 @@ def claim_cursors(
         .order_by(ENROLLMENTS.c.due_at, ENROLLMENTS.c.id)
         .limit(limit)
     )
-    ids = list(conn.execute(_lock(query, conn)).scalars())  # type: ignore[arg-type]
+    ids = list(conn.execute(_lock(query, conn)).scalars())
     if ids:
         conn.execute(
             update(ENROLLMENTS).where(ENROLLMENTS.c.id.in_(ids))
@@ -89,7 +103,7 @@ def claim_cursors(
     return ids
 
 
-def claimable(now: datetime, gather: timedelta) -> object:
+def claimable(now: datetime, gather: timedelta) -> ColumnElement[bool]:
     """Due now; batched channels wait out the gathering window so that a step's touches
     that fall due together leave in one provider call."""
     return or_(
@@ -112,13 +126,13 @@ def claim_touches(
         select(TOUCHES.c.id, TOUCHES.c.channel, TOUCHES.c.journey_id, TOUCHES.c.step_id)
         .where(
             TOUCHES.c.status == "scheduled",
-            claimable(now, gather),  # type: ignore[arg-type]
+            claimable(now, gather),
             TOUCHES.c.journey_id.not_in(_paused()),
         )
         .order_by(TOUCHES.c.due_at, TOUCHES.c.priority.desc(), TOUCHES.c.enrollment_id)
         .limit(limit + 1)
     )
-    rows = conn.execute(_lock(query, conn)).all()  # type: ignore[arg-type]
+    rows = conn.execute(_lock(query, conn)).all()
     groups: dict[tuple[str, str, str], list[int]] = defaultdict(list)
     for row in rows[:limit]:
         groups[(row.channel, row.journey_id, row.step_id)].append(row.id)

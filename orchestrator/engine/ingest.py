@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, RowMapping, select, update
 
 from orchestrator.clock import as_utc
 from orchestrator.engine.book import JourneyBook, upsert
@@ -179,7 +179,7 @@ def _convert(conn: Connection, book: JourneyBook, events: list[EventIn], now: da
 
 
 def _record_conversion(
-    conn: Connection, enrollment: Mapping[str, Any], event: EventIn, now: datetime
+    conn: Connection, enrollment: RowMapping, event: EventIn, now: datetime
 ) -> None:
     at = as_utc(event.ts)
     touches = conn.execute(

@@ -142,7 +142,7 @@ class Driver:
         due = next_due(self.rt)
         if due is not None:
             candidates.append(due)
-        trigger = self._next_trigger()
+        trigger = self._next_trigger(now)
         if trigger is not None:
             candidates.append(ceil_minute(trigger))
         if self.actions:
@@ -151,14 +151,14 @@ class Driver:
         later = [c for c in candidates if c > now]
         return min(later) if later else now + timedelta(days=3650)
 
-    def _next_trigger(self) -> datetime | None:
+    def _next_trigger(self, now: datetime) -> datetime | None:
         """The next pending event that enrolls someone when ingested: it needs its own
         minute. Other events are ingested at the next stop at or after them (their effects,
         goal conversions included, are dated by the event's own time)."""
         names = {j.entry.event for j in self.rt.book.journeys() if j.entry.event}
         while self._trigger_index < len(self._triggers):
             ts, name = self._triggers[self._trigger_index]
-            if ts > self.clock_now and name in names:
+            if ts > now and name in names:
                 return ts
             self._trigger_index += 1
         return None

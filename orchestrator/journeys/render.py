@@ -64,14 +64,15 @@ def template_context(
     arm: str = "treatment",
     variant: str | None = None,
     event: Mapping[str, Any] | None = None,
-    pools: Mapping[str, str] | None = None,
+    pools: Mapping[str, str | None] | None = None,
     link: str | None = None,
 ) -> dict[str, Any]:
     """The template data for one touch.
 
     ``user`` holds ``user_id``, the users.csv columns, derived fields and ``attributes``
     (a mapping of free attributes). ``event`` is the entry event as ``{name, props, ts,
-    value}``; ``pools`` the enrollment's drawn codes; ``link`` the tracked short URL.
+    value}``; ``pools`` the enrollment's drawn codes (``None`` where a pool ran out); ``link``
+    the tracked short URL.
     """
     attributes = dict(user.get("attributes") or {})
     fields = {k: v for k, v in user.items() if k != "attributes"}

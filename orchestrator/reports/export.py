@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, Literal, TextIO
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Select, select
 
 from orchestrator.store.models import Enrollment, Touch
 
@@ -38,6 +38,8 @@ def _iso(value: Any) -> Any:
 
 
 def rows(engine: Engine, kind: Kind, journey_id: str | None = None) -> Iterator[dict[str, Any]]:
+    query: Select[*tuple[Any, ...]]
+    columns: tuple[str, ...]
     if kind == "touches":
         query = select(*[TOUCHES.c[c] for c in TOUCH_COLUMNS if c != "enrollment_id"],
                        TOUCHES.c.enrollment_id).order_by(TOUCHES.c.id)

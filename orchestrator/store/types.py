@@ -23,10 +23,11 @@ class UTCDateTime(TypeDecorator[datetime]):
             raise TypeError(f"expected datetime, got {type(value).__name__}")
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column; attach a timezone first")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        utc = value.astimezone(UTC)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
 
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        # ``impl`` (DateTime) has already turned the stored value into a datetime.
         if value is None:
             return None
         if value.tzinfo is None:
