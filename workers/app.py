@@ -18,7 +18,7 @@ from celery import Celery
 from celery.signals import worker_process_init
 
 from orchestrator.config import get_settings
-from orchestrator.store.redis import broker_url
+from orchestrator.store.redis import broker_url, celery_url
 
 VISIBILITY_TIMEOUT_S = 3600
 
@@ -28,7 +28,7 @@ app = Celery("recall", include=["workers.tasks"])
 def configure(url: str | None = None, queue: str | None = None) -> Celery:
     settings = get_settings()
     app.conf.update(
-        broker_url=url or broker_url(settings),
+        broker_url=celery_url(url) if url else broker_url(settings),
         task_default_queue=queue or settings.celery_queue,
         task_acks_late=True,
         task_reject_on_worker_lost=True,

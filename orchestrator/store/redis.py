@@ -69,7 +69,11 @@ def redis_url(settings: Settings | None = None) -> str:
 
 def broker_url(settings: Settings | None = None) -> str:
     """The same Redis as a Celery broker URL (``redis+socket://`` for a unix socket)."""
-    url = redis_url(settings)
+    return celery_url(redis_url(settings))
+
+
+def celery_url(url: str) -> str:
+    """A redis-py URL in Celery's spelling: ``unix://`` becomes ``redis+socket://``."""
     if url.startswith("unix://"):
         return "redis+socket://" + url.removeprefix("unix://")
     return url

@@ -14,21 +14,20 @@ from orchestrator.api.app import create_app
 from orchestrator.api.server import serve_in_thread
 from orchestrator.clock import ManualClock
 from orchestrator.config import Settings
-from tests.support import REDIS_URL, require_server
+from tests.support import redis_db_url
 from tests.tracking.seed import T0, Seeder
 
 API_REDIS_DB = 5  # this area's Redis database number
 API_KEYS = ("key-one", "key-two")
-REDIS_DB_URL = REDIS_URL.rsplit("/", 1)[0] + f"/{API_REDIS_DB}"
 
 
 @pytest.fixture
 def api_redis_url() -> Iterator[str]:
-    """Redis DB 5, flushed before and after the test."""
-    require_server("Redis", REDIS_URL, 6379)
-    client = redis.Redis.from_url(REDIS_DB_URL)
+    """Redis DB 5 (the server's, else an embedded one), flushed before and after the test."""
+    url = redis_db_url(API_REDIS_DB)
+    client = redis.Redis.from_url(url)
     client.flushdb()
-    yield REDIS_DB_URL
+    yield url
     client.flushdb()
     client.close()
 
@@ -37,7 +36,7 @@ def api_redis_url() -> Iterator[str]:
 def settings(tmp_path: Path) -> Settings:
     return Settings(
         api_keys=",".join(API_KEYS),
-        redis_url=REDIS_DB_URL,
+        redis_url=redis_db_url(API_REDIS_DB),
         state_dir=tmp_path / "state",
         journeys_dir=tmp_path / "journeys",
         templates_dir=tmp_path / "templates",

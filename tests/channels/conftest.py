@@ -7,7 +7,6 @@ Redis key prefix (on a database number of its own) and removes its keys afterwar
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 
@@ -19,20 +18,12 @@ from orchestrator.config import Settings
 from orchestrator.sandbox.config import SandboxConfig
 from orchestrator.sandbox.server import SandboxHandle, run_in_thread
 from orchestrator.sandbox.state import SandboxState
+from tests.support import redis_db_url
 
-REDIS_HOST = "127.0.0.1"
 REDIS_DB = int(os.environ.get("RECALL_TEST_CHANNELS_REDIS_DB", "11"))
 # Short enough that the sandbox's `timeout` fault (answer after 30 s) makes the client give
 # up quickly; generous for anything else on loopback.
 TEST_TIMEOUT = (2.0, 1.0)
-
-
-def _redis_up() -> bool:
-    try:
-        with socket.create_connection((REDIS_HOST, 6379), 1):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +41,7 @@ def sandbox(server: SandboxHandle) -> SandboxHandle:
 
 @pytest.fixture
 def redis_client() -> Iterator[redis.Redis]:
-    if not _redis_up():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("Redis at 127.0.0.1:6379 is required under CI=true", pytrace=False)
-        pytest.skip("SERVER SUITE SKIPPED: Redis at 127.0.0.1:6379 is not reachable")
-    client = redis.Redis(host=REDIS_HOST, port=6379, db=REDIS_DB)
+    client = redis.Redis.from_url(redis_db_url(REDIS_DB))
     yield client
     client.close()
 

@@ -18,7 +18,7 @@ from orchestrator.engine.importer import import_users
 from orchestrator.engine.runtime import Runtime
 from orchestrator.sandbox.server import SandboxHandle, run_in_thread
 from orchestrator.store.clock import StoredClock
-from tests.support import REDIS_URL, require_server
+from tests.support import redis_db_url
 
 T0 = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # 09:00 in Shanghai
 
@@ -106,8 +106,7 @@ def sandbox() -> Iterator[SandboxHandle]:
 
 @pytest.fixture
 def engine_redis_url() -> Iterator[str]:
-    require_server("Redis", REDIS_URL, 6379)
-    url = REDIS_URL.rsplit("/", 1)[0] + "/4"
+    url = redis_db_url(4)
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url

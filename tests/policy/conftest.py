@@ -9,21 +9,21 @@ import pytest
 import redis
 
 from orchestrator.policy.caps import CapStore
+from tests.support import redis_db_url
 
-CAPS_REDIS_URL = os.environ.get("RECALL_TEST_POLICY_REDIS_URL", "redis://127.0.0.1:6379/3")
+POLICY_REDIS_DB = 3
 
 
 @pytest.fixture(scope="session")
-def policy_redis() -> Iterator[redis.Redis]:
-    """A client of the policy tests' own Redis database (3), flushed before and after."""
-    client = redis.Redis.from_url(CAPS_REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        message = f"Redis at {CAPS_REDIS_URL} is not reachable"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{message}; CI=true requires it (.ci/run starts it)", pytrace=False)
-        pytest.skip(f"SERVER SUITE SKIPPED: {message}")
+def caps_redis_url() -> str:
+    """The policy tests' own Redis database (3): the server's, else an embedded Redis."""
+    return os.environ.get("RECALL_TEST_POLICY_REDIS_URL") or redis_db_url(POLICY_REDIS_DB)
+
+
+@pytest.fixture(scope="session")
+def policy_redis(caps_redis_url: str) -> Iterator[redis.Redis]:
+    """A client of the policy tests' own Redis database, flushed before and after."""
+    client = redis.Redis.from_url(caps_redis_url)
     client.flushdb()
     yield client
     client.flushdb()

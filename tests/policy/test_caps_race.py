@@ -7,17 +7,16 @@ import multiprocessing
 from orchestrator.policy.caps import CapStore
 
 from .capcheck import violations
-from .conftest import CAPS_REDIS_URL
 from .race_worker import CHANNELS, JOURNEYS, POLICY, TZ, USERS, race
 
 PROCESSES = 8
 
 
-def test_eight_processes_never_exceed_a_cap(caps: CapStore) -> None:
+def test_eight_processes_never_exceed_a_cap(caps: CapStore, caps_redis_url: str) -> None:
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(PROCESSES), ctx.Queue()
     workers = [
-        ctx.Process(target=race, args=(CAPS_REDIS_URL, n, barrier, results))
+        ctx.Process(target=race, args=(caps_redis_url, n, barrier, results))
         for n in range(PROCESSES)
     ]
     for process in workers:

@@ -31,8 +31,6 @@ from orchestrator.policy.reference import ReferenceCaps
 from orchestrator.policy.rules import CapRule
 from orchestrator.store.models import Touch
 
-from .conftest import CAPS_REDIS_URL
-
 TZ = ZoneInfo("Asia/Shanghai")
 T0 = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
 POLICY = [
@@ -168,10 +166,10 @@ def test_a_rebuild_interrupted_by_a_restart_grants_nothing(
 
 @pytest.fixture
 def cli_env(
-    sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps_redis_url: str
 ) -> Iterator[Engine]:
     monkeypatch.setenv("RECALL_DATABASE_URL", str(sqlite_engine.url))
-    monkeypatch.setenv("RECALL_REDIS_URL", CAPS_REDIS_URL)
+    monkeypatch.setenv("RECALL_REDIS_URL", caps_redis_url)
     monkeypatch.setenv("RECALL_STATE_DIR", str(tmp_path / "state"))
     get_settings.cache_clear()
     yield sqlite_engine
