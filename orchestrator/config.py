@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import SecretStr, field_validator
+from pydantic import SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -71,6 +71,26 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_keys(cls, value: str) -> str:
         return ",".join(k.strip() for k in value.split(",") if k.strip())
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets_in_production(self) -> Settings:
+        """Sandbox defaults are fine anywhere but production, where they would let anyone
+        who read this file sign a webhook."""
+        if self.environment != "production":
+            return self
+        placeholders = [
+            f"RECALL_{name.upper()}" for name in Settings.model_fields
+            if isinstance(value := getattr(self, name), SecretStr)
+            and value.get_secret_value().startswith("sandbox-")
+        ]
+        if not self.api_key_list:
+            placeholders.append("RECALL_API_KEYS")
+        if placeholders:
+            raise ValueError(
+                "RECALL_ENVIRONMENT=production but these settings still hold sandbox "
+                f"placeholders: {', '.join(placeholders)}; set real values"
+            )
+        return self
 
     @property
     def api_key_list(self) -> list[str]:

@@ -18,7 +18,11 @@ from sqlalchemy import Engine
 
 from orchestrator.store import migrate
 from orchestrator.store.db import make_engine
-from tests.support import PG_URL, _missing, redis_db_url, require_server
+from tests.support import PG_URL, _missing, redis_db_url, require_server, stop_embedded_redis
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    stop_embedded_redis()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

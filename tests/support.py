@@ -53,3 +53,13 @@ def redis_db_url(db: int) -> str:
         _missing.add("Redis server (an embedded Redis stood in)")
     socket_file = _EMBEDDED[0].socket_file  # type: ignore[attr-defined]
     return f"unix://{socket_file}?db={db}"
+
+
+def stop_embedded_redis() -> None:
+    """Shut the stand-in Redis down at the end of the session (it keeps nothing)."""
+    while _EMBEDDED:
+        server = _EMBEDDED.pop()
+        try:
+            server.shutdown(nosave=True)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - it drops the connection as it exits
+            pass

@@ -49,6 +49,8 @@ class JourneyBook:
         self.state_dir = state_dir
         self.reload()
 
+    synced = False  # set once this process has recorded the current journeys
+
     def reload(self) -> None:
         # Stamped before reading: an edit made during the load shows up at the next check.
         self._stamps, self._racy = self._scan()
@@ -135,6 +137,7 @@ class JourneyBook:
 
     def sync(self, engine: Engine, *, now: datetime) -> None:
         """Record every current journey (its state row and its version's files)."""
+        self.synced = True
         insert = upsert(engine)
         with begin_write(engine) as conn:
             for j in self.current.values():

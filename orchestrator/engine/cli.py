@@ -179,11 +179,15 @@ def simulate_cmd(
         settings = settings.model_copy(update={"journeys_dir": journeys})
     begin = _parse_time(start) if start else datetime.now(UTC).replace(second=0, microsecond=0)
     try:
+        chosen = load_responses(responses)
+    except (ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError
+        raise _fail(ValueError(f"{responses}: {exc}")) from None
+    try:
         with Progress(TextColumn("simulating"), BarColumn(), TimeElapsedColumn(),
                       console=err, transient=True) as bar:
             task = bar.add_task("simulate", total=1.0)
             result = simulate(settings, days=days, start=begin, users=users, events=events,
-                              responses=load_responses(responses), seed=seed,
+                              responses=chosen, seed=seed,
                               progress=lambda f: bar.update(task, completed=f))
     except RecallError as exc:
         raise _fail(exc) from None
@@ -241,8 +245,10 @@ def beat_cmd() -> None:
     """The beat: one per deployment; it only ticks the dispatcher every second."""
     import os
 
-    schedule = str(Path(get_settings().state_dir) / "beat-schedule")
-    os.execv(sys.executable, _celery("beat", "--loglevel=INFO", "-s", schedule))
+    state_dir = Path(get_settings().state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    os.execv(sys.executable, _celery("beat", "--loglevel=INFO", "-s",
+                                     str(state_dir / "beat-schedule")))
 
 
 def register(app: typer.Typer) -> None:

