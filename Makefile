@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench chaos clean
+.PHONY: install demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -43,8 +43,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check orchestrator workers tests bench
 	$(BIN)/mypy orchestrator workers
 
+# Figures, not tests: each script prints one JSON line per figure (SPEC §10). They need the
+# production stack (PostgreSQL + Redis on 127.0.0.1, or RECALL_BENCH_* URLs).
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python bench/bench_caps.py
+	$(BIN)/python bench/bench_features.py
 
 clean:
 	rm -rf $(VENV) .recall .pytest_cache .mypy_cache .ruff_cache

@@ -208,14 +208,14 @@ def _celery(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "workers.main", *args]
 
 
-def run_cmd() -> None:
+def run_cmd(port: Annotated[int, typer.Option(help="API port")] = 8000) -> None:
     """API + worker + beat on the embedded defaults (SQLite, embedded Redis, sandbox)."""
     import subprocess
     import time
 
     from orchestrator.engine.stack import Stack, stop_process, worker_env
 
-    with Stack(get_settings(), workers=1) as stack:
+    with Stack(get_settings(), workers=1, api_port=port) as stack:
         schedule = str(Path(stack.settings.state_dir) / "beat-schedule")
         beat = subprocess.Popen(_celery("beat", "--loglevel=WARNING", "-s", schedule),
                                 env=worker_env(stack.settings))

@@ -22,6 +22,7 @@ from orchestrator.config import Settings
 from orchestrator.errors import ConfigError
 
 PROVIDER_BASES = ("wechat_api_base", "wecom_api_base", "twilio_api_base")
+DEFAULT_PUBLIC_BASE_URL = Settings.model_fields["public_base_url"].default
 
 
 def free_port() -> int:
@@ -125,10 +126,12 @@ def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 15.0) -> None:
 class Stack:
     """Start what the settings do not point at, and stop it again."""
 
-    def __init__(self, settings: Settings, *, workers: int = 1, api: bool = True) -> None:
+    def __init__(self, settings: Settings, *, workers: int = 1, api: bool = True,
+                 api_port: int | None = None) -> None:
         self.settings = settings
         self.n_workers = workers
         self.with_api = api
+        self.api_port = api_port
         self._exit = ExitStack()
         self.sandbox: Any = None
         self.api: ApiServer | None = None
@@ -146,9 +149,12 @@ class Stack:
             upgrade(get_engine(self.settings))
             self._start_sandbox()
             if self.with_api:
-                port = free_port()
-                self.settings = self.settings.model_copy(
-                    update={"public_base_url": f"http://127.0.0.1:{port}"})
+                port = self.api_port or free_port()
+                if self.settings.public_base_url == DEFAULT_PUBLIC_BASE_URL:
+                    # Nobody said where the world reaches us: short links and callbacks
+                    # point at this API. A configured public URL (a proxy) is kept.
+                    self.settings = self.settings.model_copy(
+                        update={"public_base_url": f"http://127.0.0.1:{port}"})
                 self.api = ApiServer(self.settings, port)
                 self._exit.callback(self.api.stop)
             self._configure_sandbox()
