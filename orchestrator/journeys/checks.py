@@ -91,6 +91,7 @@ def journey_problems(
     problems = [
         *graph,
         *_reentry(check),
+        *_test_recipients(check),
         *_branch_calls(check),
         *_pools(check),
         *_templates(check),
@@ -112,6 +113,16 @@ def _reentry(check: JourneyCheck) -> Iterator[Problem]:
             f"reentry {format_duration(spec.reentry)} is shorter than goal.within "
             f"{format_duration(spec.goal.within)}: a user could enter again while the last "
             "entry is still measured",
+        )
+
+
+def _test_recipients(check: JourneyCheck) -> Iterator[Problem]:
+    if check.spec.test_recipients:
+        yield check.problem(
+            ("test_recipients",),
+            "test_recipients is accepted but not acted on yet: the engine sends no seed-list "
+            "copies (and recall send-test is not built); remove it or expect nothing",
+            key=True, severity="warning",
         )
 
 
