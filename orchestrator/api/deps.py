@@ -75,7 +75,7 @@ class JourneyCache:
         if fingerprint == self._fingerprint:
             return
         try:
-            book = JourneyBook(s.journeys_dir, s.templates_dir, s.state_dir)
+            book = JourneyBook(s.journeys_dir, s.templates_dir, s.state_dir, s.timezone)
         except JourneyError as exc:
             if self._book is None:
                 raise

@@ -43,7 +43,9 @@ def upsert(engine: Engine) -> Any:
 
 
 class JourneyBook:
-    def __init__(self, journeys_dir: Path, templates_dir: Path, state_dir: Path) -> None:
+    def __init__(self, journeys_dir: Path, templates_dir: Path, state_dir: Path,
+                 default_timezone: str | None = None) -> None:
+        self.default_timezone = default_timezone  # RECALL_TIMEZONE
         self.journeys_dir = journeys_dir
         self.templates_dir = templates_dir
         self.state_dir = state_dir
@@ -56,6 +58,7 @@ class JourneyBook:
         self._stamps, self._racy = self._scan()
         self._reload_error: str | None = None
         journeys, policy = load_all(self.journeys_dir, self.templates_dir)
+        policy = self._with_default_timezone(policy)
         self.policy: Policy = policy
         self.current: dict[str, Journey] = {j.id: j for j in journeys}
         self._versions: dict[tuple[str, str], Journey] = {(j.id, j.version): j for j in journeys}
@@ -107,6 +110,13 @@ class JourneyBook:
                 stamps.append((str(path), st.st_mtime_ns, st.st_size, st.st_ino))
         racy = any(time.time_ns() - mtime < RACY_NS for _, mtime, _, _ in stamps)
         return tuple(sorted(stamps)), racy
+
+    def _with_default_timezone(self, policy: Policy) -> Policy:
+        """A policy that names no timezone takes ``RECALL_TIMEZONE`` (SPEC §3: the user's
+        zone, else the policy's, else the setting)."""
+        if self.default_timezone and "timezone" not in policy.model_fields_set:
+            return policy.model_copy(update={"timezone": self.default_timezone})
+        return policy
 
     def policy_for(self, journey: Journey) -> Policy:
         """The policy with the journey's own (stricter) settings applied."""
@@ -195,7 +205,7 @@ class JourneyBook:
             target = journey_file.parent / pool["csv"]
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(pool["text"], encoding="utf-8")
-        policy = load_policy(self.journeys_dir / "policy.yaml")
+        policy = self._with_default_timezone(load_policy(self.journeys_dir / "policy.yaml"))
         self._template_dirs[(journey_id, version)] = root / "templates"
         return load_journey(journey_file, policy, root / "templates")
 

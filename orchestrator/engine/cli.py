@@ -82,7 +82,7 @@ def import_cmd(
                 book = None
                 if trigger:
                     book = JourneyBook(settings.journeys_dir, settings.templates_dir,
-                                       settings.state_dir)
+                                       settings.state_dir, settings.timezone)
                     book.sync(engine, now=now)
                 report = import_events(engine, file, now=now, journeys=book, progress=step)
     except (RecallError, ValueError) as exc:

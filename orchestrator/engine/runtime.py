@@ -68,7 +68,8 @@ class Runtime:
 
         settings = settings or get_settings()
         db = db or get_engine(settings)
-        book = JourneyBook(settings.journeys_dir, settings.templates_dir, settings.state_dir)
+        book = JourneyBook(settings.journeys_dir, settings.templates_dir, settings.state_dir,
+                           settings.timezone)
         return cls(
             settings=settings,
             db=db,
