@@ -8,9 +8,11 @@ import hmac
 import secrets
 from typing import Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+import redis
 from fastapi import FastAPI
 from pydantic import SecretStr
 from sqlalchemy import Engine
@@ -21,8 +23,10 @@ from wechatpy.enterprise.crypto import WeChatCrypto as WeComCrypto
 from orchestrator.api.signatures import verify_twilio
 from orchestrator.errors import SignatureError
 from orchestrator.policy import consent
+from orchestrator.policy.caps import CapStore, touch_key
+from orchestrator.policy.rules import CapRule
 from orchestrator.store.models import OptOut
-from tests.tracking.seed import BATCHES, TOUCHES, USERS, Seeder
+from tests.tracking.seed import BATCHES, T0, TOUCHES, USERS, Seeder
 
 OPT_OUTS = OptOut.__table__  # type: ignore[attr-defined]
 TWILIO_URL = "https://recall.example.com/v1/callbacks/twilio"
@@ -85,6 +89,21 @@ def test_twilio_undelivered_fails_the_touch(client: httpx.Client, seed: Seeder) 
     row = seed.row(TOUCHES, id=touch)
     assert (row["status"], row["reason"]) == ("failed", "provider:30003")
     assert seed.count(OPT_OUTS) == 0
+
+
+def test_twilio_undelivered_frees_the_persons_cap_slot(
+    client: httpx.Client, seed: Seeder, api_redis_url: str
+) -> None:
+    touch = sms_touch(seed)
+    row = seed.row(TOUCHES, id=touch)
+    caps = CapStore(redis.Redis.from_url(api_redis_url))
+    caps.rebuild([])  # an empty, rebuilt store: reservations may be granted
+    rule = CapRule.per("sms", "sms", 1, "7d")
+    held = caps.reserve(person="u1", channel="sms", key=touch_key(row["enrollment_id"],
+                        row["step_id"]), now=T0, rules=[rule], tz=ZoneInfo("Asia/Shanghai"))
+    assert held.ok and caps.held("u1")
+    post_twilio(client, status_params("undelivered", "30003"))
+    assert caps.held("u1") == []
 
 
 def test_twilio_21610_also_opts_the_number_out(

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import ImmutableMultiDict
 from wechatpy import parse_message as parse_wechat
@@ -28,7 +29,10 @@ from orchestrator.api.signatures import TWILIO_HEADER, verify_twilio, verify_wec
 from orchestrator.errors import ConfigError, InputError, SignatureError
 from orchestrator.policy import consent
 from orchestrator.store.db import begin_write
+from orchestrator.store.models import Touch
 from orchestrator.tracking import callbacks as track
+
+TOUCHES = Touch.__table__  # type: ignore[attr-defined]
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/callbacks", tags=["callbacks"])
@@ -49,6 +53,8 @@ def _twilio_status(services: Services, params: Mapping[str, str], now: datetime)
         log.warning("twilio status %r for unknown MessageSid %r: acknowledged, ignored",
                     status, sid)
         return "unknown_message"
+    if update.applied and status in ("undelivered", "failed"):
+        _free_cap_slot(services, update.touch.id)
     if update.opted_out:
         to = params.get("To")
         consent.record_opt_out(
@@ -56,6 +62,21 @@ def _twilio_status(services: Services, params: Mapping[str, str], now: datetime)
             user_id=update.touch.user_id, reason=f"provider:{track.OPTED_OUT_CODE}", at=now,
         )
     return "status"
+
+
+def _free_cap_slot(services: Services, touch_id: int) -> None:
+    """A carrier's definite failure frees the person's cap slot: the message never arrived,
+    and a rebuild from SQL (which counts no failed touch) would free it too."""
+    from orchestrator.policy.caps import CapStore, touch_key
+    from orchestrator.store.redis import get_redis
+
+    with services.engine.connect() as conn:
+        row = conn.execute(select(TOUCHES.c.user_id, TOUCHES.c.channel, TOUCHES.c.enrollment_id,
+                                  TOUCHES.c.step_id).where(TOUCHES.c.id == touch_id)).first()
+    if row is not None:
+        CapStore(get_redis(services.settings)).release(
+            person=row.user_id, channel=row.channel,
+            key=touch_key(row.enrollment_id, row.step_id))
 
 
 def _twilio_inbound(services: Services, params: Mapping[str, str], now: datetime) -> str:
