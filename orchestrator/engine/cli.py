@@ -251,11 +251,25 @@ def beat_cmd() -> None:
                                      str(state_dir / "beat-schedule")))
 
 
+def forget_cmd(user: Annotated[str, typer.Argument(help="the user_id to erase")]) -> None:
+    """Erase a person's personal data everywhere; anonymous counts stay (PIPL/GDPR)."""
+    from orchestrator.store.erase import forget
+
+    settings = get_settings()
+    try:
+        erasure = forget(_db(settings), user, now=_now(settings))
+    except RecallError as exc:
+        raise _fail(exc) from None
+    changed = ", ".join(f"{n:,} {table}" for table, n in erasure.rows.items() if n)
+    out.print(f"forgotten: now {erasure.pseudonym} ({changed}); written to the audit log")
+
+
 def register(app: typer.Typer) -> None:
     app.command("import")(import_cmd)
     app.command("enroll")(enroll_cmd)
     app.command("simulate")(simulate_cmd)
     app.command("export")(export_cmd)
+    app.command("forget")(forget_cmd)
     app.command("run")(run_cmd)
     app.command("worker")(worker_cmd)
     app.command("beat")(beat_cmd)
