@@ -26,11 +26,9 @@ from sqlalchemy import Engine, Select, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.clock import Clock, as_utc
-from orchestrator.store.models import Enrollment, Touch
+from orchestrator.store.tables import ENROLLMENTS, TOUCHES
 
 log = logging.getLogger(__name__)
-TOUCHES = Touch.__table__  # type: ignore[attr-defined]
-ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
 
 
 class StoreCollector(Collector):

@@ -26,10 +26,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestrator.errors import InputError
 from orchestrator.store.db import begin_write
-from orchestrator.store.models import User, WebhookReceipt
+from orchestrator.store.tables import USERS
+from orchestrator.store.tables import WEBHOOK_RECEIPTS as RECEIPTS
 
-RECEIPTS = WebhookReceipt.__table__  # type: ignore[attr-defined]
-USERS = User.__table__  # type: ignore[attr-defined]
 EVENT_NAME = "payment_failed"
 STRIPE_TYPES = frozenset({"invoice.payment_failed", "payment_intent.payment_failed"})
 # Stripe amounts are in the currency's minor unit, except for these (Stripe's list).

@@ -31,10 +31,11 @@ from sqlalchemy import Engine, func, select
 from threadpoolctl import threadpool_limits
 
 from orchestrator.audience.config import AudienceConfig
-from orchestrator.audience.features import EVENTS, FeatureFrame, compute_features
+from orchestrator.audience.features import FeatureFrame, compute_features
 from orchestrator.clock import as_utc, utcnow
 from orchestrator.config import Settings, get_settings
 from orchestrator.errors import ConfigError, InputError
+from orchestrator.store.tables import EVENTS
 
 ModelKind = Literal["logreg", "gbm"]
 MODEL_KINDS: tuple[str, ...] = ("logreg", "gbm")

@@ -28,10 +28,11 @@ from sqlalchemy import Engine
 
 from orchestrator.audience.churn import churn_labels, top_decile_lift, train
 from orchestrator.audience.config import AudienceConfig
-from orchestrator.audience.features import EVENTS, USERS, compute_features
+from orchestrator.audience.features import compute_features
 from orchestrator.audience.synth import USER_COLUMNS, Population, simulate
 from orchestrator.store.db import begin_write, make_engine
 from orchestrator.store.migrate import upgrade
+from orchestrator.store.tables import EVENTS, USERS
 
 CHINA = timezone(timedelta(hours=8))
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=CHINA)

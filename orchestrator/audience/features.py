@@ -30,7 +30,7 @@ from orchestrator.audience.config import AudienceConfig
 from orchestrator.audience.rfm import assign_tiers, quintile_scores
 from orchestrator.clock import as_utc
 from orchestrator.config import Settings
-from orchestrator.store.models import Event, Touch, User
+from orchestrator.store.tables import EVENTS, TOUCHES, USERS
 
 DAY_S = 86_400
 HOUR_BUCKETS = 6  # 4-hour slices of the local day: night, morning, noon, afternoon, ...
@@ -39,9 +39,6 @@ PAYMENT_WINDOW_DAYS = 30
 RESPONSE_WINDOW_DAYS = 30
 CHUNK = 2_000  # user ids per IN (...) query
 
-EVENTS = Event.__table__  # type: ignore[attr-defined]
-TOUCHES = Touch.__table__  # type: ignore[attr-defined]
-USERS = User.__table__  # type: ignore[attr-defined]
 
 FloatArray = NDArray[np.float64]
 

@@ -35,9 +35,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestrator.audience.churn import default_models_dir, load_model, score_frame
 from orchestrator.audience.config import AudienceConfig
-from orchestrator.audience.features import EVENTS, FeatureFrame, FloatArray, compute_features
+from orchestrator.audience.features import FeatureFrame, FloatArray, compute_features
 from orchestrator.clock import as_utc
 from orchestrator.store.db import begin_write
+from orchestrator.store.tables import EVENTS
 
 EventDict = dict[str, Any]
 SIGNAL_PREFIX = "signal."

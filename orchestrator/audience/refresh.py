@@ -20,9 +20,8 @@ from orchestrator.audience.features import FeatureFrame, FloatArray, compute_fea
 from orchestrator.clock import as_utc
 from orchestrator.config import Settings, get_settings
 from orchestrator.store.db import begin_write
-from orchestrator.store.models import UserFeatures
+from orchestrator.store.tables import USER_FEATURES as FEATURES
 
-FEATURES = UserFeatures.__table__  # type: ignore[attr-defined]
 WRITE_CHUNK = 5_000  # rows per transaction (and per progress update)
 
 # Features with a column of their own in user_features; the rest go into ``features``.

@@ -25,11 +25,12 @@ from typing import Any
 from sqlalchemy import Engine, and_, func, or_, select
 
 from orchestrator.audience.config import AudienceConfig
-from orchestrator.audience.features import USERS, refresh_features
-from orchestrator.audience.refresh import FEATURES
+from orchestrator.audience.features import refresh_features
 from orchestrator.audience.rfm import TIERS
 from orchestrator.clock import as_utc
 from orchestrator.config import Settings
+from orchestrator.store.tables import USER_FEATURES as FEATURES
+from orchestrator.store.tables import USERS
 
 AUDIENCE_FIELDS = (
     "user_id", "tier", "rfm_r", "rfm_f", "rfm_m", "recency_days", "frequency", "monetary",

@@ -27,10 +27,9 @@ from orchestrator.journeys.loader import (
 )
 from orchestrator.journeys.model import Journey, Policy
 from orchestrator.store.db import begin_write
-from orchestrator.store.models import JourneyState, JourneyVersion
+from orchestrator.store.tables import JOURNEY_STATES as STATES
+from orchestrator.store.tables import JOURNEY_VERSIONS as VERSIONS
 
-STATES = JourneyState.__table__  # type: ignore[attr-defined]
-VERSIONS = JourneyVersion.__table__  # type: ignore[attr-defined]
 log = logging.getLogger(__name__)
 # Files changed this recently may change again within the same mtime tick, unseen by the
 # fingerprint (the "racy git" problem): while any is this fresh, a check loads again.

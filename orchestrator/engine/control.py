@@ -14,12 +14,10 @@ from sqlalchemy import Connection, Engine, insert, select, update
 
 from orchestrator.errors import InputError, NotFoundError
 from orchestrator.store.db import begin_write
-from orchestrator.store.models import AuditLog, Enrollment, JourneyState, Touch
+from orchestrator.store.tables import AUDIT_LOG as AUDIT
+from orchestrator.store.tables import ENROLLMENTS, TOUCHES
+from orchestrator.store.tables import JOURNEY_STATES as STATES
 
-STATES = JourneyState.__table__  # type: ignore[attr-defined]
-ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
-TOUCHES = Touch.__table__  # type: ignore[attr-defined]
-AUDIT = AuditLog.__table__  # type: ignore[attr-defined]
 Action = Literal["pause", "resume", "stop"]
 TARGET = {"pause": "paused", "resume": "active", "stop": "stopped"}
 

@@ -17,12 +17,8 @@ from orchestrator.engine.steps import Facts, Next, advance
 from orchestrator.journeys.assign import variant_for
 from orchestrator.journeys.model import Journey, SendStep
 from orchestrator.store.db import begin_write
-from orchestrator.store.models import Enrollment, Event, Touch, User
+from orchestrator.store.tables import ENROLLMENTS, EVENTS, TOUCHES, USERS
 
-ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
-TOUCHES = Touch.__table__  # type: ignore[attr-defined]
-USERS = User.__table__  # type: ignore[attr-defined]
-EVENTS = Event.__table__  # type: ignore[attr-defined]
 SENT = ("sent", "delivered")
 
 

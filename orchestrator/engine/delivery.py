@@ -33,16 +33,12 @@ from orchestrator.errors import ChannelConfig, ChannelRetryable, ChannelUnknown,
 from orchestrator.journeys.model import SendStep
 from orchestrator.policy.consent import record_opt_out
 from orchestrator.store.db import begin_write
-from orchestrator.store.models import AuditLog, Enrollment, Link, SendBatch, Touch, User
+from orchestrator.store.tables import AUDIT_LOG as AUDIT
+from orchestrator.store.tables import ENROLLMENTS, LINKS, TOUCHES, USERS
+from orchestrator.store.tables import SEND_BATCHES as BATCHES
 
 log = logging.getLogger(__name__)
 
-TOUCHES = Touch.__table__  # type: ignore[attr-defined]
-ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
-USERS = User.__table__  # type: ignore[attr-defined]
-BATCHES = SendBatch.__table__  # type: ignore[attr-defined]
-AUDIT = AuditLog.__table__  # type: ignore[attr-defined]
-LINKS = Link.__table__  # type: ignore[attr-defined]
 TERMINAL = frozenset({"sent", "delivered", "failed", "suppressed", "cancelled"})
 RECIPIENT_FIELDS = ("openid", "unionid", "external_userid", "phone", "wecom_sender")
 

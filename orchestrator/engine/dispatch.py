@@ -32,11 +32,9 @@ from sqlalchemy import (
 )
 
 from orchestrator.store.db import session_scope
-from orchestrator.store.models import Enrollment, JourneyState, Touch
+from orchestrator.store.tables import ENROLLMENTS, TOUCHES
+from orchestrator.store.tables import JOURNEY_STATES as STATES
 
-ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
-TOUCHES = Touch.__table__  # type: ignore[attr-defined]
-STATES = JourneyState.__table__  # type: ignore[attr-defined]
 BATCHED = frozenset({"wechat_article", "wecom_group_invite"})
 _Columns = TypeVarTuple("_Columns")
 

@@ -19,10 +19,8 @@ from sqlalchemy import Connection, func, insert, select
 from orchestrator.journeys.assign import arm_for
 from orchestrator.journeys.model import Journey
 from orchestrator.journeys.pools import read_codes
-from orchestrator.store.models import Enrollment, KeyValue
+from orchestrator.store.tables import ENROLLMENTS, KV
 
-ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
-KV = KeyValue.__table__  # type: ignore[attr-defined]
 CHUNK = 5_000
 
 

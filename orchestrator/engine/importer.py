@@ -20,9 +20,8 @@ from sqlalchemy import Engine
 from orchestrator.engine.book import JourneyBook, upsert
 from orchestrator.engine.ingest import ingest_events
 from orchestrator.store.db import begin_write
-from orchestrator.store.models import User
+from orchestrator.store.tables import USERS
 
-USERS = User.__table__  # type: ignore[attr-defined]
 IDENTITY = ("openid", "unionid", "external_userid", "wecom_sender", "phone", "timezone")
 CORE = ("user_id", *IDENTITY, "sms_opt_out", "wechat_followed")
 CHUNK = 5_000

@@ -25,13 +25,9 @@ from orchestrator.engine.enroll import enroll
 from orchestrator.engine.segments import passes_segment
 from orchestrator.journeys.model import Journey
 from orchestrator.store.db import begin_write
-from orchestrator.store.models import Conversion, Enrollment, Event, Touch
+from orchestrator.store.tables import CONVERSIONS, ENROLLMENTS, EVENTS, JOURNEY_STATES, TOUCHES
 from orchestrator.tracking.attribution import TouchView, attribute
 
-EVENTS = Event.__table__  # type: ignore[attr-defined]
-ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
-TOUCHES = Touch.__table__  # type: ignore[attr-defined]
-CONVERSIONS = Conversion.__table__  # type: ignore[attr-defined]
 MAX_BATCH = 10_000
 OPEN_TOUCH = ("scheduled", "claimed")
 
@@ -135,11 +131,8 @@ def _enter(conn: Connection, book: JourneyBook, events: list[EventIn], now: date
 
 
 def _is_running(conn: Connection, journey: Journey) -> bool:
-    from orchestrator.store.models import JourneyState
-
-    table = JourneyState.__table__  # type: ignore[attr-defined]
     state = conn.execute(
-        select(table.c.state).where(table.c.journey_id == journey.id)
+        select(JOURNEY_STATES.c.state).where(JOURNEY_STATES.c.journey_id == journey.id)
     ).scalar()
     return state in (None, "active")
 

@@ -43,11 +43,10 @@ from orchestrator.engine.book import upsert
 from orchestrator.engine.ingest import MAX_BATCH, ingest_events
 from orchestrator.engine.runtime import Runtime
 from orchestrator.store.db import begin_write
-from orchestrator.store.models import JourneyVersion, KeyValue
+from orchestrator.store.tables import JOURNEY_VERSIONS as VERSIONS
+from orchestrator.store.tables import KV
 
 log = logging.getLogger(__name__)
-KV = KeyValue.__table__  # type: ignore[attr-defined]
-VERSIONS = JourneyVersion.__table__  # type: ignore[attr-defined]
 LAST_REFRESH_KEY = "audience:last_refresh"
 DEFAULT_REFRESH_CRON = "0 9 * * *"  # 09:00 in the policy time zone
 REFRESH_LEASE = timedelta(minutes=30)  # real time a claimed refresh may take

@@ -29,12 +29,10 @@ from orchestrator.engine.wecom import due_for_poll, poll_wecom
 from orchestrator.errors import RetryLater
 from orchestrator.journeys.model import Journey
 from orchestrator.store.db import begin_write
-from orchestrator.store.models import Enrollment, JourneyState, Touch
+from orchestrator.store.tables import ENROLLMENTS, TOUCHES
+from orchestrator.store.tables import JOURNEY_STATES as STATES
 
 log = logging.getLogger(__name__)
-STATES = JourneyState.__table__  # type: ignore[attr-defined]
-TOUCHES = Touch.__table__  # type: ignore[attr-defined]
-ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
 
 
 class Dispatcher(Protocol):

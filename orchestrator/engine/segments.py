@@ -16,10 +16,9 @@ from jinja2.exceptions import UndefinedError
 from sqlalchemy import Connection, select
 
 from orchestrator.journeys.expressions import compile_expression
-from orchestrator.store.models import User, UserFeatures
+from orchestrator.store.tables import USER_FEATURES as FEATURES
+from orchestrator.store.tables import USERS
 
-USERS = User.__table__  # type: ignore[attr-defined]
-FEATURES = UserFeatures.__table__  # type: ignore[attr-defined]
 DERIVED = ("tier", "recency_days", "frequency", "monetary", "rfm_r", "rfm_f", "rfm_m",
            "churn_score")
 CHUNK = 20_000

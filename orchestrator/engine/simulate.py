@@ -40,12 +40,9 @@ from orchestrator.engine.runtime import Runtime
 from orchestrator.engine.stack import Stack
 from orchestrator.errors import RecallError
 from orchestrator.store.clock import StoredClock
-from orchestrator.store.models import Enrollment, Touch, User, UserFeatures
+from orchestrator.store.tables import ENROLLMENTS, TOUCHES, USERS
+from orchestrator.store.tables import USER_FEATURES as FEATURES
 
-TOUCHES = Touch.__table__  # type: ignore[attr-defined]
-ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
-USERS = User.__table__  # type: ignore[attr-defined]
-FEATURES = UserFeatures.__table__  # type: ignore[attr-defined]
 MINUTE = timedelta(minutes=1)
 # Simulated people act in 10-minute buckets (their events keep their exact times): a reply
 # or click a few minutes late changes nothing a journey can see, and the run takes far

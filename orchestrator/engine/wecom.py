@@ -19,12 +19,9 @@ from orchestrator.clock import as_utc
 from orchestrator.engine.policy_gates import release_caps
 from orchestrator.engine.runtime import Runtime
 from orchestrator.store.db import begin_write
-from orchestrator.store.models import KeyValue, SendBatch, Touch, User
+from orchestrator.store.tables import KV, TOUCHES, USERS
+from orchestrator.store.tables import SEND_BATCHES as BATCHES
 
-BATCHES = SendBatch.__table__  # type: ignore[attr-defined]
-TOUCHES = Touch.__table__  # type: ignore[attr-defined]
-USERS = User.__table__  # type: ignore[attr-defined]
-KV = KeyValue.__table__  # type: ignore[attr-defined]
 CHANNEL = "wecom_group_invite"
 POLL_EVERY = timedelta(minutes=10)  # business time between polls
 

@@ -41,7 +41,9 @@ from orchestrator.journeys.durations import format_duration
 from orchestrator.policy.rules import PLATFORM_LIMITS, CapRule
 from orchestrator.policy.windows import resolve_local
 from orchestrator.reports.export import rows as export_rows
-from orchestrator.store.models import OptOut, Touch, User
+from orchestrator.store.tables import OPT_OUTS as _OPT_OUTS
+from orchestrator.store.tables import TOUCHES as _TOUCHES
+from orchestrator.store.tables import USERS as _USERS
 
 if TYPE_CHECKING:  # the policy package does not import the journey models at run time
     from orchestrator.journeys.model import Policy
@@ -53,9 +55,6 @@ UNKNOWN_OUTCOME = "unknown_outcome"
 ALL_CHANNELS = "all"
 UNFOLLOW = "unfollow"  # the opt_outs.reason a WeChat unfollow event records
 
-_USERS = User.__table__  # type: ignore[attr-defined]
-_OPT_OUTS = OptOut.__table__  # type: ignore[attr-defined]
-_TOUCHES = Touch.__table__  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------- values

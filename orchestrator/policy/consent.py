@@ -30,7 +30,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestrator.errors import InputError
 from orchestrator.store.db import begin_write
-from orchestrator.store.models import OptOut, User
+from orchestrator.store.tables import OPT_OUTS as _OPT_OUTS
+from orchestrator.store.tables import USERS as _USERS
 
 CHANNELS = ("wechat_article", "wecom_group_invite", "sms")
 ALL_CHANNELS = "all"
@@ -55,8 +56,6 @@ SMS_OPT_OUT_KEYWORDS = frozenset(
 )
 _ADDRESS = {"sms": "phone", "wechat_article": "openid", "wecom_group_invite": "external_userid"}
 _CHUNK = 2000  # ids per query: well inside SQLite's and PostgreSQL's bound-parameter limits
-_USERS = User.__table__  # type: ignore[attr-defined]
-_OPT_OUTS = OptOut.__table__  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------- identities

@@ -15,10 +15,9 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from orchestrator.policy.caps import CapsRebuildInterrupted, CapStore, HeldReservation, touch_key
-from orchestrator.store.models import Touch
+from orchestrator.store.tables import TOUCHES as _TOUCHES
 
 HELD_STATUSES = ("sending", "unknown", "sent", "delivered")
-_TOUCHES = Touch.__table__  # type: ignore[attr-defined]
 
 
 def _held_filter(since: datetime | None) -> list[sa.ColumnElement[bool]]:

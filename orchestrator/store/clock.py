@@ -9,9 +9,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestrator.clock import as_utc, utcnow
-from orchestrator.store.models import ClockState
-
-_TABLE = ClockState.__table__  # type: ignore[attr-defined]
+from orchestrator.store.tables import CLOCK_STATE as _TABLE
 
 
 class StoredClock:

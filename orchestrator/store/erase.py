@@ -22,31 +22,20 @@ from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from orchestrator.errors import NotFoundError
 from orchestrator.store.db import begin_write
-from orchestrator.store.models import (
-    AuditLog,
-    Conversion,
-    Enrollment,
-    Event,
-    Link,
-    OptOut,
-    SendBatch,
-    Touch,
-    User,
-    UserFeatures,
-    WebhookReceipt,
+from orchestrator.store.tables import AUDIT_LOG as AUDIT
+from orchestrator.store.tables import (
+    CONVERSIONS,
+    ENROLLMENTS,
+    EVENTS,
+    LINKS,
+    OPT_OUTS,
+    TOUCHES,
+    USERS,
 )
+from orchestrator.store.tables import SEND_BATCHES as BATCHES
+from orchestrator.store.tables import USER_FEATURES as FEATURES
+from orchestrator.store.tables import WEBHOOK_RECEIPTS as RECEIPTS
 
-USERS = User.__table__  # type: ignore[attr-defined]
-EVENTS = Event.__table__  # type: ignore[attr-defined]
-ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
-TOUCHES = Touch.__table__  # type: ignore[attr-defined]
-CONVERSIONS = Conversion.__table__  # type: ignore[attr-defined]
-LINKS = Link.__table__  # type: ignore[attr-defined]
-OPT_OUTS = OptOut.__table__  # type: ignore[attr-defined]
-BATCHES = SendBatch.__table__  # type: ignore[attr-defined]
-FEATURES = UserFeatures.__table__  # type: ignore[attr-defined]
-RECEIPTS = WebhookReceipt.__table__  # type: ignore[attr-defined]
-AUDIT = AuditLog.__table__  # type: ignore[attr-defined]
 ERASED = "[erased]"
 
 

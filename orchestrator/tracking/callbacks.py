@@ -14,11 +14,9 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from orchestrator.store.models import SendBatch, User
-from orchestrator.tracking.links import TOUCHES, keep_first
-
-BATCHES = SendBatch.__table__  # type: ignore[attr-defined]
-USERS = User.__table__  # type: ignore[attr-defined]
+from orchestrator.store.tables import SEND_BATCHES as BATCHES
+from orchestrator.store.tables import TOUCHES, USERS
+from orchestrator.tracking.links import keep_first
 
 IN_FLIGHT = ("sending", "unknown", "sent")  # a callback may move these forward
 REACHED = ("sent", "delivered")

@@ -30,7 +30,8 @@ from pydantic import SecretStr
 from sqlalchemy import Connection, select, update
 
 from orchestrator.errors import SignatureError
-from orchestrator.tracking.links import LINKS, TOUCHES, keep_first, tracked_target
+from orchestrator.store.tables import LINKS, TOUCHES
+from orchestrator.tracking.links import keep_first, tracked_target
 
 SECRET_SETTING = "landing_token_secret"
 _DOMAIN = b"recall-landing\n"

@@ -17,12 +17,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy import Connection, bindparam, func, insert, update
 
-from orchestrator.store.models import Link, Touch
+from orchestrator.store.tables import LINKS, TOUCHES
 from orchestrator.store.types import UTCDateTime
 
 CODE_BYTES = 8  # 11 URL-safe characters, 64 random bits: no enumeration
-LINKS = Link.__table__  # type: ignore[attr-defined]
-TOUCHES = Touch.__table__  # type: ignore[attr-defined]
 UTM_SOURCE = "recall"
 
 

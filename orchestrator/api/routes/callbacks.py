@@ -29,10 +29,8 @@ from orchestrator.api.signatures import TWILIO_HEADER, verify_twilio, verify_wec
 from orchestrator.errors import ConfigError, InputError, SignatureError
 from orchestrator.policy import consent
 from orchestrator.store.db import begin_write
-from orchestrator.store.models import Touch
+from orchestrator.store.tables import TOUCHES
 from orchestrator.tracking import callbacks as track
-
-TOUCHES = Touch.__table__  # type: ignore[attr-defined]
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/callbacks", tags=["callbacks"])

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from orchestrator.api.deps import ApiKey, ServicesDep
-from orchestrator.store.models import Enrollment, JourneyState
+from orchestrator.store.tables import ENROLLMENTS
+from orchestrator.store.tables import JOURNEY_STATES as STATES
 
 router = APIRouter(prefix="/v1", tags=["journeys"], dependencies=[ApiKey])
-STATES = JourneyState.__table__  # type: ignore[attr-defined]
-ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
 
 
 class JourneyOut(BaseModel):
@@ -44,3 +44,17 @@ def list_journeys(services: ServicesDep) -> JourneysOut:
     return JourneysOut(journeys=[
         JourneyOut(**row, enrollments=by_journey.get(row["journey_id"], {})) for row in states
     ])
+
+
+@router.get("/journeys/{journey_id}/report")
+def journey_report(journey_id: str, services: ServicesDep) -> dict[str, Any]:
+    """The journey's report: SPEC §8 JSON (definitions in docs/reports.md); 404 if unknown."""
+    from orchestrator.errors import NotFoundError
+    from orchestrator.reports.funnel import journey_report as build_report
+
+    book = services.journeys.book()
+    if book is None:
+        raise NotFoundError(f"no journeys folder at {services.settings.journeys_dir}; "
+                            "set RECALL_JOURNEYS_DIR")
+    journey = book.latest(journey_id)
+    return build_report(services.engine, journey, book.policy_for(journey))

@@ -18,8 +18,9 @@ from sqlalchemy import select
 from orchestrator.api.deps import Services, ServicesDep
 from orchestrator.errors import SignatureError
 from orchestrator.store.db import begin_write
+from orchestrator.store.tables import LINKS, TOUCHES
 from orchestrator.tracking.landing import landing_secret, read_landing_token, record_landing_click
-from orchestrator.tracking.links import LINKS, TOUCHES, Click, record_click
+from orchestrator.tracking.links import Click, record_click
 
 router = APIRouter(tags=["links"])
 CODE_SHAPE = re.compile(r"^[A-Za-z0-9_-]{8,32}$")
