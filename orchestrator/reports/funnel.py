@@ -1,0 +1,200 @@
+"""The report of one journey (SPEC §7, §8): per-arm recall rates and uplift, the per-step
+funnel, cost, incremental revenue and ROI, and the WeCom staff senders.
+
+Every number is a SQL aggregate over ``enrollments``, ``conversions``, ``touches`` and
+``send_batches`` (a handful of grouped queries; no Python loop over touches). The
+definitions are in ``docs/reports.md``; the touch and arm counts can be recomputed from
+``recall export touches|enrollments``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, case, distinct, func, not_, or_, select
+
+from orchestrator.journeys.model import Journey, Policy
+from orchestrator.reports.stats import ArmCount, compare
+from orchestrator.store.models import Conversion, Enrollment, SendBatch, Touch
+
+ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
+CONVERSIONS = Conversion.__table__  # type: ignore[attr-defined]
+TOUCHES = Touch.__table__  # type: ignore[attr-defined]
+BATCHES = SendBatch.__table__  # type: ignore[attr-defined]
+ARMS = ("control", "treatment")
+SENT = ("sent", "delivered")
+WECOM = "wecom_group_invite"
+DEFAULT_SENDER = "(default sender)"  # a task created without a named staff member
+NO_REASON = "unspecified"  # a suppressed touch whose reason was not recorded
+
+Report = dict[str, Any]
+
+
+def journey_report(engine: Engine, journey: Journey, policy: Policy) -> Report:
+    """The SPEC §8 report of ``journey`` (all its versions), plus the documented extra keys
+    ``journey_name``, ``arms.*.revenue``, ``sms_price_per_segment`` and ``wecom_senders``."""
+    with engine.connect() as conn:
+        counts = _arm_counts(conn, journey.id)
+        revenue_by_arm = _revenue_by_arm(conn, journey.id)
+        steps = _steps(conn, journey)
+        senders = _wecom_senders(conn, journey.id)
+    control, treatment = counts["control"], counts["treatment"]
+    uplift = compare(control, treatment)
+    cost = sum(step["cost"] for step in steps)
+    revenue = _incremental_revenue(control, treatment, revenue_by_arm)
+    return {
+        "journey_id": journey.id,
+        "journey_name": journey.name,
+        "arms": {
+            arm: {"enrolled": counts[arm].enrolled, "converted": counts[arm].converted,
+                  "rate": counts[arm].rate, "revenue": revenue_by_arm[arm]}
+            for arm in ARMS
+        },
+        "uplift": {
+            "absolute": uplift.absolute,
+            "relative": uplift.relative,
+            "ci95": list(uplift.ci95) if uplift.ci95 is not None else None,
+            "p_value": uplift.p_value,
+        },
+        "steps": steps,
+        "cost": cost,
+        "revenue": revenue,
+        "roi": (revenue - cost) / cost if revenue is not None and cost > 0 else None,
+        "sms_price_per_segment": policy.sms.price_per_segment,
+        "wecom_senders": senders,
+    }
+
+
+def _arm_counts(conn: Connection, journey_id: str) -> dict[str, ArmCount]:
+    """Users per arm, each counted once: the arm of their first enrollment, converted when
+    any of their enrollments has a conversion row (intention-to-treat)."""
+    ranked = select(
+        ENROLLMENTS.c.user_id,
+        ENROLLMENTS.c.arm,
+        func.row_number().over(partition_by=ENROLLMENTS.c.user_id,
+                               order_by=(ENROLLMENTS.c.entered_at, ENROLLMENTS.c.id)).label("rn"),
+    ).where(ENROLLMENTS.c.journey_id == journey_id).subquery()
+    converters = select(CONVERSIONS.c.user_id).where(CONVERSIONS.c.journey_id == journey_id)
+    rows = conn.execute(
+        select(ranked.c.arm, func.count(),
+               func.sum(case((ranked.c.user_id.in_(converters), 1), else_=0)))
+        .where(ranked.c.rn == 1).group_by(ranked.c.arm)
+    ).all()
+    found = {arm: ArmCount(int(n), int(converted or 0)) for arm, n, converted in rows}
+    return {arm: found.get(arm, ArmCount(0, 0)) for arm in ARMS}
+
+
+def _revenue_by_arm(conn: Connection, journey_id: str) -> dict[str, float]:
+    rows = conn.execute(
+        select(CONVERSIONS.c.arm, func.coalesce(func.sum(CONVERSIONS.c.value), 0.0))
+        .where(CONVERSIONS.c.journey_id == journey_id).group_by(CONVERSIONS.c.arm)
+    ).all()
+    found = {arm: float(total) for arm, total in rows}
+    return {arm: found.get(arm, 0.0) for arm in ARMS}
+
+
+def _incremental_revenue(control: ArmCount, treatment: ArmCount,
+                         revenue_by_arm: dict[str, float]) -> float | None:
+    """``(revenue per enrollment, treatment − control) × n_treatment``; ``None`` without a
+    control group (no counterfactual) or without treatment."""
+    if control.enrolled == 0 or treatment.enrolled == 0:
+        return None
+    per_treated = revenue_by_arm["treatment"] / treatment.enrolled
+    per_control = revenue_by_arm["control"] / control.enrolled
+    return (per_treated - per_control) * treatment.enrolled
+
+
+def _live_touches(journey_id: str) -> Any:
+    # Test sends (journey test_recipients) are never counted (SPEC §3).
+    return and_(TOUCHES.c.journey_id == journey_id, TOUCHES.c.test.is_(False))
+
+
+def _steps(conn: Connection, journey: Journey) -> list[dict[str, Any]]:
+    """One row per step and channel a touch went out on (a fallback adds a row)."""
+    t = TOUCHES.c
+    counted = conn.execute(
+        select(
+            t.step_id, t.channel,
+            func.count(distinct(case((t.arm == "treatment", t.enrollment_id)))),
+            _count_if(t.status.in_(SENT)),
+            _count_if(or_(t.delivered_at.is_not(None), t.status == "delivered")),
+            _count_if(or_(t.clicked_at.is_not(None), t.joined_at.is_not(None))),
+            _count_if(t.converted_at.is_not(None)),
+            func.coalesce(func.sum(t.cost), 0.0),
+        ).where(_live_touches(journey.id)).group_by(t.step_id, t.channel)
+    ).all()
+    suppressed: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for step_id, channel, reason, n in conn.execute(
+        select(t.step_id, t.channel, t.reason, func.count())
+        .where(_live_touches(journey.id), t.status == "suppressed")
+        .group_by(t.step_id, t.channel, t.reason)
+    ).all():
+        suppressed[(step_id, channel)][reason or NO_REASON] += int(n)
+    rows = {
+        (step_id, channel): {
+            "step_id": step_id, "channel": channel, "eligible": int(eligible),
+            "sent": int(sent), "delivered": int(delivered), "clicked": int(clicked),
+            "converted": int(converted), "suppressed": dict(sorted(
+                suppressed[(step_id, channel)].items())),
+            "cost": float(cost),
+        }
+        for step_id, channel, eligible, sent, delivered, clicked, converted, cost in counted
+    }
+    return [rows.get(key) or _empty_step(*key) for key in _step_order(journey, rows)]
+
+
+def _count_if(condition: Any) -> Any:
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+def _step_order(journey: Journey, rows: dict[tuple[str, str], Any]) -> list[tuple[str, str]]:
+    """The journey's send steps in order (planned channel first, then any fallback), then
+    steps only older versions had, by id."""
+    order: list[tuple[str, str]] = []
+    for step in journey.send_steps():
+        channels = sorted(c for s, c in rows if s == step.id and c != step.channel)
+        order += [(step.id, step.channel), *((step.id, c) for c in channels)]
+    return order + sorted(key for key in rows if key not in order)
+
+
+def _empty_step(step_id: str, channel: str) -> dict[str, Any]:
+    return {"step_id": step_id, "channel": channel, "eligible": 0, "sent": 0, "delivered": 0,
+            "clicked": 0, "converted": 0, "suppressed": {}, "cost": 0.0}
+
+
+def _wecom_senders(conn: Connection, journey_id: str) -> list[dict[str, Any]]:
+    """Per staff sender: WeCom tasks created (accepted by WeCom), confirmed, timed out
+    (a touch failed as ``unconfirmed``), still pending, and the median confirmation delay."""
+    b = BATCHES.c
+    timed_out = b.id.in_(
+        select(TOUCHES.c.batch_id).where(TOUCHES.c.journey_id == journey_id,
+                                         TOUCHES.c.reason == "unconfirmed",
+                                         TOUCHES.c.batch_id.is_not(None)))
+    confirmed = and_(b.confirmed_at.is_not(None), not_(timed_out))
+    sender = func.coalesce(b.sender, DEFAULT_SENDER)
+    tasks = and_(b.journey_id == journey_id, b.channel == WECOM, b.state == "sent")
+    counted = conn.execute(
+        select(sender, func.count(), _count_if(confirmed), _count_if(timed_out))
+        .where(tasks).group_by(sender)
+    ).all()
+    # One row per confirmed task (not per touch): the median is not portable SQL.
+    delays: dict[str, list[float]] = defaultdict(list)
+    for name, created_at, confirmed_at in conn.execute(
+        select(sender, b.created_at, b.confirmed_at)
+        .where(tasks, confirmed, b.created_at.is_not(None))
+    ).all():
+        delays[name].append((confirmed_at - created_at).total_seconds())
+    return [
+        {"sender": name, "created": int(created), "confirmed": int(ok),
+         "timed_out": int(late), "pending": int(created) - int(ok) - int(late),
+         "median_confirmation_s": _median(delays[name])}
+        # Sorted here: collations order "(default sender)" differently per database.
+        for name, created, ok, late in sorted(counted, key=lambda row: str(row[0]))
+    ]
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None

@@ -1,0 +1,114 @@
+"""The report of a hand-built journey: exact numbers, and every touch and arm number
+recomputed from the export rows."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+import pytest
+from sqlalchemy import insert
+
+from orchestrator.reports.export import rows
+from orchestrator.reports.funnel import journey_report
+from orchestrator.reports.stats import ArmCount, compare
+from tests.reports.conftest import JOURNEY_ID, TOUCHES, Dataset, _touch
+
+
+def _step(step_id: str, channel: str, eligible: int, sent: int, delivered: int, clicked: int,
+          converted: int, suppressed: dict[str, int], cost: float) -> dict[str, Any]:
+    return {"step_id": step_id, "channel": channel, "eligible": eligible, "sent": sent,
+            "delivered": delivered, "clicked": clicked, "converted": converted,
+            "suppressed": suppressed, "cost": pytest.approx(cost)}
+
+
+def test_report_numbers_are_exact(dataset: Dataset) -> None:
+    # A test send (test_recipients) is never counted.
+    with dataset.engine.begin() as conn:
+        conn.execute(insert(TOUCHES), [_touch(15, "t5", "sms", "sms", "delivered",
+                                              test=True, cost=0.045)])
+    report = journey_report(dataset.engine, dataset.journey, dataset.policy)
+    expected_uplift = compare(ArmCount(4, 2), ArmCount(8, 5))
+    assert report == {
+        "journey_id": JOURNEY_ID,
+        "journey_name": "报告演示",
+        "arms": {
+            "control": {"enrolled": 4, "converted": 2, "rate": 0.5, "revenue": 30.0},
+            "treatment": {"enrolled": 8, "converted": 5, "rate": 0.625, "revenue": 120.0},
+        },
+        "uplift": {
+            "absolute": pytest.approx(0.125), "relative": pytest.approx(0.25),
+            "ci95": pytest.approx(list(expected_uplift.ci95 or ())),
+            "p_value": pytest.approx(expected_uplift.p_value),
+        },
+        "steps": [
+            _step("article", "wechat_article", 9, 4, 2, 2, 1,
+                  {"cap:wechat_article": 2, "no_consent": 1}, 0.0),
+            _step("invite", "wecom_group_invite", 5, 2, 1, 1, 0, {"unspecified": 1}, 0.0),
+            _step("sms", "sms", 5, 3, 2, 1, 2, {"sms_opt_out": 1}, 0.225),
+            _step("sms", "wechat_article", 1, 1, 0, 0, 0, {}, 0.0),
+        ],
+        "cost": pytest.approx(0.225),
+        # (120/8 − 30/4) × 8 = 60 incremental; ROI = (60 − 0.225) / 0.225
+        "revenue": pytest.approx(60.0),
+        "roi": pytest.approx((60.0 - 0.225) / 0.225),
+        "sms_price_per_segment": 0.045,
+        "wecom_senders": [
+            {"sender": "(default sender)", "created": 1, "confirmed": 0, "timed_out": 0,
+             "pending": 1, "median_confirmation_s": None},
+            {"sender": "alice", "created": 2, "confirmed": 2, "timed_out": 0, "pending": 0,
+             "median_confirmation_s": 3600.0},
+            {"sender": "bob", "created": 1, "confirmed": 0, "timed_out": 1, "pending": 0,
+             "median_confirmation_s": None},
+        ],
+    }
+
+
+def test_every_number_is_recomputable_from_the_exports(dataset: Dataset) -> None:
+    report = journey_report(dataset.engine, dataset.journey, dataset.policy)
+    touches = list(rows(dataset.engine, "touches", JOURNEY_ID))
+    enrollments = list(rows(dataset.engine, "enrollments", JOURNEY_ID))
+
+    by_step: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for touch in touches:
+        by_step[(touch["step_id"], touch["channel"])].append(touch)
+    assert {(s["step_id"], s["channel"]) for s in report["steps"]} == set(by_step)
+    for step in report["steps"]:
+        group = by_step[(step["step_id"], step["channel"])]
+        assert step["eligible"] == len({t["enrollment_id"] for t in group
+                                        if t["arm"] == "treatment"})
+        assert step["sent"] == sum(t["status"] in ("sent", "delivered") for t in group)
+        assert step["delivered"] == sum(t["delivered_at"] is not None
+                                        or t["status"] == "delivered" for t in group)
+        assert step["converted"] == sum(t["converted_at"] is not None for t in group)
+        assert step["suppressed"] == dict(Counter(
+            t["reason"] or "unspecified" for t in group if t["status"] == "suppressed"))
+        assert step["cost"] == pytest.approx(sum(t["cost"] for t in group))
+    assert report["cost"] == pytest.approx(sum(t["cost"] for t in touches))
+
+    first: dict[str, dict[str, Any]] = {}
+    converted: set[str] = set()
+    for e in sorted(enrollments, key=lambda e: (e["entered_at"], e["enrollment_id"])):
+        first.setdefault(e["user_id"], e)
+        if e["converted_at"] is not None:
+            converted.add(e["user_id"])
+    for arm in ("control", "treatment"):
+        users = [u for u, e in first.items() if e["arm"] == arm]
+        assert report["arms"][arm]["enrolled"] == len(users)
+        assert report["arms"][arm]["converted"] == len(converted.intersection(users))
+
+
+def test_a_journey_without_rows_reports_zeros_and_nones(dataset: Dataset) -> None:
+    empty = dataset.journey.model_copy(update={"id": "never-ran"})
+    report = journey_report(dataset.engine, empty, dataset.policy)
+    assert report["arms"] == {
+        "control": {"enrolled": 0, "converted": 0, "rate": None, "revenue": 0.0},
+        "treatment": {"enrolled": 0, "converted": 0, "rate": None, "revenue": 0.0},
+    }
+    assert report["uplift"] == {"absolute": None, "relative": None, "ci95": None,
+                                "p_value": None}
+    assert [(s["step_id"], s["channel"], s["sent"]) for s in report["steps"]] == [
+        ("article", "wechat_article", 0), ("invite", "wecom_group_invite", 0),
+        ("sms", "sms", 0)]
+    assert (report["cost"], report["revenue"], report["roi"]) == (0.0, None, None)
+    assert report["wecom_senders"] == []
