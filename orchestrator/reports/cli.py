@@ -37,14 +37,14 @@ def report_cmd(
         upgrade(engine)
         text = render(journey_report(engine, found, book.policy_for(found)), fmt)
     except RecallError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     if out is None:
         typer.echo(text, nl=False)
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
-    err.print(f"report written to {out}", highlight=False)
+    err.print(f"report written to {out}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -18,12 +18,9 @@ from sqlalchemy import Connection, Engine, and_, case, distinct, func, not_, or_
 
 from orchestrator.journeys.model import Journey, Policy
 from orchestrator.reports.stats import ArmCount, compare
-from orchestrator.store.models import Conversion, Enrollment, SendBatch, Touch
+from orchestrator.store.tables import CONVERSIONS, ENROLLMENTS, TOUCHES
+from orchestrator.store.tables import SEND_BATCHES as BATCHES
 
-ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
-CONVERSIONS = Conversion.__table__  # type: ignore[attr-defined]
-TOUCHES = Touch.__table__  # type: ignore[attr-defined]
-BATCHES = SendBatch.__table__  # type: ignore[attr-defined]
 ARMS = ("control", "treatment")
 SENT = ("sent", "delivered")
 WECOM = "wecom_group_invite"

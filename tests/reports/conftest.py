@@ -14,12 +14,9 @@ from sqlalchemy import Engine, insert
 
 from orchestrator.engine.book import JourneyBook
 from orchestrator.journeys.model import Journey, Policy
-from orchestrator.store.models import Conversion, Enrollment, SendBatch, Touch
+from orchestrator.store.tables import CONVERSIONS, ENROLLMENTS, TOUCHES
+from orchestrator.store.tables import SEND_BATCHES as BATCHES
 
-ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
-TOUCHES = Touch.__table__  # type: ignore[attr-defined]
-CONVERSIONS = Conversion.__table__  # type: ignore[attr-defined]
-BATCHES = SendBatch.__table__  # type: ignore[attr-defined]
 T0 = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
 JOURNEY_ID = "report-demo"
 OTHER = "other-journey"
