@@ -17,7 +17,8 @@ install: $(STAMP)
 # The demo runs what exists today, end to end on the embedded defaults (SQLite, embedded
 # Redis, in-process sandbox): a synthetic campus with history, tiers, a churn model trained
 # on a time split, 14 virtual days of the journeys in journeys/ through the real stack, the
-# touches exported, and an independent policy audit of every send.
+# touches exported, an independent policy audit of every send, and the win-back journey's
+# report (terminal table and reports/demo.html).
 DEMO := .recall/demo
 DEMO_ENV := RECALL_STATE_DIR=$(DEMO)/state
 START := 2026-02-18T00:00:00+08:00
@@ -35,6 +36,8 @@ demo: $(STAMP)
 	$(DEMO_ENV) $(BIN)/recall export touches --format csv --out reports/demo-touches.csv
 	$(DEMO_ENV) $(BIN)/recall export enrollments --format csv --out reports/demo-enrollments.csv
 	$(DEMO_ENV) $(BIN)/recall audit
+	$(DEMO_ENV) $(BIN)/recall report winback-at-risk
+	$(DEMO_ENV) $(BIN)/recall report winback-at-risk --format html --out reports/demo.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
