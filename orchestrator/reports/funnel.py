@@ -104,6 +104,14 @@ def _incremental_revenue(control: ArmCount, treatment: ArmCount,
     return (per_treated - per_control) * treatment.enrolled
 
 
+def reached_provider(t: Any) -> Any:
+    """Sent: the provider accepted it (``sent_at`` set), whatever happened after — delivered,
+    or refused by the carrier later. A WeCom task nobody confirmed never went out."""
+    failed_later = and_(t.status == "failed", t.sent_at.is_not(None),
+                        or_(t.reason.is_(None), t.reason != "unconfirmed"))
+    return or_(t.status.in_(SENT), failed_later)
+
+
 def _live_touches(journey_id: str) -> Any:
     # Test sends (journey test_recipients) are never counted (SPEC §3).
     return and_(TOUCHES.c.journey_id == journey_id, TOUCHES.c.test.is_(False))
@@ -116,7 +124,7 @@ def _steps(conn: Connection, journey: Journey) -> list[dict[str, Any]]:
         select(
             t.step_id, t.channel,
             func.count(distinct(case((t.arm == "treatment", t.enrollment_id)))),
-            _count_if(t.status.in_(SENT)),
+            _count_if(reached_provider(t)),
             _count_if(or_(t.delivered_at.is_not(None), t.status == "delivered")),
             _count_if(or_(t.clicked_at.is_not(None), t.joined_at.is_not(None))),
             _count_if(t.converted_at.is_not(None)),

@@ -12,7 +12,7 @@ from sqlalchemy import insert
 from orchestrator.reports.export import rows
 from orchestrator.reports.funnel import journey_report
 from orchestrator.reports.stats import ArmCount, compare
-from tests.reports.conftest import JOURNEY_ID, TOUCHES, Dataset, _touch
+from tests.reports.conftest import JOURNEY_ID, T0, TOUCHES, Dataset, _touch
 
 
 def _step(step_id: str, channel: str, eligible: int, sent: int, delivered: int, clicked: int,
@@ -112,3 +112,19 @@ def test_a_journey_without_rows_reports_zeros_and_nones(dataset: Dataset) -> Non
         ("sms", "sms", 0)]
     assert (report["cost"], report["revenue"], report["roi"]) == (0.0, None, None)
     assert report["wecom_senders"] == []
+
+
+def test_a_carrier_refusal_after_sending_still_counts_as_sent(dataset: Dataset) -> None:
+    """Sent means the provider accepted it; an unconfirmed WeCom task never went out."""
+    later = dataset.journey.model_copy(update={"id": "late-failures"})
+    touch = {**_touch(900, "late-user", "sms", "sms", "failed"), "journey_id": "late-failures"}
+    with dataset.engine.begin() as conn:
+        conn.execute(insert(TOUCHES), [
+            {**touch, "reason": "provider:30003", "sent_at": T0},
+            {**touch, "enrollment_id": 901, "step_id": "invite",
+             "channel": "wecom_group_invite", "reason": "unconfirmed", "sent_at": T0},
+            {**touch, "enrollment_id": 902, "reason": "retries_exhausted:20429"},
+        ])
+    steps = {s["step_id"]: s for s in journey_report(dataset.engine, later,
+                                                     dataset.policy)["steps"]}
+    assert (steps["sms"]["sent"], steps["invite"]["sent"]) == (1, 0)
