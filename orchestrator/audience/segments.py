@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy import Engine, Select, and_, func, or_, select
 
 from orchestrator.audience.config import AudienceConfig
 from orchestrator.audience.features import refresh_features
@@ -67,7 +67,7 @@ def segment_rows(
         if not rows:
             return
         for row in rows:
-            yield _segment_row(row)
+            yield segment_row(row)
         last = rows[-1]["user_id"]
 
 
@@ -85,9 +85,10 @@ def stale_users(engine: Engine, *, at: datetime, max_age: timedelta) -> int:
         return int(conn.execute(stmt).scalar_one())
 
 
-def _page(engine: Engine, *, after: str | None, limit: int) -> list[dict[str, Any]]:
+def segment_query() -> Select[Any]:
+    """The columns a segment row is made of, for every contactable user, by user id."""
     u, f = USERS.c, FEATURES.c
-    stmt = (
+    return (
         select(
             u.user_id, *(u[name] for name in IDENTITY_FIELDS), u.attributes,
             *(f[name] for name in AUDIENCE_FIELDS if name != "user_id"),
@@ -96,15 +97,19 @@ def _page(engine: Engine, *, after: str | None, limit: int) -> list[dict[str, An
         .select_from(USERS.outerjoin(FEATURES, u.user_id == f.user_id))
         .where(u.erased.is_(False))
         .order_by(u.user_id)
-        .limit(limit)
     )
+
+
+def _page(engine: Engine, *, after: str | None, limit: int) -> list[dict[str, Any]]:
+    stmt = segment_query().limit(limit)
     if after is not None:
-        stmt = stmt.where(u.user_id > after)  # keyset paging: same order as the database's
+        stmt = stmt.where(USERS.c.user_id > after)  # keyset paging: the database's order
     with engine.connect() as conn:
         return [dict(row._mapping) for row in conn.execute(stmt)]
 
 
-def _segment_row(row: dict[str, Any]) -> dict[str, Any]:
+def segment_row(row: dict[str, Any]) -> dict[str, Any]:
+    """One ``segment_query`` row as the fields an expression sees (precedence above)."""
     attributes = dict(row.pop("attributes") or {})
     features = row.pop("features") or {}
     out = {name: row[name] for name in AUDIENCE_FIELDS}

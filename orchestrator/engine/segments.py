@@ -13,14 +13,12 @@ from functools import lru_cache
 from typing import Any
 
 from jinja2.exceptions import UndefinedError
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
+from orchestrator.audience.segments import segment_query, segment_row
 from orchestrator.journeys.expressions import compile_expression
-from orchestrator.store.tables import USER_FEATURES as FEATURES
 from orchestrator.store.tables import USERS
 
-DERIVED = ("tier", "recency_days", "frequency", "monetary", "rfm_r", "rfm_f", "rfm_m",
-           "churn_score")
 CHUNK = 20_000
 
 
@@ -32,25 +30,15 @@ def _compiled(source: str) -> Any:
 def segment_rows(
     conn: Connection, *, user_ids: Sequence[str] | None = None
 ) -> Iterator[dict[str, Any]]:
-    """Rows of every (or the given) non-erased user, streamed in chunks."""
-    query = (
-        select(USERS, *[FEATURES.c[name] for name in DERIVED], FEATURES.c.features)
-        .select_from(USERS.outerjoin(FEATURES, FEATURES.c.user_id == USERS.c.user_id))
-        .where(USERS.c.erased.is_(False))
-        .order_by(USERS.c.user_id)
-    )
+    """Rows of every (or the given) contactable user, streamed in chunks, on the caller's
+    connection (the enrollment that follows sees the same snapshot). The row is the
+    audience package's: one definition of what a segment expression sees."""
+    query = segment_query()
     if user_ids is not None:
         query = query.where(USERS.c.user_id.in_(list(user_ids)))
     result = conn.execute(query.execution_options(yield_per=CHUNK))
     for row in result.mappings():
-        yield to_context(row)
-
-
-def to_context(row: Any) -> dict[str, Any]:
-    data = dict(row)
-    attributes = data.pop("attributes") or {}
-    extra = data.pop("features") or {}
-    return {**extra, **attributes, **data, "attributes": attributes}
+        yield segment_row(dict(row))
 
 
 def matches(source: str, row: dict[str, Any]) -> bool:
