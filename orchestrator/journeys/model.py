@@ -47,6 +47,7 @@ from orchestrator.journeys.expressions import (
     compile_expression,
 )
 from orchestrator.journeys.suggest import did_you_mean
+from orchestrator.policy.rules import PLATFORM_LIMITS as _PLATFORM_RULES
 
 CHANNELS = ("wechat_article", "wecom_group_invite", "sms")
 CALENDAR_UNITS = ("day", "week", "month")
@@ -464,9 +465,10 @@ class Cap(_Model):
 
 
 # Quotas the platforms enforce themselves; a policy may only be stricter.
+# The platform quotas are stated once, in the policy package; here as YAML-shaped caps.
 PLATFORM_LIMITS = {
-    "wechat_article": Cap(max=4, per="month"),
-    "wecom_group_invite": Cap(max=1, per="day"),
+    channel: Cap(max=rule.max, per=rule.calendar or f"{rule.rolling_s}s")
+    for channel, rule in _PLATFORM_RULES.items()
 }
 
 
