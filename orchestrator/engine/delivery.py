@@ -99,19 +99,27 @@ def _claimed(token: str) -> Any:
 def _record_decisions(
     rt: Runtime, conn: Connection, works: Sequence[Work], token: str, now: datetime
 ) -> None:
-    terminal = []
+    """Write every decision where the touch is still claimed under ``token``: one UPDATE per
+    distinct outcome (touches decided alike share it), not one per touch."""
+    alike: dict[tuple[Any, ...], list[Work]] = defaultdict(list)
     for w in works:
-        values: dict[str, Any] = {"status": w.decision, "reason": w.reason, "claim_token": None,
-                                  "lease_until": None, "channel": w.channel}
-        if w.decision == "deferred":
-            values.update(status="scheduled", due_at=w.due_at)
-        done = conn.execute(
-            update(TOUCHES).where(TOUCHES.c.id == w.id, _claimed(token)).values(**values)
-        ).rowcount
-        if done and w.decision in ("suppressed", "failed"):
-            terminal.append({**w.touch, "status": w.decision})
+        status = "scheduled" if w.decision == "deferred" else w.decision
+        alike[(status, w.reason, w.channel, w.due_at if w.decision == "deferred" else None)]\
+            .append(w)
         if w.render_error:
             log.error("touch %s not sent: %s", w.id, w.render_error)
+    terminal = []
+    for (status, reason, channel, due_at), group in alike.items():
+        values: dict[str, Any] = {"status": status, "reason": reason, "channel": channel,
+                                  "claim_token": None, "lease_until": None}
+        if due_at is not None:
+            values["due_at"] = due_at
+        done = set(conn.execute(
+            update(TOUCHES).where(TOUCHES.c.id.in_([w.id for w in group]), _claimed(token))
+            .values(**values).returning(TOUCHES.c.id)
+        ).scalars())
+        if status in ("suppressed", "failed"):
+            terminal += [{**w.touch, "status": status} for w in group if w.id in done]
     settle(rt, conn, terminal, now)
     release_caps(rt, [w for w in works if w.reserved])
 

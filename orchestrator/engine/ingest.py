@@ -148,40 +148,48 @@ def _convert(conn: Connection, book: JourneyBook, events: list[EventIn], now: da
     hits = [e for e in events if e.name in names]
     if not hits:
         return 0
-    converted = 0
+    by_user: dict[str, list[EventIn]] = defaultdict(list)
+    for e in sorted(hits, key=lambda e: e.ts):
+        by_user[e.user_id].append(e)
     candidates = conn.execute(
         select(ENROLLMENTS).where(
-            ENROLLMENTS.c.user_id.in_({e.user_id for e in hits}),
+            ENROLLMENTS.c.user_id.in_(list(by_user)),
             ENROLLMENTS.c.journey_id.in_(list(goals)),
             ENROLLMENTS.c.converted_at.is_(None),
         )
     ).mappings().all()
+    reached: list[tuple[RowMapping, EventIn]] = []
     for enrollment in candidates:
         goal = goals[enrollment["journey_id"]]
         entered = as_utc(enrollment["entered_at"])
-        reached = sorted(
-            (e for e in hits
-             if e.user_id == enrollment["user_id"] and e.name == goal.event
-             and entered < as_utc(e.ts) <= entered + goal.within),
-            key=lambda e: e.ts,
-        )
-        if reached:
-            _record_conversion(conn, enrollment, reached[0], now)
-            converted += 1
-    return converted
+        first = next((e for e in by_user[enrollment["user_id"]]
+                      if e.name == goal.event and entered < as_utc(e.ts) <= entered + goal.within),
+                     None)
+        if first is not None:
+            reached.append((enrollment, first))
+    touches = _touches_of(conn, [enrollment["id"] for enrollment, _ in reached])
+    for enrollment, event in reached:
+        _record_conversion(conn, enrollment, event, touches.get(enrollment["id"], []))
+    return len(reached)
+
+
+def _touches_of(conn: Connection, enrollment_ids: list[int]) -> dict[int, list[TouchView]]:
+    """What attribution needs of the converting enrollments' touches, in one query."""
+    found: dict[int, list[TouchView]] = defaultdict(list)
+    if enrollment_ids:
+        for t in conn.execute(
+            select(TOUCHES.c.id, TOUCHES.c.enrollment_id, TOUCHES.c.status, TOUCHES.c.sent_at)
+            .where(TOUCHES.c.enrollment_id.in_(enrollment_ids))
+        ):
+            found[t.enrollment_id].append(TouchView(id=t.id, status=t.status, sent_at=t.sent_at))
+    return found
 
 
 def _record_conversion(
-    conn: Connection, enrollment: RowMapping, event: EventIn, now: datetime
+    conn: Connection, enrollment: RowMapping, event: EventIn, touches: list[TouchView]
 ) -> None:
     at = as_utc(event.ts)
-    touches = conn.execute(
-        select(TOUCHES.c.id, TOUCHES.c.status, TOUCHES.c.sent_at).where(
-            TOUCHES.c.enrollment_id == enrollment["id"]
-        )
-    ).all()
-    touch_id = attribute(at, [TouchView(id=t.id, status=t.status, sent_at=t.sent_at)
-                              for t in touches])
+    touch_id = attribute(at, touches)
     inserted = conn.execute(
         upsert(conn.engine)(CONVERSIONS)
         .values(enrollment_id=enrollment["id"], journey_id=enrollment["journey_id"],
