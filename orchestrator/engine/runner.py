@@ -20,7 +20,7 @@ from sqlalchemy import func, select, update
 from orchestrator.clock import as_utc, utcnow
 from orchestrator.engine.cursors import run_cursors
 from orchestrator.engine.delivery import deliver_batch, process_touches, reconcile_batch
-from orchestrator.engine.dispatch import Tick, TouchClaim, claim_due
+from orchestrator.engine.dispatch import BATCHED, Tick, TouchClaim, claim_due
 from orchestrator.engine.enroll import EnrollResult, enroll
 from orchestrator.engine.refresh import maybe_refresh
 from orchestrator.engine.runtime import Runtime
@@ -198,10 +198,10 @@ def next_due(rt: Runtime) -> datetime | None:
             ENROLLMENTS.c.state == "active")).scalar()
         batched = conn.execute(select(func.min(TOUCHES.c.due_at)).where(
             TOUCHES.c.status == "scheduled",
-            TOUCHES.c.channel.in_(("wechat_article", "wecom_group_invite")))).scalar()
+            TOUCHES.c.channel.in_(BATCHED))).scalar()
         single = conn.execute(select(func.min(TOUCHES.c.due_at)).where(
             TOUCHES.c.status == "scheduled",
-            TOUCHES.c.channel.not_in(("wechat_article", "wecom_group_invite")))).scalar()
+            TOUCHES.c.channel.not_in(BATCHED))).scalar()
     candidates: Iterable[datetime | None] = (
         as_utc(cursor) if cursor else None,
         as_utc(batched) + gather if batched else None,

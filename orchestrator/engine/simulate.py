@@ -92,7 +92,6 @@ class Driver:
     tiers: dict[str, str | None] = field(default_factory=dict)
     result: SimulateResult | None = None
     http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30))
-    clock_now: datetime | None = None
     _triggers: list[tuple[datetime, str]] = field(default_factory=list)
     _trigger_index: int = 0
     _planned_until: datetime = datetime.min.replace(tzinfo=UTC)
@@ -129,7 +128,6 @@ class Driver:
         return self.result
 
     def _set_clock(self, now: datetime) -> None:
-        self.clock_now = now
         self.clock.set(now)
         if self.sandbox is not None:
             self.sandbox.state.set_clock(now)
