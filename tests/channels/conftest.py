@@ -1,12 +1,11 @@
 """Channel adapters against the real sandbox over HTTP on loopback, with a real Redis.
 
 One sandbox server per test module (forgotten before each test); each test gets its own
-Redis key prefix (on a database number of its own) and removes its keys afterwards.
+Redis key prefix (in the run's Redis database) and removes its keys afterwards.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -20,7 +19,6 @@ from orchestrator.sandbox.server import SandboxHandle, run_in_thread
 from orchestrator.sandbox.state import SandboxState
 from tests.support import redis_db_url
 
-REDIS_DB = int(os.environ.get("RECALL_TEST_CHANNELS_REDIS_DB", "11"))
 # Short enough that the sandbox's `timeout` fault (answer after 30 s) makes the client give
 # up quickly; generous for anything else on loopback.
 TEST_TIMEOUT = (2.0, 1.0)
@@ -41,7 +39,7 @@ def sandbox(server: SandboxHandle) -> SandboxHandle:
 
 @pytest.fixture
 def redis_client() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_db_url(REDIS_DB))
+    client = redis.Redis.from_url(redis_db_url())
     yield client
     client.close()
 

@@ -106,7 +106,7 @@ def sandbox() -> Iterator[SandboxHandle]:
 
 @pytest.fixture
 def engine_redis_url() -> Iterator[str]:
-    url = redis_db_url(4)
+    url = redis_db_url()
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url

@@ -1,4 +1,4 @@
-"""Policy fixtures: Redis database 3 on the local server, flushed around each use."""
+"""Policy fixtures: the run's Redis database, flushed around each use."""
 
 from __future__ import annotations
 
@@ -11,13 +11,11 @@ import redis
 from orchestrator.policy.caps import CapStore
 from tests.support import redis_db_url
 
-POLICY_REDIS_DB = 3
-
 
 @pytest.fixture(scope="session")
 def caps_redis_url() -> str:
-    """The policy tests' own Redis database (3): the server's, else an embedded Redis."""
-    return os.environ.get("RECALL_TEST_POLICY_REDIS_URL") or redis_db_url(POLICY_REDIS_DB)
+    """The run's Redis database: the server's, else an embedded Redis."""
+    return os.environ.get("RECALL_TEST_POLICY_REDIS_URL") or redis_db_url()
 
 
 @pytest.fixture(scope="session")
