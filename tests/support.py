@@ -67,3 +67,18 @@ def stop_embedded_redis() -> None:
             server.shutdown(nosave=True)  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - it drops the connection as it exits
             pass
+
+
+def jpeg(width: int = 47, height: int = 20, *, color: tuple[int, int, int] = (255, 120, 60),
+         fmt: str = "JPEG", noise: bool = False) -> bytes:
+    """A small image file's bytes (a JPG article cover by default; ``noise`` makes it big)."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    image = Image.new("RGB", (width, height), color)
+    if noise:
+        image = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
+    out = BytesIO()
+    image.save(out, fmt)
+    return out.getvalue()

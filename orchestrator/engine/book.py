@@ -7,6 +7,7 @@ version whose files have since changed is rebuilt from the store, not from the f
 
 from __future__ import annotations
 
+import base64
 import logging
 import stat
 import time
@@ -176,11 +177,16 @@ class JourneyBook:
             name: {"csv": pool.csv, "text": (path.parent / pool.csv).read_text(encoding="utf-8")}
             for name, pool in journey.pools.items()
         }
+        covers = {  # pictures are bytes: stored as base64 beside the texts
+            name: base64.b64encode((self.templates_dir / name).read_bytes()).decode("ascii")
+            for name in journey.covers_used()
+        }
         return {
             "file": path.name,
             "journey": path.read_text(encoding="utf-8"),
             "templates": templates,
             "pools": pools,
+            "covers": covers,
         }
 
     def _rebuild(self, engine: Engine, journey_id: str, version: str) -> Journey:
@@ -200,6 +206,10 @@ class JourneyBook:
             target = root / "templates" / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text, encoding="utf-8")
+        for name, encoded in source.get("covers", {}).items():
+            target = root / "templates" / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(base64.b64decode(encoded))
         for pool in source["pools"].values():
             target = journey_file.parent / pool["csv"]
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ from orchestrator.engine.cursors import user_timezone
 from orchestrator.engine.pipeline import Work, run_gates
 from orchestrator.engine.policy_gates import gates_for, release_caps
 from orchestrator.engine.runtime import Runtime
+from orchestrator.engine.step_options import step_options
 from orchestrator.errors import ChannelConfig, ChannelRetryable, ChannelUnknown, RetryLater
 from orchestrator.journeys.model import SendStep
 from orchestrator.policy.consent import record_opt_out
@@ -199,6 +200,7 @@ def _options(rt: Runtime, work: Work) -> dict[str, str]:
     if work.step.group:
         options["group"] = work.step.group
         options["chat_id"] = rt.settings.wecom_groups.get(work.step.group, work.step.group)
+    options.update(step_options(work.step, rt.book.templates_dir_for(work.journey)))
     return options
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from jinja2 import TemplateSyntaxError, meta
 
 from orchestrator.errors import InputError, Problem
+from orchestrator.journeys.covers import thumb_problem
 from orchestrator.journeys.durations import format_duration, parse_duration
 from orchestrator.journeys.expressions import (
     STEP_FUNCTIONS,
@@ -95,6 +96,7 @@ def journey_problems(
         *_branch_calls(check),
         *_pools(check),
         *_templates(check),
+        *_covers(check),
         *_policy_override(check),
     ]
     if not graph:
@@ -377,6 +379,50 @@ def _step_link(check: JourneyCheck, index: int, step: SendStep) -> Iterator[Prob
     for var in sorted(meta.find_undeclared_variables(ast) - provided - set(TEMPLATE_ENV.globals)):
         hint = did_you_mean(var, provided)
         yield check.problem(where, f"link uses undefined variable {var!r}{hint}")
+
+
+# ---------------------------------------------------------------- article covers
+
+
+def _covers(check: JourneyCheck) -> Iterator[Problem]:
+    for index, step in enumerate(check.steps):
+        if isinstance(step, SendStep) and step.send == "wechat_article":
+            yield from _step_cover(check, index, step)
+
+
+def _step_cover(check: JourneyCheck, index: int, step: SendStep) -> Iterator[Problem]:
+    if step.cover is None:
+        yield check.problem(
+            ("steps", index, "send"),
+            f"wechat_article step {step.id!r} has no cover: add cover: PATH (a JPG of at most "
+            "64 KB, relative to the templates folder); WeChat refuses an article without one",
+        )
+        return
+    where = ("steps", index, "cover")
+    path = cover_path(check.catalog.templates_dir, step.cover)
+    if path is None:
+        yield check.problem(
+            where, f"cover {step.cover!r} must be a path inside the templates folder"
+        )
+        return
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        reason = "not found" if isinstance(exc, FileNotFoundError) else exc.strerror
+        yield check.problem(
+            where, f"cover {step.cover!r} {reason} in {check.catalog.templates_dir}"
+        )
+        return
+    problem = thumb_problem(data)
+    if problem is not None:
+        yield check.problem(where, f"cover {step.cover!r}: {problem}")
+
+
+def cover_path(templates_dir: Path, name: str) -> Path | None:
+    """The cover file ``name`` under ``templates_dir``; ``None`` if it points outside it."""
+    root = templates_dir.resolve()
+    path = (templates_dir / name).resolve()
+    return path if path.is_relative_to(root) else None
 
 
 # ---------------------------------------------------------------- caps

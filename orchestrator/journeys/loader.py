@@ -213,9 +213,12 @@ def _journey_file(path: Path, policy: Policy | None, catalog: TemplateCatalog) -
     if _has_errors(problems):
         return _Loaded(doc, None, problems)
     templates = catalog.closure(spec.templates_used())
+    covers = spec.covers_used()
     digest = hashlib.sha256(raw)
     for template in templates:
         digest.update(template.data)
+    for cover in covers:
+        digest.update((catalog.templates_dir / cover).read_bytes())
     journey = Journey.model_validate(
         {
             **doc.data,

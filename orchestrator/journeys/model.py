@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import holidays as holidays_lib
 from croniter import croniter
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -256,6 +257,60 @@ class Variant(_Model):
     """Template path relative to the templates folder."""
 
 
+# What the providers take (docs/sandbox.md cites the pages): WeChat's draft/add counts
+# characters, WeCom's add_msg_template counts UTF-8 bytes.
+ARTICLE_DIGEST_MAX_CHARS = 128
+ARTICLE_AUTHOR_MAX_CHARS = 16
+CARD_TITLE_MAX_BYTES = 128
+CARD_DESC_MAX_BYTES = 512
+CARD_URL_MAX_BYTES = 2048
+
+
+def _max_bytes(limit: int, what: str) -> Any:
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and len(value.encode("utf-8")) > limit:
+            raise ValueError(
+                f"{what} is {len(value.encode('utf-8'))} bytes in UTF-8 (a Chinese character is "
+                f"3); WeCom takes at most {limit}: shorten it"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+def _max_chars(limit: int, what: str) -> Any:
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and len(value) > limit:
+            raise ValueError(
+                f"{what} is {len(value)} characters; WeChat takes at most {limit}: shorten it"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+def _web_url(value: Any) -> Any:
+    if isinstance(value, str) and not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"picurl {value!r} must be an http(s) URL of an image")
+    return value
+
+
+class InviteCard(_Model):
+    """The link card under a WeCom invite's text. Every field is optional; WeCom shows the
+    card in the customer's chat, so write it in their language (defaults are Chinese)."""
+
+    title: Annotated[
+        str | None, _max_bytes(CARD_TITLE_MAX_BYTES, "card.title"), Field(min_length=1)
+    ] = None
+    """Card title, at most 128 bytes (42 Chinese characters); default 邀请你加入「群名」."""
+    desc: Annotated[str | None, _max_bytes(CARD_DESC_MAX_BYTES, "card.desc")] = None
+    """Card description, at most 512 bytes; default 点击卡片，扫码即可入群."""
+    picurl: Annotated[
+        str | None, _max_bytes(CARD_URL_MAX_BYTES, "card.picurl"), AfterValidator(_web_url)
+    ] = None
+    """Picture URL, at most 2048 bytes; default the group's QR code."""
+
+
 class SendStep(_Model):
     """One touch on one channel. ``link`` is a Jinja2 template of the URL to track."""
 
@@ -273,6 +328,18 @@ class SendStep(_Model):
     """wecom_group_invite: the WeCom group chat to invite to."""
     fallback: Channel | None = None
     """Channel to use when the user cannot be reached on this one."""
+    cover: str | None = Field(default=None, min_length=1)
+    """wechat_article: the article's cover, a JPG of at most 64 KB, relative to templates/."""
+    digest: Annotated[
+        str | None, _max_chars(ARTICLE_DIGEST_MAX_CHARS, "digest"), Field(min_length=1)
+    ] = None
+    """wechat_article: the summary shown under the title (at most 128 characters)."""
+    author: Annotated[
+        str | None, _max_chars(ARTICLE_AUTHOR_MAX_CHARS, "author"), Field(min_length=1)
+    ] = None
+    """wechat_article: the author shown on the article (at most 16 characters)."""
+    card: InviteCard | None = None
+    """wecom_group_invite: the link card's title, description and picture."""
 
     @property
     def kind(self) -> Literal["send"]:
@@ -301,6 +368,11 @@ class SendStep(_Model):
             raise ValueError(f"group applies to wecom_group_invite steps, not {self.send}")
         if self.fallback == self.send:
             raise ValueError(f"fallback {self.fallback} is the step's own channel")
+        for key in ("cover", "digest", "author"):
+            if getattr(self, key) is not None and self.send != "wechat_article":
+                raise located(f"{key} applies to wechat_article steps, not {self.send}", key)
+        if self.card is not None and self.send != "wecom_group_invite":
+            raise located(f"card applies to wecom_group_invite steps, not {self.send}", "card")
         return self
 
     def template_for(self, variant: str | None) -> str:
@@ -654,13 +726,18 @@ class JourneySpec(_Model):
         """Template paths the send steps name (relative to the templates dir), sorted."""
         return sorted({t for step in self.send_steps() for t in step.templates()})
 
+    def covers_used(self) -> list[str]:
+        """Article cover files the send steps name (relative to the templates dir), sorted."""
+        return sorted({step.cover for step in self.send_steps() if step.cover})
+
 
 class Journey(JourneySpec):
     """A loaded journey: the file's content plus its ``version`` and ``source_path``.
 
     ``version`` is sha256 (hex, first 16) of the journey file bytes followed by the bytes of
     every template it uses (``templates_used()``: the steps' templates and any template
-    they include, import or extend), sorted by path; it changes whenever the copy changes.
+    they include, import or extend), sorted by path, then of every article cover
+    (``covers_used()``); it changes whenever the copy or a picture changes.
     """
 
     version: str

@@ -18,7 +18,7 @@ from orchestrator.engine.importer import import_users
 from orchestrator.engine.runtime import Runtime
 from orchestrator.sandbox.server import SandboxHandle, run_in_thread
 from orchestrator.store.clock import StoredClock
-from tests.support import redis_db_url
+from tests.support import jpeg, redis_db_url
 
 T0 = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # 09:00 in Shanghai
 
@@ -50,6 +50,7 @@ steps:
   - id: article
     send: wechat_article
     template: w/article.j2
+    cover: w/cover.jpg
   - wait: 1d
   - id: invite
     send: wecom_group_invite
@@ -70,10 +71,11 @@ TEMPLATES = {
     "w/article.j2": '{% set title = "好久不见" %}<p>{{ user.nickname }}，新品上架</p>',
     "w/invite.j2": "进群领券：校园优惠群",
     "w/sms.j2": "送你一张5元券 {{ link }}",
+    "w/cover.jpg": jpeg(),
 }
 
 
-def write_journeys(root: Path, journeys: dict[str, str], templates: dict[str, str],
+def write_journeys(root: Path, journeys: dict[str, str], templates: dict[str, str | bytes],
                    policy: str = POLICY) -> None:
     (root / "journeys").mkdir(parents=True, exist_ok=True)
     (root / "journeys" / "policy.yaml").write_text(policy, encoding="utf-8")
@@ -82,7 +84,10 @@ def write_journeys(root: Path, journeys: dict[str, str], templates: dict[str, st
     for name, text in templates.items():
         path = root / "templates" / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        if isinstance(text, bytes):  # a picture (an article cover)
+            path.write_bytes(text)
+        else:
+            path.write_text(text, encoding="utf-8")
 
 
 def write_users(path: Path, n: int) -> list[str]:

@@ -17,6 +17,7 @@ from orchestrator.engine.runtime import Runtime
 from orchestrator.sandbox.server import SandboxHandle
 from orchestrator.store.models import SendBatch, Touch, User
 from tests.engine.conftest import T0
+from tests.support import jpeg
 
 USERS = User.__table__  # type: ignore[attr-defined]
 TOUCHES = Touch.__table__  # type: ignore[attr-defined]
@@ -34,8 +35,12 @@ steps:
   - id: article
     send: wechat_article
     template: a/article.j2
+    cover: a/cover.jpg
 """
-TEMPLATES = {"a/article.j2": '{% set title = "新品上架" %}<p>今天新品上架</p>'}
+TEMPLATES: dict[str, str | bytes] = {
+    "a/article.j2": '{% set title = "新品上架" %}<p>今天新品上架</p>',
+    "a/cover.jpg": jpeg(),
+}
 
 
 def add_users(rt: Runtime, n: int) -> list[str]:

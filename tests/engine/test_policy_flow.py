@@ -164,6 +164,7 @@ steps:
   - id: article
     send: wechat_article
     template: w/article.j2
+    cover: w/cover.jpg
     fallback: sms
 """
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.journeys.loader import validate_paths
+from tests.support import jpeg
 
 POLICY = """\
 timezone: Asia/Shanghai
@@ -72,4 +73,5 @@ def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     workspace.write("journeys/policy.yaml", POLICY)
     for name, text in TEMPLATES.items():
         workspace.template(name, text)
+    (tmp_path / "templates" / "cover.jpg").write_bytes(jpeg())
     return workspace

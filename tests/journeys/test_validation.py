@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.journeys.conftest import Workspace
+from tests.support import jpeg
 
 VALID = """\
 id: j
@@ -17,6 +18,7 @@ steps:
   - id: article
     send: wechat_article
     template: article.j2
+    cover: cover.jpg
   - wait: 1d
   - id: invite
     send: wecom_group_invite
@@ -72,14 +74,14 @@ CASES: list[tuple[str, str, list[str]]] = [
         "two step keywords in one step",
         VALID.replace("    group: campus-deals", "    group: campus-deals\n    wait: 1d"),
         [
-            "journeys/j.yaml:16:5: 'wait' cannot be in a send step: a step does one thing "
+            "journeys/j.yaml:17:5: 'wait' cannot be in a send step: a step does one thing "
             "(send, wait, if or exit); split it in two"
         ],
     ),
     (
         "a step without a keyword",
         VALID.replace("  - wait: 1d\n", "  - pause: 1d\n"),
-        ["journeys/j.yaml:11:5: a step needs one of send, wait, if or exit"],
+        ["journeys/j.yaml:12:5: a step needs one of send, wait, if or exit"],
     ),
     (
         "unknown channel",
@@ -95,7 +97,7 @@ CASES: list[tuple[str, str, list[str]]] = [
         [
             "journeys/j.yaml:6:38: bad duration '7 days': write a number and a unit "
             "(s, m, h, d, w), e.g. 30s, 90m, 24h, 1d, 2w or 1d12h",
-            "journeys/j.yaml:11:11: bad duration '1x': write a number and a unit "
+            "journeys/j.yaml:12:11: bad duration '1x': write a number and a unit "
             "(s, m, h, d, w), e.g. 30s, 90m, 24h, 1d, 2w or 1d12h",
         ],
     ),
@@ -103,7 +105,7 @@ CASES: list[tuple[str, str, list[str]]] = [
         "bad window",
         VALID.replace('window: "10:00-20:00"', 'window: "10-20"'),
         [
-            "journeys/j.yaml:17:13: bad window '10-20': write local times as HH:MM-HH:MM, "
+            "journeys/j.yaml:18:13: bad window '10-20': write local times as HH:MM-HH:MM, "
             "e.g. 10:00-20:00 (it may cross midnight, e.g. 22:00-06:00)"
         ],
     ),
@@ -115,7 +117,7 @@ CASES: list[tuple[str, str, list[str]]] = [
             "      a: { weight: 50, template: sms.j2 }\n"
             "      b: { weight: 40, template: sms.j2 }\n",
         ),
-        ["journeys/j.yaml:24:7: variant weights sum to 90, not 100"],
+        ["journeys/j.yaml:25:7: variant weights sum to 90, not 100"],
     ),
     (
         "holdout above 50%",
@@ -134,15 +136,15 @@ CASES: list[tuple[str, str, list[str]]] = [
         "duplicate step ids",
         VALID.replace("  - id: invite", "  - id: article"),
         [
-            "journeys/j.yaml:12:9: duplicate step id 'article' (first at line 8)",
-            "journeys/j.yaml:18:9: joined('invite'): there is no send step 'invite'",
+            "journeys/j.yaml:13:9: duplicate step id 'article' (first at line 8)",
+            "journeys/j.yaml:19:9: joined('invite'): there is no send step 'invite'",
         ],
     ),
     (
         "branch to an unknown step",
         VALID.replace("then: sms", "then: smss"),
         [
-            "journeys/j.yaml:19:11: branch target 'smss' is not a step id or exit "
+            "journeys/j.yaml:20:11: branch target 'smss' is not a step id or exit "
             "(did you mean 'sms'?)"
         ],
     ),
@@ -150,7 +152,7 @@ CASES: list[tuple[str, str, list[str]]] = [
         "branch backwards",
         VALID.replace("then: sms", "then: invite"),
         [
-            "journeys/j.yaml:19:11: branch target 'invite' is not after this branch: "
+            "journeys/j.yaml:20:11: branch target 'invite' is not after this branch: "
             "branches go forward only (no loops)"
         ],
     ),
@@ -160,17 +162,17 @@ CASES: list[tuple[str, str, list[str]]] = [
             "then: sms", "then: exit"
         ),
         [
-            "journeys/j.yaml:21:5: unreachable step #6 (exit): no path from the first step "
+            "journeys/j.yaml:22:5: unreachable step #6 (exit): no path from the first step "
             "leads here",
-            "journeys/j.yaml:22:5: unreachable step #7 (wait): no path from the first step "
+            "journeys/j.yaml:23:5: unreachable step #7 (wait): no path from the first step "
             "leads here",
-            "journeys/j.yaml:23:5: unreachable step 'sms': no path from the first step leads here",
+            "journeys/j.yaml:24:5: unreachable step 'sms': no path from the first step leads here",
         ],
     ),
     (
         "missing template file",
         VALID.replace("template: invite.j2", "template: invites.j2"),
-        ["journeys/j.yaml:14:15: template 'invites.j2' not found in templates"],
+        ["journeys/j.yaml:15:15: template 'invites.j2' not found in templates"],
     ),
     (
         "segment does not compile",
@@ -186,33 +188,33 @@ CASES: list[tuple[str, str, list[str]]] = [
         "branch condition does not compile",
         VALID.replace("\"not joined('invite')\"", "\"not joined('invite'\""),
         [
-            "journeys/j.yaml:18:9: expression \"not joined('invite'\" does not compile: "
+            "journeys/j.yaml:19:9: expression \"not joined('invite'\" does not compile: "
             "unexpected end of expression, expected ','."
         ],
     ),
     (
         "branch condition names an unknown function",
         VALID.replace("not joined('invite')", "not joind('invite')"),
-        ["journeys/j.yaml:18:9: if uses unknown name 'joind' (did you mean 'joined'?)"],
+        ["journeys/j.yaml:19:9: if uses unknown name 'joind' (did you mean 'joined'?)"],
     ),
     (
         "joined() on a step that is not an invite",
         VALID.replace("not joined('invite')", "not joined('article')"),
         [
-            "journeys/j.yaml:18:9: joined('article'): joined() is for wecom_group_invite "
+            "journeys/j.yaml:19:9: joined('article'): joined() is for wecom_group_invite "
             "steps; 'article' sends wechat_article"
         ],
     ),
     (
         "branch looks at a later step",
         VALID.replace("not joined('invite')", "not sent('sms')"),
-        ["journeys/j.yaml:18:9: sent('sms'): step 'sms' comes after this branch"],
+        ["journeys/j.yaml:19:9: sent('sms'): step 'sms' comes after this branch"],
     ),
     (
         "event() with a bad duration",
         VALID.replace("not joined('invite')", "not event('order_placed', '7days')"),
         [
-            "journeys/j.yaml:18:9: event('order_placed', …): bad duration '7days': write a "
+            "journeys/j.yaml:19:9: event('order_placed', …): bad duration '7days': write a "
             "number and a unit (s, m, h, d, w), e.g. 30s, 90m, 24h, 1d, 2w or 1d12h"
         ],
     ),
@@ -220,7 +222,7 @@ CASES: list[tuple[str, str, list[str]]] = [
         "clicked() on a mass-sent article without a link (warning)",
         VALID.replace("not joined('invite')", "not clicked('article')"),
         [
-            "journeys/j.yaml:18:9: warning: clicked('article'): a mass-sent article reports "
+            "journeys/j.yaml:19:9: warning: clicked('article'): a mass-sent article reports "
             "no per-user clicks; give step 'article' a link (template-message mode or a "
             "fixed-link landing page), else this is always false"
         ],
@@ -252,7 +254,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     (
         "invite without a group",
         VALID.replace("    group: campus-deals\n", ""),
-        ["journeys/j.yaml:12:5: wecom_group_invite step 'invite' needs a group to invite to"],
+        ["journeys/j.yaml:13:5: wecom_group_invite step 'invite' needs a group to invite to"],
     ),
     (
         "journey policy loosens a cap",
@@ -268,6 +270,7 @@ CASES: list[tuple[str, str, list[str]]] = [
         "three SMS within 7 days under an sms cap of 2 per 7d",
         VALID.replace("template: article.j2", "template: sms.j2\n    link: https://m.example.com/a")
         .replace("send: wechat_article", "send: sms")
+        .replace("    cover: cover.jpg\n", "")
         .replace("send: wecom_group_invite", "send: sms")
         .replace("template: invite.j2", "template: sms.j2\n    link: https://m.example.com/b")
         .replace("    group: campus-deals\n", "")
@@ -298,7 +301,7 @@ def test_all_problems_of_all_files_are_reported_together(ws: Workspace) -> None:
     problems = ws.problems()
     assert [p.split(": ", 1)[0] for p in problems] == [
         "journeys/a.yaml:5:10",
-        "journeys/b.yaml:11:11",
+        "journeys/b.yaml:12:11",
     ]
 
 
@@ -314,11 +317,12 @@ def test_global_cap_counts_every_channel(ws: Workspace) -> None:
     ws.journey(
         VALID.replace(
             "  - wait: 1d\n",
-            "  - wait: 1d\n  - id: article2\n    send: wechat_article\n    template: article.j2\n",
+            "  - wait: 1d\n  - id: article2\n    send: wechat_article\n    template: article.j2\n"
+            "    cover: cover.jpg\n",
         )
     )
     assert ws.problems() == [
-        "journeys/j.yaml:25:11: cap that the journey can never meet: steps 'article', "
+        "journeys/j.yaml:27:11: cap that the journey can never meet: steps 'article', "
         "'article2', 'invite' and 'sms' send 4 touches at most 4d1h apart, but the policy "
         "caps global at 3 per 7d"
     ]
@@ -388,14 +392,14 @@ def test_link_variable_without_a_step_link(ws: Workspace) -> None:
 def test_link_that_uses_an_unknown_variable(ws: Workspace) -> None:
     ws.journey(VALID.replace("u={{ user_id }}", "u={{ usr_id }}"))
     assert ws.problems() == [
-        "journeys/j.yaml:24:11: link uses undefined variable 'usr_id' (did you mean 'user_id'?)"
+        "journeys/j.yaml:25:11: link uses undefined variable 'usr_id' (did you mean 'user_id'?)"
     ]
 
 
 def test_sms_link_that_the_template_never_shows_is_a_warning(ws: Workspace) -> None:
     ws.journey(VALID.replace("template: sms.j2", "template: plain.j2"))
     assert ws.problems() == [
-        "journeys/j.yaml:24:11: warning: step 'sms' has a link that its template never "
+        "journeys/j.yaml:25:11: warning: step 'sms' has a link that its template never "
         "shows: add {{ link }}"
     ]
 
@@ -438,8 +442,8 @@ def test_pool_file_missing_and_pool_without_code_column(ws: Workspace) -> None:
         VALID + "pools:\n  coupon_code: { csv: pools/none.csv }\n  other: { csv: pools/bad.csv }\n"
     )
     assert ws.problems() == [
-        "journeys/j.yaml:26:23: pool file journeys/pools/none.csv not found",
-        "journeys/j.yaml:27:17: pool file journeys/pools/bad.csv has no 'code' column in its "
+        "journeys/j.yaml:27:23: pool file journeys/pools/none.csv not found",
+        "journeys/j.yaml:28:17: pool file journeys/pools/bad.csv has no 'code' column in its "
         "header",
     ]
 
@@ -504,3 +508,78 @@ def test_a_path_that_does_not_exist(ws: Workspace) -> None:
     from pathlib import Path
 
     assert ws.problems(Path("nowhere")) == ["nowhere:1:1: no such file or folder"]
+
+
+# ---------------------------------------------------------------- article covers and cards
+
+
+def test_article_without_cover_is_an_error_at_its_send_line(ws: Workspace) -> None:
+    ws.journey(VALID.replace("    cover: cover.jpg\n", ""))
+    assert ws.problems() == [
+        "journeys/j.yaml:9:11: wechat_article step 'article' has no cover: add cover: PATH "
+        "(a JPG of at most 64 KB, relative to the templates folder); WeChat refuses an article "
+        "without one"
+    ]
+
+
+def test_cover_that_is_not_a_jpg_is_an_error_at_its_line(ws: Workspace) -> None:
+    (ws.root / "templates" / "cover.png").write_bytes(jpeg(fmt="PNG"))
+    (ws.root / "templates" / "notes.jpg").write_text("not a picture", encoding="utf-8")
+    ws.journey(VALID.replace("cover: cover.jpg", "cover: cover.png"), "a.yaml")
+    ws.journey(VALID.replace("cover: cover.jpg", "cover: notes.jpg").replace("id: j", "id: k"),
+               "b.yaml")
+    assert ws.problems() == [
+        "journeys/a.yaml:11:12: cover 'cover.png': the file is a PNG image, not a JPG; WeChat "
+        "takes JPG covers only: convert it",
+        "journeys/b.yaml:11:12: cover 'notes.jpg': the file is not a readable image; WeChat "
+        "takes a JPG cover",
+    ]
+
+
+def test_cover_over_64_kb_is_an_error_at_its_line(ws: Workspace) -> None:
+    big = jpeg(400, 400, noise=True)
+    assert len(big) > 64_000
+    (ws.root / "templates" / "big.jpg").write_bytes(big)
+    ws.journey(VALID.replace("cover: cover.jpg", "cover: big.jpg"))
+    assert ws.problems() == [
+        f"journeys/j.yaml:11:12: cover 'big.jpg': the file is {len(big):,} bytes; WeChat takes "
+        "a cover of at most 64 KB (64,000 bytes): shrink or recompress it"
+    ]
+
+
+def test_cover_missing_or_outside_the_templates_folder(ws: Workspace) -> None:
+    ws.journey(VALID.replace("cover: cover.jpg", "cover: gone.jpg"), "a.yaml")
+    ws.journey(VALID.replace("cover: cover.jpg", "cover: ../secret.jpg").replace("id: j", "id: k"),
+               "b.yaml")
+    assert ws.problems() == [
+        "journeys/a.yaml:11:12: cover 'gone.jpg' not found in templates",
+        "journeys/b.yaml:11:12: cover '../secret.jpg' must be a path inside the templates folder",
+    ]
+
+
+def test_article_and_card_limits_are_checked_where_they_are_written(ws: Workspace) -> None:
+    ws.journey(
+        VALID.replace("    cover: cover.jpg\n", "    cover: cover.jpg\n    digest: " + "摘" * 129
+                      + "\n    author: " + "a" * 17 + "\n")
+        .replace("    group: campus-deals\n", "    group: campus-deals\n    card:\n      title: "
+                 + "群" * 43 + "\n      desc: " + "d" * 513 + "\n      picurl: ftp://x/y.png\n")
+    )
+    assert ws.problems() == [
+        "journeys/j.yaml:12:13: digest is 129 characters; WeChat takes at most 128: shorten it",
+        "journeys/j.yaml:13:13: author is 17 characters; WeChat takes at most 16: shorten it",
+        "journeys/j.yaml:20:14: card.title is 129 bytes in UTF-8 (a Chinese character is 3); "
+        "WeCom takes at most 128: shorten it",
+        "journeys/j.yaml:21:13: card.desc is 513 bytes in UTF-8 (a Chinese character is 3); "
+        "WeCom takes at most 512: shorten it",
+        "journeys/j.yaml:22:15: picurl 'ftp://x/y.png' must be an http(s) URL of an image",
+    ]
+
+
+def test_article_keys_on_another_channel_are_errors(ws: Workspace) -> None:
+    ws.journey(VALID.replace("    group: campus-deals\n",
+                             "    group: campus-deals\n    cover: cover.jpg\n")
+               .replace("    link: \"https", "    card: { title: 进群 }\n    link: \"https"))
+    assert ws.problems() == [
+        "journeys/j.yaml:17:12: cover applies to wechat_article steps, not wecom_group_invite",
+        "journeys/j.yaml:26:11: card applies to wecom_group_invite steps, not sms",
+    ]

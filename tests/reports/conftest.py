@@ -16,6 +16,7 @@ from orchestrator.engine.book import JourneyBook
 from orchestrator.journeys.model import Journey, Policy
 from orchestrator.store.tables import CONVERSIONS, ENROLLMENTS, TOUCHES
 from orchestrator.store.tables import SEND_BATCHES as BATCHES
+from tests.support import jpeg
 
 T0 = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
 JOURNEY_ID = "report-demo"
@@ -38,6 +39,7 @@ steps:
   - id: article
     send: wechat_article
     template: demo/article.j2
+    cover: demo/cover.jpg
   - wait: 1d
   - id: invite
     send: wecom_group_invite
@@ -49,10 +51,11 @@ steps:
     template: demo/sms.j2
     fallback: wechat_article
 """
-TEMPLATES = {
+TEMPLATES: dict[str, str | bytes] = {
     "demo/article.j2": '{% set title = "好久不见" %}<p>同学你好</p>\n',
     "demo/invite.j2": "进群领红包\n",
     "demo/sms.j2": "8元券已到账\n",
+    "demo/cover.jpg": jpeg(),
 }
 
 
@@ -71,7 +74,10 @@ def write_journeys(root: Path) -> tuple[Path, Path]:
     (journeys / f"{JOURNEY_ID}.yaml").write_text(JOURNEY_YAML, encoding="utf-8")
     for name, text in TEMPLATES.items():
         (templates / name).parent.mkdir(parents=True, exist_ok=True)
-        (templates / name).write_text(text, encoding="utf-8")
+        if isinstance(text, bytes):
+            (templates / name).write_bytes(text)
+        else:
+            (templates / name).write_text(text, encoding="utf-8")
     return journeys, templates
 
 
