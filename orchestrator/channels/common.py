@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -28,6 +30,47 @@ def provider_base(value: str | None, default: str, setting: str) -> str:
             "http://127.0.0.1:8081; the adapters append the provider's own paths"
         )
     return f"{parts.scheme}://{parts.netloc}"
+
+
+_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+MAX_CALLBACK_URL_CHARS = 4000  # Twilio's StatusCallback limit (21609)
+
+
+def callback_url_problem(url: str, *, allow_private: bool) -> str | None:
+    """Why Twilio would refuse ``url`` as a ``StatusCallback`` (21609), or None.
+
+    A fully qualified http(s) URL with a valid host name (letters, digits, hyphens: no
+    underscores) and at most 4,000 characters, that Twilio can reach over the public internet:
+    a loopback or private address only when ``allow_private`` (a provider on this machine).
+    """
+    if len(url) > MAX_CALLBACK_URL_CHARS:
+        return f"it is {len(url):,} characters; Twilio takes at most {MAX_CALLBACK_URL_CHARS:,}"
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host:
+        return "it is not a fully qualified http(s) URL with a host name"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is None and not all(_LABEL.match(label) for label in host.split(".")):
+        return f"host {host!r} is not a valid host name (letters, digits and hyphens only)"
+    if allow_private:
+        return None
+    if address is not None and not address.is_global:
+        return f"host {host} is a private or loopback address Twilio cannot reach"
+    if address is None and (host == "localhost" or host.endswith(".localhost") or "." not in host):
+        return f"host {host!r} is not a public host name Twilio can reach"
+    return None
+
+
+def is_loopback_host(url: str) -> bool:
+    """Is ``url``'s host this machine (a sandbox standing in for the provider)?"""
+    host = urlsplit(url).hostname or ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def check_batch(request: SendRequest, *, channel: str, max_batch: int) -> None:

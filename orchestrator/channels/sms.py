@@ -15,6 +15,12 @@ Twilio has no idempotency key, so each message's call is written to the ``SendLe
 A read timeout or dropped connection after the request went out is ``unknown`` for that
 touch; ``reconcile`` looks the message up with ``GET Messages.json?To=&DateSent>=`` and the
 touch's short link (or exact body) in the text.
+
+Twilio's limits are kept before any call: a body over 1,600 characters as Twilio counts them
+(``smstext.body_too_long``: UCS-2 units for Chinese, two for an emoji) fails its touch as
+``body_too_long`` without a call, and the ``StatusCallback`` (``{PUBLIC_BASE_URL}/v1/callbacks/
+twilio``) must be a URL Twilio accepts and can reach: a loopback or private address is refused
+at start-up unless the Twilio base is itself on this machine (the sandbox).
 """
 
 from __future__ import annotations
@@ -37,8 +43,10 @@ from orchestrator.channels.base import Message, SendRequest, TouchResult, TouchS
 from orchestrator.channels.common import (
     DEFAULT_TIMEOUT,
     PerThread,
+    callback_url_problem,
     check_batch,
     failed,
+    is_loopback_host,
     provider_base,
     unknown,
 )
@@ -51,7 +59,7 @@ from orchestrator.channels.errors import (
 from orchestrator.channels.fanout import Outcome, from_entry, send_each, settle
 from orchestrator.channels.ledger import SendLedger
 from orchestrator.channels.pacing import Backoff, TokenBucket, shared_bucket
-from orchestrator.channels.smstext import compose_sms, count_segments
+from orchestrator.channels.smstext import body_too_long, compose_sms, count_segments
 from orchestrator.errors import ChannelError, ChannelRetryable, ChannelUnknown, ConfigError
 
 if TYPE_CHECKING:
@@ -126,7 +134,7 @@ class SmsChannel:
         self._auth_token = settings.twilio_auth_token.get_secret_value()
         self._sender = _sender(settings)
         self._base = provider_base(settings.twilio_api_base, TWILIO_HOST, "RECALL_TWILIO_API_BASE")
-        self._status_callback = f"{settings.public_base_url.rstrip('/')}/v1/callbacks/twilio"
+        self._status_callback = _status_callback(settings.public_base_url, self._base)
         self._timeout = timeout
         self._rate_per_s = rate_per_s
         self._backoff = backoff or Backoff()
@@ -153,7 +161,7 @@ class SmsChannel:
             ledger=self._ledger,
             pool=self._pool,
             provider=PROVIDER,
-            precheck=_no_phone,
+            precheck=partial(_local_refusal, request),
             call=partial(self._send_with_retries, request),
             pace=bucket.acquire,
         )
@@ -284,8 +292,29 @@ def _since(created_at: datetime | None) -> str:
     return created_at.astimezone(UTC).date().isoformat()
 
 
+def _status_callback(public_base_url: str, twilio_base: str) -> str:
+    url = f"{public_base_url.rstrip('/')}/v1/callbacks/twilio"
+    problem = callback_url_problem(url, allow_private=is_loopback_host(twilio_base))
+    if problem is not None:
+        raise ConfigError(
+            f"sms: Twilio would refuse the status callback {url} (21609): {problem}; set "
+            "RECALL_PUBLIC_BASE_URL to the public https address this API is reached at"
+        )
+    return url
+
+
 def _no_phone(message: Message) -> TouchResult | None:
     return None if message.recipient.phone else failed(message, "no_phone")
+
+
+def _local_refusal(request: SendRequest, message: Message) -> TouchResult | None:
+    """What fails without a call: no phone, or a body Twilio refuses as too long (21617)."""
+    missing = _no_phone(message)
+    if missing is not None:
+        return missing
+    if body_too_long(sms_body(message, request.options)) is not None:
+        return failed(message, "body_too_long")
+    return None
 
 
 def _charged(

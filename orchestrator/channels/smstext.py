@@ -1,7 +1,11 @@
-"""SMS text arithmetic shared by the SMS adapter, preview and cost reports.
+"""SMS text arithmetic shared by the SMS adapter, the sandbox, preview and cost reports.
 
 GSM-7 text: 160 chars single, 153 per part. Anything else (Chinese) is UCS-2:
 70 chars single, 67 per part. Characters outside the BMP count as two UCS-2 units.
+
+Twilio takes a ``Body`` of at most 1,600 characters and counts a character that needs more
+room (an emoji, a GSM-7 extension such as ``€``) as more than one: we count the units the
+carrier is sent (``encoded_length``), the stricter of the readings its pages allow.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ GSM7_BASIC = set(
     "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
 )
 GSM7_EXTENDED = set("^{}\\[~]|€\f")
+MAX_BODY_UNITS = 1600  # Twilio's Body limit (error 21617)
 
 
 def is_gsm7(text: str) -> bool:
@@ -22,6 +27,12 @@ def encoded_length(text: str) -> int:
     if is_gsm7(text):
         return sum(2 if ch in GSM7_EXTENDED else 1 for ch in text)
     return len(text.encode("utf-16-le")) // 2
+
+
+def body_too_long(text: str) -> int | None:
+    """The body's length in carrier units when Twilio would refuse it (21617), else None."""
+    n = encoded_length(text)
+    return n if n > MAX_BODY_UNITS else None
 
 
 def count_segments(text: str) -> int:

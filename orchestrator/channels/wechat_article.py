@@ -2,31 +2,42 @@
 
 One batch = one ``message/mass/send`` call with ``clientmsgid = batch_id``: WeChat answers a
 repeated clientmsgid with 45065 and the existing ``msg_id`` and sends nothing, so a retry
-and ``reconcile`` simply repeat the identical call. The article is uploaded once per
-``content_version`` (``media/uploadnews``; the media id is cached in Redis and uploaded
-again when WeChat says it expired, 40007).
+and ``reconcile`` simply repeat the identical call. What the call sends is built in two steps:
+
+- the **cover** (``options["cover_jpeg_b64"]``, from the step's ``cover:``) is uploaded as a
+  permanent thumb material (``material/add_material?type=thumb``) once per distinct picture:
+  its media id is cached in Redis under the picture's digest and uploaded again only when
+  WeChat says it is gone (40007 from ``draft/add``);
+- the **article** goes into a draft (``draft/add``, where WeChat directs the articles it
+  mass-sends; ``media/uploadnews`` is documented as replaced by the draft box). A draft that
+  is mass-sent leaves the draft box, so every batch makes its own draft; its media id is
+  written to the batch's ledger before the mass send, so a retry sends the very same draft.
 
 A mass send reports counts only (``MASSSENDJOBFINISH``), so every recipient of an accepted
 send is ``sent`` with ``provider_message_id = msg_id``. Recipients known to be unreachable
-fail with a reason: no OpenID (``no_openid``), OpenIDs WeChat named as invalid when it
-refused the call (``invalid_openid``: they are dropped and the same clientmsgid is sent again,
-since a refused call creates nothing), or everybody unfollowed / out of the monthly quota
-(``not_following`` / ``out_of_quota``).
+fail with a reason: no OpenID (``no_openid``), or everybody unfollowed / out of the monthly
+quota (``not_following`` / ``out_of_quota``). WeChat refuses a whole call for one invalid
+OpenID (40003) without saying which (its ``hint`` is a request id), so then the batch's
+followers are checked with ``user/info/batchget`` (100 a call, halving any chunk WeChat
+refuses, down to the OpenIDs it does not know): those fail as ``invalid_openid``, those not
+following as ``not_following``, and the rest is sent under the same clientmsgid (a refused
+call created nothing).
 
 A lone recipient (mass send needs two) or ``options["mode"] == "template"`` (per-user links)
 goes by template message (``message/template/send``, ``options["template_id"]``), one call
 per touch, recorded in the ``SendLedger`` because template messages have no idempotency key.
 
-Options: ``title`` (else each message's title), ``thumb_media_id``, ``author``, ``digest``,
-``link`` (the article's "read more" URL: a fixed landing page), ``send_ignore_reprint``,
-``mode``, ``template_id``, ``template_data`` (JSON ``{field: text}``; ``{title}``,
-``{text}``, ``{link}``, ``{user_id}`` are replaced).
+Options: ``title`` (else each message's title), ``cover_jpeg_b64``, ``cover_name``,
+``author``, ``digest``, ``link`` (the article's "read more" URL: a fixed landing page),
+``send_ignore_reprint``, ``mode``, ``template_id``, ``template_data`` (JSON
+``{field: text}``; ``{title}``, ``{text}``, ``{link}``, ``{user_id}`` are replaced).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
-import re
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -49,6 +60,7 @@ from orchestrator.errors import (
     ChannelRetryable,
     ChannelUnknown,
 )
+from orchestrator.journeys.covers import digest, thumb_problem
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -59,11 +71,16 @@ PROVIDER = "wechat"
 DUPLICATE_CLIENTMSGID = 45065
 STALE_MEDIA = 40007
 INVALID_OPENID = 40003
-MEDIA_TTL_S = 3 * 86_400  # media/uploadnews media is temporary: WeChat keeps it three days
-MAX_NARROWING_ROUNDS = 20  # each 40003 names a few invalid OpenIDs; give up after this many
+COVER_TTL_S = 30 * 86_400  # permanent material does not expire; look again monthly anyway
+FOLLOWER_PAGE = 100  # user/info/batchget takes at most 100 OpenIDs a call
+MAX_NARROWING_ROUNDS = 3  # a second 40003 after the followers check means followers changed
 TEMPLATE_WORKERS = 8
 DEFAULT_TEMPLATE_DATA = {"first": "{title}", "keyword1": "{text}"}
-MASS_FIELD, EXCLUDED_FIELD = "mass", "excluded"  # ledger fields of the mass send
+# Ledger fields of the mass send: the result, the recipients left out, the batch's draft.
+MASS_FIELD, EXCLUDED_FIELD, DRAFT_FIELD = "mass", "excluded", "draft"
+# draft/add's documented limits (characters), checked before the call so the message is ours.
+TITLE_MAX_CHARS, AUTHOR_MAX_CHARS, DIGEST_MAX_CHARS = 32, 16, 128
+CONTENT_MAX_CHARS, CONTENT_MAX_BYTES, SOURCE_URL_MAX_BYTES = 20_000, 1_000_000, 1_000
 
 
 class WeChatArticleChannel:
@@ -131,6 +148,7 @@ class WeChatArticleChannel:
     # -- mass send --------------------------------------------------------------------------
 
     def _send_mass(self, request: SendRequest) -> list[TouchResult]:
+        article = _article(request)  # a bad step is refused before any call
         recorded = self._ledger.load(request.batch_id)
         excluded: dict[str, str] = dict(
             recorded[EXCLUDED_FIELD].data if EXCLUDED_FIELD in recorded else {}
@@ -138,41 +156,54 @@ class WeChatArticleChannel:
         mass = recorded.get(MASS_FIELD)
         if mass is not None and not mass.pending:
             return _mass_results(request, excluded, mass.data.get("msg_id"))
+        tried = mass is not None  # an earlier attempt's mass send may have gone out
         for _ in range(MAX_NARROWING_ROUNDS):
             targets = _targets(request, excluded)
             if len(targets) < 2:
                 return self._lone(request, excluded)
             try:
-                msg_id = self._mass_call(request, targets)
+                msg_id = self._mass_call(request, article, targets, tried=tried)
             except ChannelRecipient as exc:
                 if exc.code == INVALID_OPENID:
-                    self._narrow(request, exc, targets, excluded)
+                    self._exclude_unknown(request, targets, excluded)
                     continue
                 # 43004 nobody follows / 45028 nobody has quota left: all of them fail.
+                self._ledger.forget(request.batch_id, [MASS_FIELD])
                 excluded.update(dict.fromkeys(targets, wechat_reason(exc)))
                 return _mass_results(request, excluded, None)
+            except _DraftGone:
+                # Our own earlier send may have used this draft up: whether it went out is
+                # for the reconciliation to find, never for a second draft to risk.
+                return [unknown(m) if _openid(m) else failed(m, "no_openid")
+                        for m in request.messages]
             self._ledger.record(request.batch_id, {MASS_FIELD: {"msg_id": msg_id}})
             return _mass_results(request, excluded, msg_id)
         raise ChannelConfig(
-            f"wechat mass send {request.batch_id!r}: still refused for invalid OpenIDs after "
-            f"dropping {len(excluded)}; the batch's OpenIDs do not belong to appid "
-            f"{self._appid!r}: check the users' openid column",
+            f"wechat mass send {request.batch_id!r}: still refused for an invalid OpenID after "
+            f"the followers check left out {len(excluded)}; check that the users' openid column "
+            f"belongs to appid {self._appid!r}",
             code=INVALID_OPENID,
             provider=PROVIDER,
         )
 
-    def _mass_call(self, request: SendRequest, openids: list[str]) -> str | None:
-        """The mass send with one media re-upload if WeChat says the article expired."""
+    def _mass_call(
+        self, request: SendRequest, article: dict[str, Any], openids: list[str], *, tried: bool
+    ) -> str | None:
+        """The mass send of the batch's draft; a draft WeChat no longer has is made again
+        only when no earlier attempt of this batch can have sent it."""
         client = self.client()
-        media = self._media(client, request)
-        media_id = media.get()
+        draft, fresh = self._draft(client, request, article)
+        self._ledger.mark_pending(request.batch_id, [MASS_FIELD])
         try:
-            return self._post_mass(client, request, openids, media_id)
+            return self._post_mass(client, request, openids, draft)
         except ChannelConfig as exc:
-            if exc.code != STALE_MEDIA:
+            if exc.code != STALE_MEDIA or fresh:
                 raise
-        media_id = media.refresh(stale=media_id)
-        return self._post_mass(client, request, openids, media_id)
+            if tried:
+                raise _DraftGone from exc
+        self._ledger.forget(request.batch_id, [DRAFT_FIELD])
+        draft, _ = self._draft(client, request, article)
+        return self._post_mass(client, request, openids, draft)
 
     def _post_mass(
         self, client: RecallWeChatClient, request: SendRequest, openids: list[str], media_id: str
@@ -194,25 +225,50 @@ class WeChatArticleChannel:
         answer = client.call("POST message/mass/send", call)
         return str(answer["msg_id"]) if answer.get("msg_id") is not None else None
 
-    def _narrow(
-        self,
-        request: SendRequest,
-        exc: ChannelRecipient,
-        targets: list[str],
-        excluded: dict[str, str],
+    # -- the followers check after a 40003 ----------------------------------------------------
+
+    def _exclude_unknown(
+        self, request: SendRequest, targets: list[str], excluded: dict[str, str]
     ) -> None:
-        """40003 names (some of) the invalid OpenIDs: drop them so the next call can pass."""
-        named = [o for o in _hinted_openids(exc) if o in targets]
-        if not named:
+        """WeChat refused the call for an OpenID it does not know, without naming it: ask
+        ``user/info/batchget`` about every target and leave out what cannot be reached."""
+        client = self.client()
+        found: dict[str, str] = {}
+        for start in range(0, len(targets), FOLLOWER_PAGE):
+            self._probe(client, targets[start : start + FOLLOWER_PAGE], found)
+        if not found:
             raise ChannelConfig(
-                f"wechat mass send {request.batch_id!r} was refused for invalid OpenIDs "
-                f"without naming them ({exc}); check the users' openid column belongs to "
-                f"appid {self._appid!r}",
+                f"wechat mass send {request.batch_id!r} was refused for an invalid OpenID (40003) "
+                "but user/info/batchget knows every OpenID of the batch; retry later or check "
+                f"that the openids belong to appid {self._appid!r}",
                 code=INVALID_OPENID,
                 provider=PROVIDER,
-            ) from exc
-        excluded.update(dict.fromkeys(named, "invalid_openid"))
+            )
+        excluded.update(found)
         self._ledger.record(request.batch_id, {EXCLUDED_FIELD: excluded})
+
+    def _probe(self, client: RecallWeChatClient, openids: list[str], found: dict[str, str]) -> None:
+        """Who of ``openids`` WeChat does not know (a 40003 on the whole call: halve it) or
+        who does not follow (``subscribe`` 0)."""
+        try:
+            users = client.call(
+                "POST user/info/batchget", lambda: client.user.get_batch(list(openids))
+            )
+        except ChannelRecipient as exc:
+            if exc.code != INVALID_OPENID:
+                raise
+            if len(openids) == 1:
+                found[openids[0]] = "invalid_openid"
+                return
+            middle = len(openids) // 2
+            self._probe(client, openids[:middle], found)
+            self._probe(client, openids[middle:], found)
+            return
+        except ChannelUnknown as exc:  # a read with no answer: safe to ask again later
+            raise ChannelRetryable(str(exc), provider=PROVIDER) from exc
+        for user in users:
+            if not int(user.get("subscribe") or 0):
+                found[str(user["openid"])] = "not_following"
 
     def _lone(self, request: SendRequest, excluded: Mapping[str, str]) -> list[TouchResult]:
         """Fewer than two OpenIDs left: those go by template message, the rest have failed."""
@@ -223,27 +279,61 @@ class WeChatArticleChannel:
             by_touch.update((r.touch_id, r) for r in sent)
         return [by_touch[m.touch_id] for m in request.messages]
 
-    def _media(self, client: RecallWeChatClient, request: SendRequest) -> TokenCache:
-        """The article's media id, uploaded once per content version by one worker."""
+    # -- cover and draft ------------------------------------------------------------------
+
+    def _draft(
+        self, client: RecallWeChatClient, request: SendRequest, article: dict[str, Any]
+    ) -> tuple[str, bool]:
+        """The batch's draft media id, and whether it was made just now."""
+        recorded = self._ledger.load(request.batch_id).get(DRAFT_FIELD)
+        if recorded is not None and not recorded.pending:
+            return str(recorded.data["media_id"]), False
+        cover = self._cover(client, request)
+        thumb = cover.get()
+        try:
+            media_id = self._add_draft(client, {**article, "thumb_media_id": thumb})
+        except ChannelConfig as exc:
+            if exc.code != STALE_MEDIA:
+                raise
+            thumb = cover.refresh(stale=thumb)  # the cover was deleted from the material
+            media_id = self._add_draft(client, {**article, "thumb_media_id": thumb})
+        self._ledger.record(request.batch_id, {DRAFT_FIELD: {"media_id": media_id}})
+        return media_id, True
+
+    def _add_draft(self, client: RecallWeChatClient, article: dict[str, Any]) -> str:
+        try:
+            answer = client.call(
+                "POST draft/add",
+                lambda: client.post("draft/add", data={"articles": [article]}),
+            )
+        except ChannelUnknown as exc:
+            # A draft that may have been made is only an unused draft: making another is safe.
+            raise ChannelRetryable(str(exc), provider=PROVIDER) from exc
+        return str(answer["media_id"])
+
+    def _cover(self, client: RecallWeChatClient, request: SendRequest) -> TokenCache:
+        """The cover's permanent thumb media id, uploaded once per picture by one worker."""
+        data = _cover_bytes(request)
         key = (
             f"{self._key_prefix}:media:wechat:{self._appid}:{fingerprint(client.base_url)}:"
-            f"{request.content_version}"
+            f"thumb:{digest(data)}"
         )
         return TokenCache(
             redis=self._redis,
             key=key,
-            fetch=lambda: (self._upload(client, request), MEDIA_TTL_S),
+            fetch=lambda: (self._upload_cover(client, request, data), COVER_TTL_S),
             provider=PROVIDER,
         )
 
-    def _upload(self, client: RecallWeChatClient, request: SendRequest) -> str:
-        article = _article(request)
+    def _upload_cover(self, client: RecallWeChatClient, request: SendRequest, data: bytes) -> str:
+        name = request.options.get("cover_name", "cover.jpg").rsplit("/", 1)[-1]
         try:
             answer = client.call(
-                "POST media/uploadnews", lambda: client.media.upload_articles([article])
+                "POST material/add_material",
+                lambda: client.material.add("thumb", (name, data, "image/jpeg")),
             )
         except ChannelUnknown as exc:
-            # An upload that may have happened only leaves an orphan media file: retry.
+            # An upload that may have happened only leaves an unused picture: retry.
             raise ChannelRetryable(str(exc), provider=PROVIDER) from exc
         return str(answer["media_id"])
 
@@ -298,6 +388,10 @@ class WeChatArticleChannel:
         )
 
 
+class _DraftGone(Exception):  # noqa: N818 - internal signal, never escapes ``_send_mass``
+    """The batch's draft is gone after an earlier attempt of the batch may have sent it."""
+
+
 def _openid(message: Message) -> str | None:
     return message.recipient.openid or None
 
@@ -334,38 +428,69 @@ def _mass_results(
     return results
 
 
-_HINT = re.compile(r"hint:\s*\[([^\]]*)\]")
+def _step_error(request: SendRequest, problem: str) -> ChannelConfig:
+    return ChannelConfig(
+        f"wechat_article step {request.step_id!r} of {request.journey_id!r}: {problem}",
+        provider=PROVIDER,
+    )
 
 
-def _hinted_openids(exc: ChannelError) -> list[str]:
-    """OpenIDs named in ``invalid openid hint: [a, b ...]`` (WeChat names a few at a time)."""
-    cause = exc.__cause__
-    text = str(cause.errmsg) if isinstance(cause, WeChatClientException) else str(exc)
-    found = _HINT.search(text)
-    if found is None:
-        return []
-    names = re.split(r"[,\s]+", found.group(1))
-    return [n for n in names if n and n != "..."]
+def _cover_bytes(request: SendRequest) -> bytes:
+    encoded = request.options.get("cover_jpeg_b64")
+    if not encoded:
+        raise _step_error(
+            request,
+            "the article has no cover and WeChat refuses an article without one (40007); "
+            "give the step a cover: (a JPG of at most 64 KB) and run recall validate",
+        )
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _step_error(request, f"the cover is not valid base64 ({exc})") from exc
+    problem = thumb_problem(data)
+    if problem is not None:
+        raise _step_error(request, f"cover {request.options.get('cover_name', '')!r}: {problem}")
+    return data
 
 
 def _article(request: SendRequest) -> dict[str, Any]:
+    """The draft's article (without its cover), checked against draft/add's limits."""
     first = request.messages[0]
-    title = request.options.get("title") or first.title
-    if not title or not first.text.strip():
-        raise ChannelConfig(
-            f"wechat_article step {request.step_id!r} of {request.journey_id!r}: the article "
-            "needs a title (template title or options.title) and a body",
-            provider=PROVIDER,
+    title = request.options.get("title") or first.title or ""
+    content = first.text.strip()
+    if not title or not content:
+        raise _step_error(
+            request, "the article needs a title (template title or options.title) and a body"
         )
-    return {
-        "thumb_media_id": request.options.get("thumb_media_id", ""),
+    article = {
         "title": title,
-        "content": first.text,
         "author": request.options.get("author", ""),
         "digest": request.options.get("digest", ""),
+        "content": first.text,
         "content_source_url": request.options.get("link", ""),
-        "show_cover_pic": 0,
+        "need_open_comment": 0,
+        "only_fans_can_comment": 0,
     }
+    problem = _article_problem(article)
+    if problem is not None:
+        raise _step_error(request, problem)
+    _cover_bytes(request)  # a missing or bad cover is the step's fault: say so before any call
+    return article
+
+
+def _article_problem(article: Mapping[str, Any]) -> str | None:
+    checks = (
+        ("title", len(article["title"]), TITLE_MAX_CHARS, "characters"),
+        ("author", len(article["author"]), AUTHOR_MAX_CHARS, "characters"),
+        ("digest", len(article["digest"]), DIGEST_MAX_CHARS, "characters"),
+        ("content", len(article["content"]), CONTENT_MAX_CHARS - 1, "characters"),
+        ("content", len(article["content"].encode()), CONTENT_MAX_BYTES - 1, "bytes"),
+        ("link", len(article["content_source_url"].encode()), SOURCE_URL_MAX_BYTES, "bytes"),
+    )
+    for field, size, limit, unit in checks:
+        if size > limit:
+            return f"the article's {field} is {size:,} {unit}; WeChat takes at most {limit:,}"
+    return None
 
 
 def _template_data(options: Mapping[str, str], message: Message) -> dict[str, dict[str, str]]:

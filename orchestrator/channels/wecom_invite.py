@@ -16,8 +16,16 @@ to the ``SendLedger`` and a retried batch never creates a second task. ``reconci
 for the task in ``get_groupmsg_list_v2`` (the sender's tasks around the batch's time) by the
 batch reference carried in the link, and never sends.
 
+The link card under the text is the step's ``card:`` (``link_title``, ``link_desc``,
+``link_picurl``), written for the recipients, who read Chinese; unset fields default to
+邀请你加入群聊 (or the template's ``title``), 点击卡片，扫码即可入群 and the group's QR code.
+WeCom's limits are checked before any call (text ≤ 4,000 bytes, card title ≤ 128, description ≤ 512,
+URLs ≤ 2,048): one text goes to every customer of a task, so a text over the limit is the
+step's fault (``ChannelConfig``), never a per-customer failure.
+
 Options: ``chat_id`` (the group; required until Settings maps group names), ``link_title``,
-``link_desc``, ``landing_url`` (the page the link opens; default the QR code image).
+``link_desc``, ``link_picurl``, ``landing_url`` (the page the link opens; default the QR
+code image).
 """
 
 from __future__ import annotations
@@ -55,6 +63,10 @@ PROVIDER = "wecom"
 EC = "externalcontact"
 JOIN_WAY_TTL_S = 30 * 86_400  # join ways do not expire; re-check them monthly
 MAX_STATE_CHARS = 30
+DEFAULT_CARD_TITLE = "邀请你加入群聊"
+DEFAULT_CARD_DESC = "点击卡片，扫码即可入群"
+MAX_TEXT_BYTES = 4000
+CARD_LIMITS = {"title": 128, "desc": 512, "url": 2048, "picurl": 2048}  # UTF-8 bytes
 REF_PARAM = "recall_ref"
 LIST_PAGE = 100
 MAX_LIST_PAGES = 100  # reconcile reads at most 10,000 of a sender's tasks in the window
@@ -68,7 +80,9 @@ SEND_RESULT: dict[int, tuple[DeliveryStatus, str | None]] = {
     0: ("waiting", None),  # the staff member has not confirmed (sent) it yet
     1: ("delivered", None),
     2: ("failed", "not_friend"),
-    3: ("failed", "wecom_daily_limit"),  # the customer already got a mass message today
+    # The customer already received as many group messages as the admin allows (by default
+    # as many a month as it has days; or 7 a week, or 1 a day).
+    3: ("failed", "wecom_customer_limit"),
 }
 
 
@@ -149,6 +163,8 @@ class WeComInviteChannel:
     def send(self, request: SendRequest) -> list[TouchResult]:
         """One ``add_msg_template`` per sender; recorded senders are not called again."""
         check_batch(request, channel=self.name, max_batch=self.max_batch)
+        if request.messages:  # the step's content, before any call (join way, tasks)
+            _check_limits(request, request.messages[0].text, _card(request, qr_code=""))
         groups = _by_sender(request, self._default_sender)
         outcomes = _no_contact(request)
         if groups:
@@ -393,13 +409,8 @@ def _task_payload(
 ) -> dict[str, Any]:
     """One text for everyone (WeCom sends the same content to every customer of a task)."""
     first = messages[0]
-    landing = request.options.get("landing_url") or join_way.qr_code
-    link = {
-        "title": request.options.get("link_title") or first.title or "Join our group",
-        "picurl": join_way.qr_code,
-        "desc": request.options.get("link_desc", ""),
-        "url": _with_query(landing, {REF_PARAM: batch_ref(request.batch_id)}),
-    }
+    link = _card(request, qr_code=join_way.qr_code)
+    _check_limits(request, first.text, link)
     return {
         "chat_type": "single",
         "external_userid": list(dict.fromkeys(m.recipient.external_userid for m in messages)),
@@ -407,6 +418,31 @@ def _task_payload(
         "text": {"content": first.text},
         "attachments": [{"msgtype": "link", "link": link}],
     }
+
+
+def _card(request: SendRequest, *, qr_code: str) -> dict[str, str]:
+    """The link card: the step's ``card:``, else Chinese defaults and the group's QR code."""
+    options = request.options
+    landing = options.get("landing_url") or qr_code
+    first_title = request.messages[0].title if request.messages else None
+    return {
+        "title": options.get("link_title") or first_title or DEFAULT_CARD_TITLE,
+        "picurl": options.get("link_picurl") or qr_code,
+        "desc": options.get("link_desc") or DEFAULT_CARD_DESC,
+        "url": _with_query(landing, {REF_PARAM: batch_ref(request.batch_id)}),
+    }
+
+
+def _check_limits(request: SendRequest, text: str, link: Mapping[str, str]) -> None:
+    sizes = {"text": (len(text.encode("utf-8")), MAX_TEXT_BYTES)}
+    sizes.update((f"card {k}", (len(link[k].encode("utf-8")), n)) for k, n in CARD_LIMITS.items())
+    for what, (size, limit) in sizes.items():
+        if size > limit:
+            raise ChannelConfig(
+                f"wecom_group_invite step {request.step_id!r} of {request.journey_id!r}: the "
+                f"{what} is {size:,} bytes in UTF-8; WeCom takes at most {limit:,}: shorten it",
+                provider=PROVIDER,
+            )
 
 
 def _with_query(url: str, params: Mapping[str, str]) -> str:

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.datastructures import UploadFile
 from starlette.types import Message, Receive, Scope, Send
 
+from orchestrator.journeys.covers import image_format
 from orchestrator.sandbox.calls import Call, Endpoint, Reply
 from orchestrator.sandbox.control import control_router
 from orchestrator.sandbox.state import ENDPOINTS, SandboxState, parse_form
@@ -103,13 +104,19 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
 
 
 async def _upload_summary(request: Request, query: dict[str, str]) -> dict[str, Any]:
-    """What the record keeps of a media upload: its type, file name and size, not its bytes."""
+    """What the record keeps of a media upload: its type, file name, size and picture format
+    (read from the bytes, as the provider does), not the bytes themselves."""
     async with request.form() as form:
         media = form.get("media")
         if not isinstance(media, UploadFile):
-            return {"type": query.get("type", ""), "filename": None, "size": 0}
-        size = len(await media.read())
-        return {"type": query.get("type", ""), "filename": media.filename, "size": size}
+            return {"type": query.get("type", ""), "filename": None, "size": 0, "format": None}
+        data = await media.read()
+        return {
+            "type": query.get("type", ""),
+            "filename": media.filename,
+            "size": len(data),
+            "format": image_format(data),
+        }
 
 
 def _basic_auth(header: str | None) -> tuple[str, str] | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,6 +34,10 @@ class SandboxConfig(BaseModel):
     wecom_aes_key: str | None = None  # set: pushes are encrypted like WeCom's
     wecom_callback_url: str | None = None
     wecom_auto_confirm: bool = False
+    # How many group messages a customer may receive, as the WeCom admin sets it (群发助手 -
+    # 设置群发规则): "month" (WeCom's default: as many per natural month as the month has
+    # days), "week" (7 per natural week) or "day" (1 per day).
+    wecom_customer_limit: Literal["month", "week", "day"] = "month"
 
     # Twilio
     twilio_account_sid: str = "AC00000000000000000000000000000000"

@@ -1,6 +1,14 @@
 """Twilio Programmable Messaging subset: create / fetch / list Messages, status callbacks and
 simulated inbound SMS, with Twilio's error JSON, its magic test numbers and HTTP Basic auth.
 
+Create rules (docs/sandbox.md cites the pages): ``To`` (21604), ``From`` or
+``MessagingServiceSid`` (21603), ``Body`` or ``MediaUrl`` (21602) are required; the body is
+at most 1,600 characters counted as the carrier is sent them (UCS-2 units for Chinese, two
+for an emoji; 21617); ``StatusCallback`` is a fully qualified http(s) URL with a valid host
+name (no underscores), at most 4,000 characters, that Twilio can reach (21609: a private
+address is refused; loopback is reachable because the sandbox runs on this machine);
+``ValidityPeriod`` an integer 1..14,400 seconds (21624, the stricter of Twilio's pages).
+
 A created message is ``queued`` (``accepted`` via a Messaging Service). Each flush moves it
 along (``sent`` then ``delivered``, or ``undelivered`` / ``failed`` for numbers registered
 that way) and posts a status callback signed exactly as Twilio signs them.
@@ -17,7 +25,8 @@ from urllib.parse import urlencode
 
 from twilio.request_validator import RequestValidator
 
-from orchestrator.channels.smstext import count_segments
+from orchestrator.channels.common import callback_url_problem, is_loopback_host
+from orchestrator.channels.smstext import MAX_BODY_UNITS, body_too_long, count_segments
 from orchestrator.sandbox.calls import Call, Endpoint, Outcome, ProviderError, Reply
 from orchestrator.sandbox.outbox import Delivery, Pending
 
@@ -26,7 +35,7 @@ if TYPE_CHECKING:
 
 API_VERSION = "2010-04-01"
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-MAX_BODY_CHARS = 1600
+MAX_VALIDITY_S = 14_400
 MAGIC_TO: dict[str, int] = {  # Twilio test credentials' documented "To" numbers
     "+15005550001": 21211,
     "+15005550002": 21612,
@@ -146,15 +155,12 @@ class TwilioSMS:
         _check(bool(sender or service), 21603, "A 'From' phone number is required.")
         _check(bool(body or form.get("MediaUrl")), 21602, "Message body is required.")
         _check(
-            len(body) <= MAX_BODY_CHARS,
+            body_too_long(body) is None,
             21617,
-            f"The concatenated message body exceeds the {MAX_BODY_CHARS} character limit.",
+            f"The concatenated message body exceeds the {MAX_BODY_UNITS} character limit.",
         )
-        _check(
-            callback is None or str(callback).startswith(("http://", "https://")),
-            21609,
-            f"The StatusCallback URL {callback} is not a valid URL.",
-        )
+        _check_callback(callback)
+        _check_validity(form.get("ValidityPeriod"))
         if sender in MAGIC_FROM:
             code = MAGIC_FROM[str(sender)]
             raise twilio_error(code, _messages(code, to, str(sender)))
@@ -388,6 +394,25 @@ class TwilioSMS:
                     f"twilio number {number!r}: {number_state!r} is not one of {NUMBER_STATES}"
                 )
         self.numbers.update(states)
+
+
+def _check_callback(callback: str | None) -> None:
+    if callback is None:
+        return
+    problem = callback_url_problem(callback, allow_private=is_loopback_host(callback))
+    _check(
+        problem is None, 21609, f"The StatusCallback URL {callback} is not a valid URL: {problem}"
+    )
+
+
+def _check_validity(value: str | None) -> None:
+    if value in (None, ""):
+        return
+    _check(
+        str(value).isdigit() and 1 <= int(str(value)) <= MAX_VALIDITY_S,
+        21624,
+        f"Invalid validity period value {value!r}: an integer from 1 to {MAX_VALIDITY_S:,}",
+    )
 
 
 def _check(condition: bool, code: int, message: str) -> None:

@@ -1,10 +1,14 @@
-"""WeChat Official Account subset: token, OpenID-list mass send, template message, article
-media, mass-send status, and the MASSSENDJOBFINISH / TEMPLATESENDJOBFINISH event pushes.
+"""WeChat Official Account subset: token, OpenID-list mass send, template message, followers
+(``user/info/batchget``), mass-send status, and the MASSSENDJOBFINISH / TEMPLATESENDJOBFINISH
+event pushes. Material (pictures, articles, drafts) lives in ``wechat_media.py``.
 
-Rules, as the real server applies them:
+Rules, as the real server applies them (docs/sandbox.md cites the pages):
 
-- a mass send needs 2..10,000 OpenIDs (40130 otherwise);
-- an unknown OpenID rejects the whole call (40003, the offending ids in ``errmsg``);
+- a mass send needs 2..10,000 OpenIDs (40130 otherwise) and ``mpnews.media_id`` an article
+  it may send: live news from ``uploadnews`` or a draft not sent yet (40007 otherwise); an
+  accepted send uses the draft up;
+- an unknown OpenID rejects the whole call (40003) without saying which: the ``hint`` in
+  ``errmsg`` is a request id, as WeChat's is;
 - each follower receives at most 4 mass sends per natural month (Asia/Shanghai, business
   clock); followers out of quota are filtered out of the job (the event's ``FilterCount`` is
   the number left *after* filtering, as WeChat documents), unfollowed ones count as
@@ -36,14 +40,16 @@ from orchestrator.sandbox.calls import (
 )
 from orchestrator.sandbox.outbox import Delivery, Pending
 from orchestrator.sandbox.signing import PushValue, push_xml, wechat_push
+from orchestrator.sandbox.wechat_media import Media, MediaLibrary
 
 if TYPE_CHECKING:
     from orchestrator.sandbox.state import SandboxState
 
 MIN_MASS, MAX_MASS = 2, 10_000
 MONTHLY_MASS_QUOTA = 4
-MAX_HINTED = 100  # unknown OpenIDs named in one 40003 errmsg
-MEDIA_TYPES = ("image", "voice", "video", "thumb")
+MAX_CLIENTMSGID_BYTES = 64
+MAX_BATCHGET = 100
+LANGS = ("zh_CN", "zh_TW", "en")
 MEDIA_MSGTYPES = ("mpnews", "image", "voice", "mpvideo")
 FOLLOWER_STATES = ("followed", "unfollowed", "unknown")
 NOT_AN_OPENID_LIST = "data format error: touser must be a list of OpenIDs"
@@ -74,6 +80,7 @@ class WeChatOA:
 
     def __init__(self, state: SandboxState) -> None:
         self._state = state
+        self.library = MediaLibrary(state)
         self.reset()
 
     def reset(self) -> None:
@@ -82,7 +89,7 @@ class WeChatOA:
         self.jobs: dict[int, MassJob] = {}
         self.template_sends: dict[int, TemplateSend] = {}
         self.client_msg_ids: dict[str, int] = {}
-        self.media: dict[str, str] = {}  # media_id -> news|image|voice|video|thumb
+        self.library.reset()
 
     # -- replies -------------------------------------------------------------------------
 
@@ -96,9 +103,13 @@ class WeChatOA:
 
     def token(self, call: Call) -> Outcome:
         config = self._state.config
-        require(call.query.get("grant_type") == "client_credential", 40002, "invalid grant_type")
-        require(call.query.get("appid") == config.wechat_appid, 40013, "invalid appid")
-        require(call.query.get("secret") == config.wechat_secret, 40125, "invalid appsecret")
+        query = call.query
+        require(bool(query.get("grant_type")), 40002, "invalid grant_type: grant_type missing")
+        require(query.get("grant_type") == "client_credential", 40002, "invalid grant_type")
+        require(bool(query.get("appid")), 41002, "appid missing")
+        require(query.get("appid") == config.wechat_appid, 40013, "invalid appid")
+        require(bool(query.get("secret")), 41004, "appsecret missing")
+        require(query.get("secret") == config.wechat_secret, 40125, "invalid appsecret")
         token, expires_in = self._state.tokens.issue(
             "wechat", config.wechat_appid, config.token_ttl_s, reuse=False
         )
@@ -126,10 +137,13 @@ class WeChatOA:
         existing = self.client_msg_ids.get(client_msg_id)
         if existing is not None:
             raise self._duplicate(existing)
+        article = self._sendable(content)
         self._reject_unknown(recipients)
         excluded = self._apply_quota(recipients)
         job = self._new_job(body, len(recipients), excluded)
         self.client_msg_ids[client_msg_id] = job.msg_id
+        if article is not None and article.kind == "draft":
+            article.sent = True  # a mass-sent draft leaves the draft box
         self._state.outbox.put(Pending("wechat", "masssendjobfinish", str(job.msg_id)))
         payload: dict[str, Any] = {
             "errcode": 0,
@@ -142,24 +156,38 @@ class WeChatOA:
 
     def _mass_content(self, body: dict[str, Any]) -> Any:
         msgtype = body.get("msgtype")
+        require(msgtype is not None, 47001, "data format error: msgtype missing")
         require(msgtype in (*MEDIA_MSGTYPES, "text", "wxcard"), 40008, "invalid message type")
         content = typed(body.get(str(msgtype)), dict, 47001, f"data format error: no {msgtype}")
         if msgtype in MEDIA_MSGTYPES:
-            require(content.get("media_id") in self.media, 40007, "invalid media_id")
+            require(bool(content.get("media_id")), 40007, "invalid media_id: media_id missing")
         elif msgtype == "text":
             require(bool(content.get("content")), 44004, "empty content")
         else:
             require(bool(content.get("card_id")), 40056, "invalid card_id")
         return [msgtype, content]
 
+    def _sendable(self, content: list[Any]) -> Media | None:
+        """The article an mpnews send uses (checked after the clientmsgid: a repeat of a send
+        that used its draft up is still answered 45065)."""
+        msgtype, body = content
+        if msgtype == "mpnews":
+            article = self.library.sendable(body.get("media_id"))
+            return present(article, 40007, "invalid media_id")
+        if msgtype in MEDIA_MSGTYPES:
+            kinds = {"image": "image", "voice": "voice", "mpvideo": "video"}[msgtype]
+            present(self.library.live(body.get("media_id"), kinds), 40007, "invalid media_id")
+        return None
+
     def _client_msg_id(self, body: dict[str, Any], content: Any, recipients: list[str]) -> str:
         given = body.get("clientmsgid")
         if given is not None:
             given = str(given)
+            require(bool(given), 47001, "data format error: clientmsgid is empty")
             require(
-                0 < len(given.encode("utf-8")) <= 64,
-                47001,
-                "data format error: clientmsgid must be 1..64 bytes",
+                len(given.encode("utf-8")) <= MAX_CLIENTMSGID_BYTES,
+                45067,
+                f"clientmsgid size out of limit (at most {MAX_CLIENTMSGID_BYTES} bytes)",
             )
             return given
         # WeChat's default: a digest of the send range and the content.
@@ -177,10 +205,13 @@ class WeChatOA:
     def _reject_unknown(self, openids: Iterable[str]) -> None:
         if not self.followers:  # the common case: everyone follows
             return
-        unknown = [o for o in openids if self.followers.get(o) == "unknown"]
-        if unknown:
-            shown = ", ".join(unknown[:MAX_HINTED]) + (" ..." if len(unknown) > MAX_HINTED else "")
-            raise ProviderError(40003, f"invalid openid hint: [{shown}]")
+        if any(self.followers.get(o) == "unknown" for o in openids):
+            raise self._invalid_openid()
+
+    def _invalid_openid(self) -> ProviderError:
+        """40003 as WeChat words it: the hint is a request id, never the OpenID."""
+        hint = f"{self._state.prefix}{self._state.next_id('wechat_hint', 1):06d}"
+        return ProviderError(40003, f"invalid openid hint: [{hint}] rid: {hint}-sandbox")
 
     def _apply_quota(self, recipients: list[str]) -> dict[str, str]:
         """Spend one monthly send of each eligible follower; the others, and why."""
@@ -244,65 +275,67 @@ class WeChatOA:
         template_id = body.get("template_id")
         require(bool(touser), 40003, "invalid openid")
         require(isinstance(template_id, str) and bool(template_id), 40037, "invalid template_id")
-        require(isinstance(body.get("data", {}), dict), 47001, "data format error: data")
+        require(isinstance(body.get("data"), dict), 47001, "data format error: data missing")
         state = self.followers.get(touser, "followed")
-        require(state != "unknown", 40003, f"invalid openid hint: [{touser}]")
+        if state == "unknown":
+            raise self._invalid_openid()
         require(state != "unfollowed", 43004, "require subscribe")
         msgid = self._state.next_id("wechat_msg", 1_000_000_000)
         self.template_sends[msgid] = TemplateSend(msgid, touser, self._state.unix_now())
         self._state.outbox.put(Pending("wechat", "templatesendjobfinish", str(msgid)))
         return Outcome({"errcode": 0, "errmsg": "ok", "msgid": msgid}, ref=str(msgid))
 
-    # -- media -----------------------------------------------------------------------------
+    # -- followers ---------------------------------------------------------------------------
+
+    def user_batchget(self, call: Call) -> Outcome:
+        """``user/info/batchget``: up to 100 users; an OpenID this account does not know
+        refuses the whole call (40003), an unfollowed one answers ``subscribe`` 0."""
+        self._authorize(call)
+        users = typed(call.body.get("user_list"), list, 47001, "data format error: user_list")
+        require(
+            0 < len(users) <= MAX_BATCHGET,
+            47001,
+            f"data format error: user_list holds 1..{MAX_BATCHGET} users (got {len(users)})",
+        )
+        rows = []
+        for index, user in enumerate(users):
+            openid = user.get("openid") if isinstance(user, dict) else None
+            require(isinstance(openid, str) and bool(openid), 40003, "invalid openid")
+            lang = user.get("lang", "zh_CN")
+            require(lang in LANGS, 40005, f"invalid lang user_list[{index}].lang: {lang!r}")
+            rows.append(self._user_info(str(openid)))
+        return Outcome({"user_info_list": rows})
+
+    def _user_info(self, openid: str) -> dict[str, Any]:
+        state = self.followers.get(openid, "followed")
+        if state == "unknown":
+            raise self._invalid_openid()
+        if state == "unfollowed":
+            return {"subscribe": 0, "openid": openid}
+        return {"subscribe": 1, "openid": openid, "language": "zh_CN", "subscribe_time": 0,
+                "remark": "", "tagid_list": [], "subscribe_scene": "ADD_SCENE_OTHERS"}
+
+    # -- material (wechat_media.py) --------------------------------------------------------
+
+    def upload_temporary(self, call: Call) -> Outcome:
+        self._authorize(call)
+        return self.library.upload(call, permanent=False)
+
+    def upload_permanent(self, call: Call) -> Outcome:
+        self._authorize(call)
+        return self.library.upload(call, permanent=True)
 
     def upload_news(self, call: Call) -> Outcome:
         self._authorize(call)
-        media_id = self._store_articles(call.body)
-        created = self._state.unix_now()
-        return Outcome({"type": "news", "media_id": media_id, "created_at": created}, ref=media_id)
+        return self.library.upload_news(call)
 
-    def add_news(self, call: Call) -> Outcome:
-        """``draft/add`` and ``material/add_news``: a permanent article, usable for mpnews."""
+    def add_draft(self, call: Call) -> Outcome:
         self._authorize(call)
-        media_id = self._store_articles(call.body)
-        return Outcome({"media_id": media_id}, ref=media_id)
-
-    def _store_articles(self, body: dict[str, Any]) -> str:
-        articles = typed(body.get("articles"), list, 44003, "empty news data")
-        require(bool(articles), 44003, "empty news data")
-        for index, article in enumerate(articles):
-            require(
-                isinstance(article, dict)
-                and bool(article.get("title"))
-                and bool(article.get("content")),
-                44003,
-                f"empty news data: article {index} needs a title and content",
-            )
-        media_id = f"sbx-news-{self._state.prefix}-{self._state.next_id('media', 1)}"
-        self.media[media_id] = "news"
-        return media_id
-
-    def media_upload(self, call: Call) -> Outcome:
-        self._authorize(call)
-        media_type = call.query.get("type", "")
-        require(media_type in MEDIA_TYPES, 40004, "invalid media type")
-        require(bool(call.body.get("size")), 44001, "empty media data")
-        media_id = f"sbx-{media_type}-{self._state.prefix}-{self._state.next_id('media', 1)}"
-        self.media[media_id] = media_type
-        payload: dict[str, Any] = {
-            "type": media_type,
-            "media_id": media_id,
-            "created_at": self._state.unix_now(),
-        }
-        if media_type == "thumb":
-            payload["thumb_media_id"] = media_id
-        return Outcome(payload, ref=media_id)
+        return self.library.add_draft(call)
 
     def upload_image(self, call: Call) -> Outcome:
         self._authorize(call)
-        require(bool(call.body.get("size")), 44001, "empty media data")
-        n = self._state.next_id("media", 1)
-        return Outcome({"url": f"http://mmbiz.qpic.cn/sandbox/{self._state.prefix}/{n}/0"})
+        return self.library.upload_image(call)
 
     # -- pushes ----------------------------------------------------------------------------
 
@@ -376,9 +409,23 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         recipients="touser",
     ),
     Endpoint("wechat", "POST", f"{CGI}/media/uploadnews", WeChatOA.upload_news),
-    Endpoint("wechat", "POST", f"{CGI}/draft/add", WeChatOA.add_news),
-    Endpoint("wechat", "POST", f"{CGI}/material/add_news", WeChatOA.add_news),
-    Endpoint("wechat", "POST", f"{CGI}/media/upload", WeChatOA.media_upload, body_kind="multipart"),
+    Endpoint("wechat", "POST", f"{CGI}/draft/add", WeChatOA.add_draft),
+    Endpoint(
+        "wechat", "POST", f"{CGI}/media/upload", WeChatOA.upload_temporary, body_kind="multipart"
+    ),
+    Endpoint(
+        "wechat",
+        "POST",
+        f"{CGI}/material/add_material",
+        WeChatOA.upload_permanent,
+        body_kind="multipart",
+    ),
+    Endpoint(
+        "wechat",
+        "POST",
+        f"{CGI}/user/info/batchget",
+        WeChatOA.user_batchget,
+    ),
     Endpoint(
         "wechat", "POST", f"{CGI}/media/uploadimg", WeChatOA.upload_image, body_kind="multipart"
     ),

@@ -2,15 +2,20 @@
 member's confirmation, their results, customer-group join ways, group chats and the
 ``change_external_chat`` push when a customer joins.
 
-Rules: a task holds at most 10,000 ``external_userid``; unknown ones come back in
-``fail_list``; on confirmation each recipient becomes status 1 (sent), 2 (not a friend of
-the sender) or 3 (already received a mass message that day, Asia/Shanghai business day).
+Rules (docs/sandbox.md cites the pages): a task holds at most 10,000 ``external_userid``;
+unknown ones come back in ``fail_list``; ``text.content`` is at most 4,000 bytes, a link
+attachment needs ``title`` (≤ 128 bytes) and ``url`` (≤ 2,048), ``desc`` ≤ 512, ``picurl``
+≤ 2,048; on confirmation each recipient becomes status 1 (sent), 2 (not a friend of the
+sender) or 3 (already received as many group messages as the admin allows: by default as
+many a natural month as it has days, or 7 a week, or 1 a day; Asia/Shanghai business days).
 """
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 from dataclasses import dataclass, field
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.sandbox.calls import (
@@ -39,7 +44,8 @@ MAX_CHAT_MEMBERS = 200
 DEFAULT_SENDER = "sandbox-staff"
 CUSTOMER_STATES = ("friend", "not_friend", "unknown")
 NOT_AN_ID_LIST = "invalid external_userid: a non-empty list of ids is required"
-NOT_SENT, SENT, NOT_FRIEND, ALREADY_TODAY = 0, 1, 2, 3
+NOT_SENT, SENT, NOT_FRIEND, OVER_LIMIT = 0, 1, 2, 3
+MAX_TEXT_BYTES = 4000
 JOIN_BY_QR = 3  # WeCom join_scene: joined by scanning the group QR code
 ATTACHMENT_FIELDS = {
     "image": ("media_id", "pic_url"),
@@ -47,6 +53,14 @@ ATTACHMENT_FIELDS = {
     "miniprogram": ("title", "pic_media_id", "appid", "page"),
     "video": ("media_id",),
     "file": ("media_id",),
+}
+# (attachment type, field) -> at most this many UTF-8 bytes
+FIELD_MAX_BYTES = {
+    ("link", "title"): 128,
+    ("link", "desc"): 512,
+    ("link", "url"): 2048,
+    ("link", "picurl"): 2048,
+    ("miniprogram", "title"): 64,
 }
 
 
@@ -122,7 +136,7 @@ class WeCom:
 
     def reset(self) -> None:
         self.customers: dict[str, str] = {}  # external_userid -> friend|not_friend|unknown
-        self.last_received_day: dict[str, int] = {}  # external_userid -> local date ordinal
+        self.received: dict[str, list[int]] = {}  # external_userid -> local date ordinals
         self.tasks: dict[str, GroupMsgTask] = {}
         self.join_ways: dict[str, JoinWay] = {}
         self.chats: dict[str, GroupChat] = {}
@@ -136,9 +150,11 @@ class WeCom:
     # -- token ---------------------------------------------------------------------------
 
     def token(self, call: Call) -> Outcome:
-        config = self._state.config
-        require(call.query.get("corpid") == config.wecom_corp_id, 40013, "invalid corpid")
-        require(call.query.get("corpsecret") == config.wecom_secret, 40001, "invalid credential")
+        config, query = self._state.config, call.query
+        require(bool(query.get("corpid")), 41002, "corpid missing")
+        require(query.get("corpid") == config.wecom_corp_id, 40013, "invalid corpid")
+        require(bool(query.get("corpsecret")), 41004, "corpsecret missing")
+        require(query.get("corpsecret") == config.wecom_secret, 40001, "invalid credential")
         token, expires_in = self._state.tokens.issue(
             "wecom",
             f"{config.wecom_corp_id}/{config.wecom_secret}",
@@ -202,6 +218,15 @@ class WeCom:
         )
         has_text = isinstance(text, dict) and bool(text.get("content"))
         require(has_text or bool(attachments), 44004, "empty content: text or attachments needed")
+        if has_text:
+            assert isinstance(text, dict)
+            size = len(str(text["content"]).encode("utf-8"))
+            require(
+                size <= MAX_TEXT_BYTES,
+                40058,
+                f"text.content exceed max length {MAX_TEXT_BYTES} ({size} bytes). invalid "
+                "Request Parameter",
+            )
         for index, attachment in enumerate(attachments):
             self._check_attachment(index, attachment)
         return (text if has_text else None), attachments
@@ -224,6 +249,13 @@ class WeCom:
             40058,
             f"invalid attachments[{index}].{msgtype}: missing {', '.join(missing)}",
         )
+        for (kind, name), limit in FIELD_MAX_BYTES.items():
+            value = inner.get(name) if kind == msgtype else None
+            require(
+                value is None or len(str(value).encode("utf-8")) <= limit,
+                40058,
+                f"attachments.{kind}.{name} exceed max length {limit}. invalid Request Parameter",
+            )
 
     def confirm(self, msgid: str, userid: str | None = None) -> dict[str, Any]:
         """The staff member confirms the task in the WeCom app (control API)."""
@@ -238,22 +270,24 @@ class WeCom:
             for name, code in (
                 ("sent", SENT),
                 ("not_friend", NOT_FRIEND),
-                ("already_today", ALREADY_TODAY),
+                ("over_limit", OVER_LIMIT),
             )
         }
         return {"msgid": msgid, "userid": task.sender, "cancelled": task.cancelled, **counts}
 
     def _confirm(self, task: GroupMsgTask) -> None:
-        today = self._state.local_now().toordinal()
-        customers, last_day = self.customers, self.last_received_day
+        today = self._state.local_now().date()
+        first, limit = _limit_window(today, self._state.config.wecom_customer_limit)
+        customers, received = self.customers, self.received
         for index, external_userid in enumerate(task.recipients):
+            days = received.setdefault(external_userid, [])
             if customers and customers.get(external_userid) == "not_friend":
                 task.statuses[index] = NOT_FRIEND
-            elif last_day.get(external_userid) == today:
-                task.statuses[index] = ALREADY_TODAY
+            elif sum(1 for day in days if day >= first) >= limit:
+                task.statuses[index] = OVER_LIMIT
             else:
                 task.statuses[index] = SENT
-                last_day[external_userid] = today
+                days[:] = [d for d in days if d >= first - 31] + [today.toordinal()]
         task.send_time = self._state.unix_now()
         task.confirmed = True
 
@@ -269,7 +303,8 @@ class WeCom:
         self._authorize(call)
         task = self._task(call.body)
         userid = call.body.get("userid")
-        rows = [] if userid not in (None, task.sender) else self._send_rows(task)
+        require(isinstance(userid, str) and bool(userid), 40058, "invalid userid: userid missing")
+        rows = [] if userid != task.sender else self._send_rows(task)
         page, next_cursor = _page(rows, call.body, default=500, maximum=1000)
         payload = {"errcode": 0, "errmsg": "ok", "send_list": page, "next_cursor": next_cursor}
         return Outcome(payload, ref=task.msgid)
@@ -312,6 +347,11 @@ class WeCom:
     def get_groupmsg_list_v2(self, call: Call) -> Outcome:
         self._authorize(call)
         body = call.body
+        require(
+            body.get("chat_type") in ("single", "group"),
+            40058,
+            "invalid chat_type: single or group is required",
+        )
         bad_range = "invalid start_time/end_time: unix seconds with start_time <= end_time"
         start = typed(body.get("start_time"), int, 40058, bad_range)
         end = typed(body.get("end_time"), int, 40058, bad_range)
@@ -393,6 +433,7 @@ class WeCom:
 
     def groupchat_get(self, call: Call) -> Outcome:
         self._authorize(call)
+        require(bool(call.body.get("chat_id")), 40058, "invalid chat_id: chat_id missing")
         chat = present(
             self.chats.get(str(call.body.get("chat_id", ""))),
             40050,
@@ -503,6 +544,17 @@ class WeCom:
             corp_id=config.wecom_corp_id,
         )
         return Delivery("wecom", item.kind, url, content, {"Content-Type": "text/xml"})
+
+
+def _limit_window(today: date, setting: str) -> tuple[int, int]:
+    """The first day (ordinal) of the admin's counting period that holds ``today``, and how
+    many group messages a customer may receive in it."""
+    if setting == "day":
+        return today.toordinal(), 1
+    if setting == "week":
+        return today.toordinal() - today.weekday(), 7  # natural weeks start on Monday
+    days_in_month = calendar.monthrange(today.year, today.month)[1]
+    return today.replace(day=1).toordinal(), days_in_month
 
 
 def _page(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from orchestrator.channels.base import Message, Recipient, SendRequest
 from orchestrator.sandbox.faults import FaultSpec
 from orchestrator.sandbox.server import SandboxHandle
+from tests.support import jpeg
 
 
 def message(i: int, *, text: str = "<p>We miss you</p>", **recipient: Any) -> Message:
@@ -33,6 +35,10 @@ def messages(n: int, *, start: int = 0, **recipient: Any) -> tuple[Message, ...]
     return tuple(message(i, **recipient) for i in range(start, start + n))
 
 
+COVER_JPEG = jpeg()
+COVER = {"cover_jpeg_b64": base64.b64encode(COVER_JPEG).decode(), "cover_name": "w/cover.jpg"}
+
+
 def request(
     batch_id: str,
     channel: str,
@@ -41,7 +47,12 @@ def request(
     options: Mapping[str, str] | None = None,
     content_version: str = "j1:v1:tpl:a",
     created_at: datetime | None = None,
+    cover: bool = True,
 ) -> SendRequest:
+    """A batch; an article batch carries a cover (as the engine adds it) unless ``cover`` is
+    False."""
+    if channel == "wechat_article" and cover:
+        options = {**COVER, **(options or {})}
     return SendRequest(
         batch_id=batch_id,
         channel=channel,

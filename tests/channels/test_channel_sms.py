@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -14,7 +15,7 @@ from orchestrator.channels.base import Message
 from orchestrator.channels.pacing import Backoff
 from orchestrator.channels.sms import sms_body
 from orchestrator.config import Settings
-from orchestrator.errors import ChannelConfig, ChannelRetryable, ChannelUnknown
+from orchestrator.errors import ChannelConfig, ChannelRetryable, ChannelUnknown, ConfigError
 from orchestrator.sandbox.server import SandboxHandle
 
 CHANNEL = "sms"
@@ -119,6 +120,39 @@ def test_a_touch_without_phone_fails_without_a_call(
     (result,) = sms.send(request("s-nophone", CHANNEL, [message(1, phone=None)]))
     assert (result.status, result.reason) == ("failed", "no_phone")
     assert creates(sandbox) == []
+
+
+def test_a_body_twilio_would_refuse_as_too_long_fails_without_a_call(
+    sms: SmsChannel, sandbox: SandboxHandle
+) -> None:
+    # 1,588 Chinese characters + the signature and the suffix (6 each) are 1,600 units: sent;
+    # an emoji is two units in UCS-2, so one more and Twilio would refuse it (21617).
+    fits = replace(message(1, text="好" * 1588), link=None)
+    over = replace(message(2, text="好" * 1587 + "😀"), link=None)
+    results = sms.send(request("s-long", CHANNEL, [fits, over], options=POLICY))
+    assert [(r.status, r.reason) for r in results] == [
+        ("sent", None), ("failed", "body_too_long")]
+    (created,) = creates(sandbox)
+    assert created["body"]["To"] == fits.recipient.phone
+
+
+@pytest.mark.parametrize(
+    ("public", "problem"),
+    [
+        ("http://127.0.0.1:8000", "host 127.0.0.1 is a private or loopback address"),
+        ("https://recall_api.example.com", "is not a valid host name"),
+        ("https://localhost:8443", "is not a public host name"),
+    ],
+)
+def test_a_status_callback_twilio_cannot_reach_is_refused_at_start(
+    redis_client: redis.Redis, key_prefix: str, public: str, problem: str
+) -> None:
+    real_twilio = Settings(_env_file=None, public_base_url=public)  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match=rf"sms: Twilio would refuse the status callback .*"
+                       rf"\(21609\): .*{problem}.*set RECALL_PUBLIC_BASE_URL"):
+        SmsChannel(real_twilio, redis_client, key_prefix=key_prefix)
+    public_api = Settings(_env_file=None, public_base_url="https://recall.example.com")  # type: ignore[call-arg]
+    SmsChannel(public_api, redis_client, key_prefix=key_prefix).close()
 
 
 def test_a_bad_sender_stops_the_batch_as_config(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from orchestrator.channels.base import TouchResult
 from orchestrator.config import Settings
 from orchestrator.errors import ChannelConfig, ChannelRetryable, ChannelUnknown
 from orchestrator.sandbox.server import SandboxHandle
+from tests.support import jpeg
 
 CHANNEL = "wechat_article"
 TEMPLATE = {"template_id": "tpl-winback"}
@@ -37,7 +39,7 @@ def test_a_batch_of_10000_is_one_mass_send_with_the_batch_id_as_clientmsgid(
     assert mass["body"]["clientmsgid"] == "batch-10k"
     assert mass["body"]["msgtype"] == "mpnews"
     assert len(mass["body"]["touser"]) == 10_000
-    assert str(mass["body"]["mpnews"]["media_id"]).startswith("sbx-news-")
+    assert str(mass["body"]["mpnews"]["media_id"]).startswith("sbx-draft-")
     assert msg_id is not None
 
 
@@ -49,16 +51,47 @@ def test_a_batch_over_max_batch_is_refused_before_any_call(
     assert sandbox.state.records("wechat") == []
 
 
-def test_the_article_is_uploaded_once_per_content_version(
+def test_the_cover_is_uploaded_once_and_every_batch_sends_its_own_draft(
     article: WeChatArticleChannel, sandbox: SandboxHandle
 ) -> None:
-    article.send(request("b1", CHANNEL, messages(3)))
+    article.send(request("b1", CHANNEL, messages(3), options={"digest": "摘要", "author": "校园"}))
     article.send(request("b2", CHANNEL, messages(3, start=3)))
     article.send(request("b3", CHANNEL, messages(3, start=6), content_version="j1:v2:tpl:a"))
-    uploads = calls(sandbox, "wechat", "/media/uploadnews")
-    assert len(uploads) == 2
-    assert uploads[0]["body"]["articles"][0]["title"] == "We miss you"
-    assert len(calls(sandbox, "wechat", "/message/mass/send", "accepted")) == 3
+    other = {"cover_jpeg_b64": base64.b64encode(jpeg(color=(0, 90, 200))).decode()}
+    article.send(request("b4", CHANNEL, messages(3, start=9), options=other))
+    covers = calls(sandbox, "wechat", "/material/add_material", "accepted")
+    assert [(c["body"]["type"], c["body"]["format"]) for c in covers] == [("thumb", "JPEG")] * 2
+    drafts = calls(sandbox, "wechat", "/draft/add", "accepted")
+    assert [d["ref"] for d in drafts] == [
+        m["body"]["mpnews"]["media_id"]
+        for m in calls(sandbox, "wechat", "/message/mass/send", "accepted")
+    ]  # one draft per mass send: a sent draft leaves the draft box
+    first = drafts[0]["body"]["articles"][0]
+    assert (first["title"], first["digest"], first["author"]) == ("We miss you", "摘要", "校园")
+    assert [d["body"]["articles"][0]["thumb_media_id"] for d in drafts] == [
+        covers[0]["ref"]] * 3 + [covers[1]["ref"]]
+
+
+def test_an_article_without_a_cover_is_refused_before_any_call(
+    article: WeChatArticleChannel, sandbox: SandboxHandle
+) -> None:
+    with pytest.raises(ChannelConfig, match=r"the article has no cover and WeChat refuses an "
+                       r"article without one \(40007\); give the step a cover"):
+        article.send(request("b-nocover", CHANNEL, messages(3), cover=False))
+    png = {"cover_jpeg_b64": base64.b64encode(jpeg(fmt="PNG")).decode()}
+    with pytest.raises(ChannelConfig, match=r"the file is a PNG image, not a JPG"):
+        article.send(request("b-png", CHANNEL, messages(3), options=png))
+    assert sandbox.state.records("wechat") == []
+
+
+def test_a_title_over_32_characters_is_refused_before_any_call(
+    article: WeChatArticleChannel, sandbox: SandboxHandle
+) -> None:
+    long_title = {"title": "好" * 33}
+    with pytest.raises(ChannelConfig, match=r"the article's title is 33 characters; WeChat "
+                       r"takes at most 32"):
+        article.send(request("b-title", CHANNEL, messages(3), options=long_title))
+    assert sandbox.state.records("wechat") == []
 
 
 def test_the_same_batch_twice_is_one_send(
@@ -87,25 +120,24 @@ def test_recipients_without_openid_fail_and_the_rest_is_sent(
     assert results[2].reason == "no_openid"
 
 
-def test_invalid_openids_named_by_wechat_are_dropped_and_the_rest_sent_once(
+def test_an_invalid_openid_wechat_does_not_name_is_found_and_the_rest_sent_once(
     article: WeChatArticleChannel, sandbox: SandboxHandle
 ) -> None:
-    batch = messages(6)
-    bad = [batch[1].recipient.openid, batch[4].recipient.openid]
-    sandbox.state.set_followers({"wechat": dict.fromkeys(bad, "unknown")})
+    batch = messages(250)
+    bad = [batch[7].recipient.openid, batch[180].recipient.openid]
+    gone = batch[60].recipient.openid
+    sandbox.state.set_followers({"wechat": {**dict.fromkeys(bad, "unknown"), gone: "unfollowed"}})
     results = article.send(request("b-invalid", CHANNEL, batch))
-    assert [r.reason for r in results] == [
-        None,
-        "invalid_openid",
-        None,
-        None,
-        "invalid_openid",
-        None,
-    ]
+    reasons = {i: r.reason for i, r in enumerate(results) if r.status == "failed"}
+    assert reasons == {7: "invalid_openid", 60: "not_following", 180: "invalid_openid"}
+    assert {r.status for i, r in enumerate(results) if i not in reasons} == {"sent"}
     mass = calls(sandbox, "wechat", "/message/mass/send")
     assert [m["outcome"] for m in mass] == ["error:40003", "accepted"]
     assert mass[1]["body"]["clientmsgid"] == "b-invalid"  # the refused call created nothing
-    assert set(mass[1]["body"]["touser"]).isdisjoint(bad)
+    assert set(mass[1]["body"]["touser"]).isdisjoint([*bad, gone])
+    probes = calls(sandbox, "wechat", "/user/info/batchget")
+    assert max(len(p["body"]["user_list"]) for p in probes) == 100
+    assert len(probes) <= 3 + 2 * 2 * 7  # 3 pages, then halving two chunks down to one id
 
 
 def test_nobody_following_fails_every_touch_as_not_following(
@@ -187,15 +219,16 @@ def test_a_lost_answer_is_unknown_and_reconcile_finds_the_send_without_resending
     assert msg_id is not None
 
 
-def test_an_expired_article_is_uploaded_again(
+def test_a_cover_gone_from_the_material_is_uploaded_again(
     article: WeChatArticleChannel, sandbox: SandboxHandle
 ) -> None:
     article.send(request("b-media-1", CHANNEL, messages(2)))
-    sandbox.state.reset()  # the sandbox forgets the media id we cached: like a 3-day expiry
+    sandbox.state.reset()  # the sandbox forgets the cover we cached: deleted by an editor
     sent_ids(article.send(request("b-media-2", CHANNEL, messages(2, start=2))))
     assert [(c["path"].rsplit("/", 1)[-1], c["outcome"]) for c in sandbox.state.records()] == [
-        ("send", "error:40007"),
-        ("uploadnews", "accepted"),
+        ("add", "error:40007"),
+        ("add_material", "accepted"),
+        ("add", "accepted"),
         ("send", "accepted"),
     ]
 
@@ -278,5 +311,5 @@ def test_a_token_rejected_twice_is_retryable_not_an_endless_loop(
     finally:
         channel.close()
         provider.close()
-    # media upload: first token, rejected, one refresh, rejected again -> stop.
+    # cover upload: first token, rejected, one refresh, rejected again -> stop.
     assert (provider.token_calls, provider.api_calls) == (2, 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -44,6 +45,39 @@ def test_one_task_per_sender_with_text_and_the_join_link(
     assert {r.status for r in results} == {"sent"}
     assert results[0].provider_message_id == results[1].provider_message_id
     assert results[0].provider_message_id != results[2].provider_message_id
+
+
+def test_the_link_card_defaults_are_chinese_and_the_step_card_wins(
+    invite: WeComInviteChannel, sandbox: SandboxHandle
+) -> None:
+    untitled = tuple(replace(m, title=None) for m in messages(2))
+    chat = {"chat_id": GROUP["chat_id"]}
+    invite.send(request("w-default", CHANNEL, untitled, options=chat))
+    card = {**chat, "link_title": "加入「校园优惠群」", "link_desc": "每天中午限时红包",
+            "link_picurl": "https://m.example.com/static/group.png"}
+    invite.send(request("w-card", CHANNEL, messages(2, start=2), options=card))
+    default, chosen = (t["body"]["attachments"][0]["link"] for t in tasks(sandbox))
+    assert (default["title"], default["desc"]) == ("邀请你加入群聊", "点击卡片，扫码即可入群")
+    assert default["picurl"].startswith("https://wework.qpic.cn/")  # the group's QR code
+    assert (chosen["title"], chosen["desc"], chosen["picurl"]) == (
+        "加入「校园优惠群」", "每天中午限时红包", "https://m.example.com/static/group.png")
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"text": "字" * 1334}, r"the text is 4,002 bytes in UTF-8; WeCom takes at most 4,000"),
+        ({"title": "群" * 43}, r"the card title is 129 bytes in UTF-8; WeCom takes at most 128"),
+    ],
+    ids=["text", "title"],
+)
+def test_text_and_card_over_wecoms_limits_are_refused_before_any_call(
+    invite: WeComInviteChannel, sandbox: SandboxHandle, change: dict[str, str], problem: str
+) -> None:
+    batch = tuple(replace(m, **change) for m in messages(2))
+    with pytest.raises(ChannelConfig, match=problem):
+        invite.send(request("w-long", CHANNEL, batch, options={"chat_id": GROUP["chat_id"]}))
+    assert sandbox.state.records("wecom") == []
 
 
 def test_the_join_way_is_created_once_per_group_and_content_version(
@@ -101,6 +135,7 @@ def test_the_same_batch_twice_is_one_task(
 def test_poll_follows_the_staff_confirmation(
     invite: WeComInviteChannel, sandbox: SandboxHandle
 ) -> None:
+    sandbox.state.configure({"wecom_customer_limit": "day"})  # the admin's strictest rule
     sandbox.state.set_followers({"wecom": {"wm00000002": "not_friend"}})
     earlier = invite.send(request("w-earlier", CHANNEL, [message(1)], options=GROUP))
     sandbox.state.wecom_confirm(str(earlier[0].provider_message_id))  # wm1 got one today
@@ -113,7 +148,7 @@ def test_poll_follows_the_staff_confirmation(
     assert deliveries["wm00000000"].send_time is not None
     assert (deliveries["wm00000001"].status, deliveries["wm00000001"].reason) == (
         "failed",
-        "wecom_daily_limit",
+        "wecom_customer_limit",
     )
     assert (deliveries["wm00000002"].status, deliveries["wm00000002"].reason) == (
         "failed",

@@ -12,6 +12,7 @@ from twilio.rest import Client as TwilioClient
 
 from orchestrator.sandbox.server import SandboxHandle, run_in_thread
 from orchestrator.sandbox.state import SandboxState
+from tests.support import jpeg
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,9 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def news_media_id(wechat: SandboxWeChatClient) -> str:
-    article = {"thumb_media_id": "thumb", "title": "We miss you", "content": "<p>Come back</p>"}
+    """A temporary article (``media/uploadnews``) with a temporary thumb as its cover."""
+    thumb = wechat.media.upload("thumb", ("cover.jpg", jpeg(), "image/jpeg"))["media_id"]
+    article = {"thumb_media_id": thumb, "title": "We miss you", "content": "<p>Come back</p>"}
     media_id: str = wechat.media.upload_articles([article])["media_id"]
     return media_id
 

@@ -95,6 +95,55 @@ def test_missing_fields_are_refused(twilio: Client) -> None:
     assert too_long.code == 21617
 
 
+@pytest.mark.parametrize(
+    ("body", "ok"),
+    [
+        ("好" * 1600, True),  # 1,600 UCS-2 units
+        ("好" * 1599 + "😀", False),  # an emoji is two units: 1,601
+        ("€" * 800, True),  # a GSM-7 extension character is two septets: 1,600
+        ("€" * 800 + "x", False),
+    ],
+    ids=["1600-chinese", "emoji-counts-two", "1600-septets", "1601-septets"],
+)
+def test_the_body_is_counted_as_the_carrier_is_sent_it(twilio: Client, body: str, ok: bool) -> None:
+    if ok:
+        assert twilio.messages.create(to=CN, from_=FROM, body=body).sid
+    else:
+        assert rest_error(lambda: twilio.messages.create(to=CN, from_=FROM, body=body)).code == (
+            21617
+        )
+
+
+@pytest.mark.parametrize(
+    "callback",
+    [
+        "https://my_app.example.com/v1/callbacks/twilio",  # an underscore in the host
+        "http://10.1.2.3/v1/callbacks/twilio",  # not reachable from the internet
+        "/v1/callbacks/twilio",  # not fully qualified
+        "https://recall.example.com/" + "a" * 4000,  # over 4,000 characters
+    ],
+    ids=["underscore", "private-address", "relative", "too-long"],
+)
+def test_a_status_callback_twilio_cannot_use_is_21609(twilio: Client, callback: str) -> None:
+    refused = rest_error(
+        lambda: twilio.messages.create(to=CN, from_=FROM, body="x", status_callback=callback)
+    )
+    assert refused.code == 21609
+
+
+@pytest.mark.parametrize(
+    ("seconds", "ok"), [(1, True), (14_400, True), (0, False), (14_401, False)]
+)
+def test_validity_period_is_1_to_14400_seconds(twilio: Client, seconds: int, ok: bool) -> None:
+    def create() -> object:
+        return twilio.messages.create(to=CN, from_=FROM, body="x", validity_period=seconds)
+
+    if ok:
+        assert create()
+    else:
+        assert rest_error(create).code == 21624
+
+
 def test_wrong_credentials_are_20003(sandbox: SandboxHandle) -> None:
     stranger = Client(CONFIG.twilio_account_sid, "not-the-token")
     stranger.api.base_url = sandbox.base_url

@@ -67,6 +67,7 @@ def test_task_waits_for_staff_then_reports_1_2_3(
     wecom: SandboxWeComClient, control: httpx.Client
 ) -> None:
     control.post("/_sandbox/clock", json={"now": "2024-05-01T02:00:00Z"})
+    control.post("/_sandbox/config", json={"wecom_customer_limit": "day"})
     control.post(
         "/_sandbox/followers", json={"wecom": {"wmStranger": "not_friend", "wmGhost": "unknown"}}
     )
@@ -88,6 +89,32 @@ def test_task_waits_for_staff_then_reports_1_2_3(
     third = wecom.external_contact.add_msg_template(task(["wmA"]))
     control.post("/_sandbox/wecom/confirm", json={"msgid": third["msgid"]})
     assert send_results(wecom, third["msgid"], "staff-zhang") == {"wmA": 1}
+
+
+@pytest.mark.parametrize(
+    ("setting", "allowed", "period_end"),
+    [
+        ("month", 28, "2026-02-28T15:59:59Z"),  # February 2026 has 28 days
+        ("week", 7, "2026-02-22T15:59:59Z"),  # Mon 16 Feb .. Sun 22 Feb, in Shanghai
+        ("day", 1, "2026-02-16T15:59:59Z"),
+    ],
+)
+def test_a_customer_gets_as_many_group_messages_as_the_admin_allows(
+    wecom: SandboxWeComClient, control: httpx.Client, setting: str, allowed: int, period_end: str
+) -> None:
+    control.post("/_sandbox/config", json={"wecom_customer_limit": setting})
+    control.post("/_sandbox/clock", json={"now": "2026-02-16T01:00:00Z"})  # Monday in Shanghai
+
+    def confirmed_status() -> int:
+        created = wecom.external_contact.add_msg_template(task(["wmA"]))
+        control.post("/_sandbox/wecom/confirm", json={"msgid": created["msgid"]})
+        return send_results(wecom, created["msgid"], "staff-zhang")["wmA"]
+
+    assert [confirmed_status() for _ in range(allowed)] == [1] * allowed
+    control.post("/_sandbox/clock", json={"now": period_end})
+    assert confirmed_status() == 3  # over the limit until the period ends
+    control.post("/_sandbox/clock", json={"now": period_end.replace("15:59:59", "16:00:00")})
+    assert confirmed_status() == 1
 
 
 def test_send_result_rows_carry_send_time_and_page_by_cursor(
@@ -164,6 +191,34 @@ def test_task_limits_and_content(wecom: SandboxWeComClient) -> None:
         ],
     }
     assert wecom.external_contact.add_msg_template(mini)["errcode"] == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ({"text": {"content": "字" * 1334}}, "text.content exceed max length 4000"),
+        ({"attachments": [{"msgtype": "link", "link": {"title": "群" * 43, "url": "https://r.e/j"}}]},
+         "attachments.link.title exceed max length 128"),
+        ({"attachments": [{"msgtype": "link", "link": {"title": "t", "url": "https://r.e/j",
+                                                        "desc": "d" * 513}}]},
+         "attachments.link.desc exceed max length 512"),
+        ({"attachments": [{"msgtype": "link", "link": {"title": "t",
+                                                        "url": "https://r.e/" + "j" * 2040}}]},
+         "attachments.link.url exceed max length 2048"),
+    ],
+    ids=["text-4000-bytes", "title-128-bytes", "desc-512-bytes", "url-2048-bytes"],
+)
+def test_text_and_link_card_over_wecoms_byte_limits_are_40058(
+    wecom: SandboxWeComClient, content: dict[str, Any], problem: str
+) -> None:
+    body = {"chat_type": "single", "external_userid": ["wm1"], "sender": "s", **content}
+    with pytest.raises(WeChatClientException) as caught:
+        wecom.external_contact.add_msg_template(body)
+    assert caught.value.errcode == 40058 and problem in caught.value.errmsg
+    fits = {"chat_type": "single", "external_userid": ["wm1"], "sender": "s",
+            "text": {"content": "字" * 1333},
+            "attachments": [{"msgtype": "link", "link": {"title": "群" * 42, "url": "https://r"}}]}
+    assert wecom.external_contact.add_msg_template(fits)["errcode"] == 0
 
 
 def test_join_way_state_shows_in_groupchat_and_change_push(
