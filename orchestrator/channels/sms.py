@@ -19,8 +19,9 @@ touch's short link (or exact body) in the text.
 Twilio's limits are kept before any call: a body over 1,600 characters as Twilio counts them
 (``smstext.body_too_long``: UCS-2 units for Chinese, two for an emoji) fails its touch as
 ``body_too_long`` without a call, and the ``StatusCallback`` (``{PUBLIC_BASE_URL}/v1/callbacks/
-twilio``) must be a URL Twilio accepts and can reach: a loopback or private address is refused
-at start-up unless the Twilio base is itself on this machine (the sandbox).
+twilio``) must be a URL Twilio accepts: talking to Twilio itself, it must also be public (a
+loopback or private address is refused at start-up); a stand-in (the sandbox, a staging mock)
+reaches what its own network reaches.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ from orchestrator.channels.common import (
     callback_url_problem,
     check_batch,
     failed,
-    is_loopback_host,
     provider_base,
     unknown,
 )
@@ -294,7 +294,7 @@ def _since(created_at: datetime | None) -> str:
 
 def _status_callback(public_base_url: str, twilio_base: str) -> str:
     url = f"{public_base_url.rstrip('/')}/v1/callbacks/twilio"
-    problem = callback_url_problem(url, allow_private=is_loopback_host(twilio_base))
+    problem = callback_url_problem(url, allow_private=twilio_base != TWILIO_HOST)
     if problem is not None:
         raise ConfigError(
             f"sms: Twilio would refuse the status callback {url} (21609): {problem}; set "

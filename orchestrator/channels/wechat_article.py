@@ -143,12 +143,16 @@ class WeChatArticleChannel:
                 from_entry(m, recorded) if str(m.touch_id) in recorded else unknown(m)
                 for m in request.messages
             ]
-        return self._send_mass(request)
+        try:
+            return self._send_mass(request)
+        except ChannelConfig:
+            # A batch that cannot be sent as it stands (e.g. frozen without a cover) cannot
+            # have been sent either: nothing to find, and reconciling never raises for it.
+            return [unknown(m) for m in request.messages]
 
     # -- mass send --------------------------------------------------------------------------
 
     def _send_mass(self, request: SendRequest) -> list[TouchResult]:
-        article = _article(request)  # a bad step is refused before any call
         recorded = self._ledger.load(request.batch_id)
         excluded: dict[str, str] = dict(
             recorded[EXCLUDED_FIELD].data if EXCLUDED_FIELD in recorded else {}
@@ -156,6 +160,7 @@ class WeChatArticleChannel:
         mass = recorded.get(MASS_FIELD)
         if mass is not None and not mass.pending:
             return _mass_results(request, excluded, mass.data.get("msg_id"))
+        article = _article(request)  # a bad step is refused before any call
         tried = mass is not None  # an earlier attempt's mass send may have gone out
         for _ in range(MAX_NARROWING_ROUNDS):
             targets = _targets(request, excluded)
@@ -164,11 +169,11 @@ class WeChatArticleChannel:
             try:
                 msg_id = self._mass_call(request, article, targets, tried=tried)
             except ChannelRecipient as exc:
+                self._ledger.forget(request.batch_id, [MASS_FIELD])  # refused: nothing sent
                 if exc.code == INVALID_OPENID:
                     self._exclude_unknown(request, targets, excluded)
                     continue
                 # 43004 nobody follows / 45028 nobody has quota left: all of them fail.
-                self._ledger.forget(request.batch_id, [MASS_FIELD])
                 excluded.update(dict.fromkeys(targets, wechat_reason(exc)))
                 return _mass_results(request, excluded, None)
             except _DraftGone:

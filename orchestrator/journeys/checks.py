@@ -329,6 +329,8 @@ def _step_templates(check: JourneyCheck, index: int, step: SendStep) -> Iterator
             1,
             'a wechat_article template must set its title: {% set title = "…" %}',
         )
+    if step.send == "wechat_article":
+        yield from _title_lengths(closure)
     parsed = closure and all(t.syntax_problem is None for t in closure)
     uses_link = any("link" in t.variables for t in closure)
     if step.send == "sms" and step.link and parsed and not uses_link:
@@ -337,6 +339,23 @@ def _step_templates(check: JourneyCheck, index: int, step: SendStep) -> Iterator
             f"step {step.id!r} has a link that its template never shows: add {{{{ link }}}}",
             severity="warning",
         )
+
+
+ARTICLE_TITLE_MAX_CHARS = 32  # WeChat's draft/add
+
+
+def _title_lengths(closure: list[TemplateInfo]) -> Iterator[Problem]:
+    for info in closure:
+        if info.literal_title is not None:
+            title, line = info.literal_title
+            if len(title) > ARTICLE_TITLE_MAX_CHARS:
+                yield Problem(
+                    str(info.path),
+                    line,
+                    1,
+                    f"the article title is {len(title)} characters; WeChat takes at most "
+                    f"{ARTICLE_TITLE_MAX_CHARS}: shorten it",
+                )
 
 
 def _batched_template(check: JourneyCheck, step: SendStep, info: TemplateInfo) -> Iterator[Problem]:

@@ -26,6 +26,8 @@ class TemplateInfo:
     variables: dict[str, tuple[int, int]] = field(default_factory=dict)
     includes: tuple[str, ...] = ()
     sets_title: bool = False
+    # The title when it is a plain string: (text, line) — its length can be checked statically.
+    literal_title: tuple[str, int] | None = None
 
 
 @dataclass
@@ -78,6 +80,7 @@ class TemplateCatalog:
             variables=_free_variables(ast, source),
             includes=tuple(n for n in meta.find_referenced_templates(ast) if n),
             sets_title=_sets_title(ast),
+            literal_title=_literal_title(ast),
         )
 
 
@@ -95,6 +98,19 @@ def _column(lines: list[str], lineno: int, name: str) -> int:
     text = lines[lineno - 1] if 0 < lineno <= len(lines) else ""
     match = re.search(rf"(?<![\w.]){re.escape(name)}\b", text)
     return match.start() + 1 if match else 1
+
+
+def _literal_title(ast: nodes.Template) -> tuple[str, int] | None:
+    for node in ast.body:
+        if (
+            isinstance(node, nodes.Assign)
+            and isinstance(node.target, nodes.Name)
+            and node.target.name == "title"
+            and isinstance(node.node, nodes.Const)
+            and isinstance(node.node.value, str)
+        ):
+            return node.node.value, node.lineno
+    return None
 
 
 def _sets_title(ast: nodes.Template) -> bool:

@@ -153,6 +153,10 @@ def test_a_status_callback_twilio_cannot_reach_is_refused_at_start(
         SmsChannel(real_twilio, redis_client, key_prefix=key_prefix)
     public_api = Settings(_env_file=None, public_base_url="https://recall.example.com")  # type: ignore[call-arg]
     SmsChannel(public_api, redis_client, key_prefix=key_prefix).close()
+    # A stand-in for Twilio (a staging mock) reaches what its own network reaches.
+    staging = Settings(_env_file=None, twilio_api_base="http://10.0.0.9:8081",  # type: ignore[call-arg]
+                       public_base_url="http://10.0.0.5:8000")
+    SmsChannel(staging, redis_client, key_prefix=key_prefix).close()
 
 
 def test_a_bad_sender_stops_the_batch_as_config(

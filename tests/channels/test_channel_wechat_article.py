@@ -78,6 +78,9 @@ def test_an_article_without_a_cover_is_refused_before_any_call(
     with pytest.raises(ChannelConfig, match=r"the article has no cover and WeChat refuses an "
                        r"article without one \(40007\); give the step a cover"):
         article.send(request("b-nocover", CHANNEL, messages(3), cover=False))
+    # A batch that could never be sent cannot have been: reconciling finds nothing, raises nothing.
+    lost = article.reconcile(request("b-nocover", CHANNEL, messages(3), cover=False))
+    assert {r.status for r in lost} == {"unknown"}
     png = {"cover_jpeg_b64": base64.b64encode(jpeg(fmt="PNG")).decode()}
     with pytest.raises(ChannelConfig, match=r"the file is a PNG image, not a JPG"):
         article.send(request("b-png", CHANNEL, messages(3), options=png))

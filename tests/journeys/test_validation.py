@@ -583,3 +583,12 @@ def test_article_keys_on_another_channel_are_errors(ws: Workspace) -> None:
         "journeys/j.yaml:17:12: cover applies to wechat_article steps, not wecom_group_invite",
         "journeys/j.yaml:26:11: card applies to wecom_group_invite steps, not sms",
     ]
+
+
+def test_an_article_title_over_32_characters_is_an_error_in_its_template(ws: Workspace) -> None:
+    ws.template("article.j2", '<p>x</p>\n{% set title = "' + "标" * 33 + '" %}\n')
+    ws.journey(VALID)
+    assert ws.problems() == [
+        "templates/article.j2:2:1: the article title is 33 characters; WeChat takes at most 32: "
+        "shorten it"
+    ]
