@@ -4,11 +4,9 @@ wait (latency/timeout) and hang up (drop)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
-import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,6 +19,7 @@ from orchestrator.journeys.covers import image_format
 from orchestrator.sandbox.calls import Call, Endpoint, Reply
 from orchestrator.sandbox.control import control_router
 from orchestrator.sandbox.state import ENDPOINTS, SandboxState, parse_form
+from orchestrator.sandbox.waker import Held, Waker
 
 DROP_HEADER = b"x-sandbox-drop"
 
@@ -47,7 +46,7 @@ def create_app(state: SandboxState | None = None) -> FastAPI:
             name=f"{endpoint.provider}:{endpoint.method} {endpoint.path}",
             tags=[endpoint.provider],
         )
-    app.include_router(control_router(state))
+    app.include_router(control_router(state, app.state.waker))
     return app
 
 
@@ -56,16 +55,22 @@ def _provider_route(
 ) -> Callable[[Request], Awaitable[Response]]:
     async def provider_call(request: Request) -> Response:
         call = await read_call(request, endpoint)
-        fault = state.take_fault(endpoint.provider, call.path)
+        fault = state.take_fault(endpoint.provider, call.path, call.method)
         if fault is not None and fault.kind == "latency":
-            await waker.sleep(fault.seconds)
+            await waker.sleep(fault.seconds, _held(request, call, fault.kind))
         reply = state.run(endpoint, call, fault)
-        if reply.delay_s:
-            await waker.sleep(reply.delay_s)
+        if reply.delay_s and fault is not None:
+            await waker.sleep(reply.delay_s, _held(request, call, fault.kind, reply.seq))
         return render(reply)
 
     provider_call.__doc__ = f"{endpoint.provider} API (see docs/sandbox.md)."
     return provider_call
+
+
+def _held(request: Request, call: Call, kind: str, seq: int | None = None) -> Held:
+    client = f"{request.client.host}:{request.client.port}" if request.client else None
+    return Held(kind=kind, provider=call.provider, method=call.method, path=call.path,
+                client=client, seq=seq)
 
 
 async def read_call(request: Request, endpoint: Endpoint) -> Call:
@@ -134,67 +139,8 @@ def render(reply: Reply) -> Response:
     if reply.drop:
         return Response(status_code=204, headers={DROP_HEADER.decode(): "1"})
     if reply.text is not None:
-        return PlainTextResponse(reply.text, status_code=reply.status)
-    return JSONResponse(reply.payload, status_code=reply.status)
-
-
-class Waker:
-    """Interruptible waits for latency/timeout faults, so a stopping server answers at once."""
-
-    def __init__(self) -> None:
-        self._waiting: set[asyncio.Future[None]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping = False
-        self._changed = threading.Condition()
-
-    async def sleep(self, seconds: float) -> None:
-        if seconds <= 0 or self._stopping:
-            return
-        loop = self._loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        timer = loop.call_later(seconds, _resolve, future)
-        self._track(future, add=True)
-        try:
-            await future
-        finally:
-            self._track(future, add=False)
-            timer.cancel()
-
-    def waiting(self) -> int:
-        """How many answers are being held back right now."""
-        with self._changed:
-            return len(self._waiting)
-
-    def wait_until_waiting(self, count: int, timeout_s: float) -> bool:
-        """Block until ``count`` answers are held back (for harnesses timing a stop)."""
-        with self._changed:
-            return self._changed.wait_for(lambda: len(self._waiting) >= count, timeout_s)
-
-    def _track(self, future: asyncio.Future[None], *, add: bool) -> None:
-        with self._changed:
-            if add:
-                self._waiting.add(future)
-            else:
-                self._waiting.discard(future)
-            self._changed.notify_all()
-
-    def wake_all(self) -> None:
-        """End every pending wait now and skip future ones (thread-safe; used by stop())."""
-        self._stopping = True
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._resolve_all)
-
-    def _resolve_all(self) -> None:
-        with self._changed:
-            held = list(self._waiting)
-        for future in held:
-            _resolve(future)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+        return PlainTextResponse(reply.text, status_code=reply.status, headers=reply.headers)
+    return JSONResponse(reply.payload, status_code=reply.status, headers=reply.headers)
 
 
 class SandboxApp(FastAPI):

@@ -42,13 +42,16 @@ class Outcome:
 
 @dataclass(slots=True)
 class Reply:
-    """What the HTTP edge sends back. ``drop`` closes the connection instead of answering."""
+    """What the HTTP edge sends back. ``drop`` closes the connection instead of answering;
+    ``seq`` is the record entry the call was filed under."""
 
     status: int
     payload: dict[str, Any] | None = None
     text: str | None = None
     delay_s: float = 0.0
     drop: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+    seq: int | None = None
 
 
 class ProviderError(Exception):

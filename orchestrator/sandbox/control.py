@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from orchestrator.clock import as_utc
 from orchestrator.sandbox.faults import FaultSpec
 from orchestrator.sandbox.state import SandboxState
+from orchestrator.sandbox.waker import Waker
 
 
 class ClockBody(BaseModel):
@@ -49,7 +50,12 @@ class InboundBody(BaseModel):
     to: str | None = None
 
 
-def control_router(state: SandboxState) -> APIRouter:
+class ReleaseBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: list[int] | None = Field(default=None, description="null: every held answer")
+
+
+def control_router(state: SandboxState, waker: Waker) -> APIRouter:
     router = APIRouter(prefix="/_sandbox", tags=["sandbox control"])
 
     @router.post("/reset")
@@ -82,6 +88,24 @@ def control_router(state: SandboxState) -> APIRouter:
     def clear_faults() -> dict[str, bool]:
         state.clear_faults()
         return {"ok": True}
+
+    @router.delete("/faults/{fault_id}")
+    def remove_fault(fault_id: int) -> dict[str, bool]:
+        """Disarm one fault (the ``id`` its ``POST`` answered); 404 once it is used up."""
+        if not state.remove_fault(fault_id):
+            raise HTTPException(404, detail=f"no armed fault {fault_id} (used up or removed)")
+        return {"ok": True}
+
+    @router.get("/held")
+    def held() -> list[dict[str, object]]:
+        """Answers being held back now (latency, timeout, stall), with the caller's address."""
+        return waker.held()
+
+    @router.post("/held/release")
+    def release(body: ReleaseBody | None = None) -> dict[str, int]:
+        """Answer held calls now (the given ids, else all)."""
+        ids = set(body.ids) if body is not None and body.ids is not None else None
+        return {"released": waker.release(ids)}
 
     @router.post("/followers")
     def followers(body: FollowersBody) -> dict[str, int]:
@@ -140,6 +164,7 @@ def control_router(state: SandboxState) -> APIRouter:
                 "pending_callbacks": len(state.outbox),
                 "now": state.now().isoformat(),
                 "faults": state.faults.armed(),
+                "held": waker.waiting(),
             }
 
     return router

@@ -4,24 +4,33 @@ Kinds and when they act:
 
 - before the call runs (nothing is sent, the record says ``fault:<kind>``):
   ``http_500`` (HTTP 500), ``busy`` (WeChat/WeCom errcode -1, Twilio 503/20503),
-  ``rate_limit`` (WeChat/WeCom errcode 45009, Twilio 429/20429);
+  ``rate_limit`` (WeChat/WeCom errcode 45009, Twilio 429/20429; ``retry_after`` adds a
+  ``Retry-After`` header), ``stall`` (the request never reaches the provider: the answer, a
+  504, is held ``seconds`` so the client gives up first);
 - around a call that does run: ``latency`` (wait ``seconds``, then run and answer),
   ``timeout`` (run, record as accepted, answer only after ``seconds`` so the client gives up),
   ``drop`` (run, record as accepted, close the connection without answering);
 - at once: ``token_expired`` invalidates every access token issued so far (next calls: 42001).
+
+Every answer held back (``latency``, ``timeout``, ``stall``) is listed, with the caller's
+address, at ``GET /_sandbox/held`` while it waits: a chaos harness arms a ``timeout`` on a
+send path, sees the call arrive there, and kills the process that made it.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from itertools import count
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FaultKind = Literal["latency", "http_500", "busy", "rate_limit", "drop", "timeout", "token_expired"]
-BEFORE_CALL: frozenset[str] = frozenset({"http_500", "busy", "rate_limit"})
-DEFAULT_SECONDS: dict[str, float] = {"latency": 1.0, "timeout": 30.0}
+FaultKind = Literal[
+    "latency", "http_500", "busy", "rate_limit", "stall", "drop", "timeout", "token_expired"
+]
+BEFORE_CALL: frozenset[str] = frozenset({"http_500", "busy", "rate_limit", "stall"})
+DEFAULT_SECONDS: dict[str, float] = {"latency": 1.0, "timeout": 30.0, "stall": 30.0}
 
 
 class FaultSpec(BaseModel):
@@ -32,13 +41,19 @@ class FaultSpec(BaseModel):
 
     provider: Literal["wechat", "wecom", "twilio", "*"] = "*"
     path_contains: str = ""
+    method: Literal["GET", "POST"] | None = None
     kind: FaultKind
     count: int | None = Field(default=1, ge=1)
     seconds: float | None = Field(default=None, ge=0)
     rate: float = Field(default=1.0, gt=0, le=1)
+    retry_after: int | None = Field(default=None, ge=0, description="rate_limit: Retry-After")
 
-    def matches(self, provider: str, path: str) -> bool:
-        return self.provider in ("*", provider) and self.path_contains in path
+    def matches(self, provider: str, path: str, method: str | None = None) -> bool:
+        return (
+            self.provider in ("*", provider)
+            and self.path_contains in path
+            and (self.method is None or method is None or self.method == method.upper())
+        )
 
 
 @dataclass(slots=True)
@@ -47,17 +62,36 @@ class Fault:
 
     kind: str
     seconds: float
+    retry_after: int | None = None
+
+
+@dataclass(slots=True)
+class _Armed:
+    id: int
+    spec: FaultSpec
+    remaining: int | None
 
 
 class FaultBook:
     """Armed faults, consumed first-armed first. Not thread-safe: the state's lock guards it."""
 
     def __init__(self, seed: int | None = None) -> None:
-        self._armed: list[tuple[FaultSpec, list[int | None]]] = []
+        self._armed: list[_Armed] = []
+        self._ids = count(1)  # ids never repeat, so disarming a spent fault is harmless
         self._random = random.Random(seed)
 
-    def arm(self, spec: FaultSpec) -> None:
-        self._armed.append((spec, [spec.count]))
+    def arm(self, spec: FaultSpec) -> int:
+        """Arm ``spec``; returns its id (for ``disarm``)."""
+        armed = _Armed(next(self._ids), spec, spec.count)
+        self._armed.append(armed)
+        return armed.id
+
+    def disarm(self, fault_id: int) -> bool:
+        """Remove one armed fault; False if it is unknown or already used up."""
+        kept = [a for a in self._armed if a.id != fault_id]
+        found = len(kept) != len(self._armed)
+        self._armed = kept
+        return found
 
     def clear(self) -> None:
         self._armed = []
@@ -66,23 +100,25 @@ class FaultBook:
         self._random = random.Random(seed)
 
     def armed(self) -> list[dict[str, object]]:
-        return [{**spec.model_dump(), "remaining": left[0]} for spec, left in self._armed]
+        return [{"id": a.id, **a.spec.model_dump(), "remaining": a.remaining}
+                for a in self._armed]
 
-    def take(self, provider: str, path: str) -> Fault | None:
+    def take(self, provider: str, path: str, method: str | None = None) -> Fault | None:
         """The fault this call suffers, if any, counting it against its spec."""
         if not self._armed:  # the hot path: nothing armed
             return None
-        for index, (spec, left) in enumerate(self._armed):
-            if not spec.matches(provider, path):
+        for index, armed in enumerate(self._armed):
+            spec = armed.spec
+            if not spec.matches(provider, path, method):
                 continue
             if spec.rate < 1.0 and self._random.random() >= spec.rate:
                 continue
-            if left[0] is not None:
-                left[0] -= 1
-                if left[0] == 0:
+            if armed.remaining is not None:
+                armed.remaining -= 1
+                if armed.remaining == 0:
                     del self._armed[index]
             seconds = (
                 spec.seconds if spec.seconds is not None else DEFAULT_SECONDS.get(spec.kind, 0.0)
             )
-            return Fault(kind=spec.kind, seconds=seconds)
+            return Fault(kind=spec.kind, seconds=seconds, retry_after=spec.retry_after)
         return None

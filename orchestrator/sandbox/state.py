@@ -124,9 +124,9 @@ class SandboxState:
 
     # -- provider calls ------------------------------------------------------------------------
 
-    def take_fault(self, provider: str, path: str) -> Fault | None:
+    def take_fault(self, provider: str, path: str, method: str | None = None) -> Fault | None:
         with self.lock:
-            return self.faults.take(provider, path)
+            return self.faults.take(provider, path, method)
 
     def run(self, endpoint: Endpoint, call: Call, fault: Fault | None = None) -> Reply:
         """Apply ``fault`` (if it acts before the call) or the provider's rules; record it."""
@@ -134,21 +134,23 @@ class SandboxState:
         with self.lock:
             at = self.now()
             if fault is not None and fault.kind in BEFORE_CALL:
-                self._file(endpoint, call, at, f"fault:{fault.kind}")
-                return api.fault_reply(fault.kind)
+                seq = self._file(endpoint, call, at, f"fault:{fault.kind}")
+                return _fault_reply(api, fault, seq)
             try:
                 if call.invalid_body:
                     raise ProviderError(47001, "data format error: the body is not a JSON object")
                 done = endpoint.operation(api, call)
             except ProviderError as err:
-                self._file(endpoint, call, at, err.outcome)
-                return api.error_reply(err)
-            self._file(endpoint, call, at, done.outcome, done, fault)
-        return _reply(done, fault)
+                seq = self._file(endpoint, call, at, err.outcome)
+                reply = api.error_reply(err)
+                reply.seq = seq
+                return reply
+            seq = self._file(endpoint, call, at, done.outcome, done, fault)
+        return _reply(done, fault, seq)
 
     def handle(self, endpoint: Endpoint, call: Call) -> Reply:
         """``run`` with whatever fault is armed (no waiting: latency/timeout only set delays)."""
-        return self.run(endpoint, call, self.take_fault(call.provider, call.path))
+        return self.run(endpoint, call, self.take_fault(call.provider, call.path, call.method))
 
     def request(
         self,
@@ -194,11 +196,12 @@ class SandboxState:
         outcome: str,
         done: Outcome | None = None,
         fault: Fault | None = None,
-    ) -> None:
+    ) -> int:
         summary = _summary(call)
+        seq = self.record.next_seq()
         self.record.append(
             RecordEntry(
-                seq=self.record.next_seq(),
+                seq=seq,
                 provider=call.provider,
                 method=call.method,
                 path=call.path,
@@ -213,6 +216,7 @@ class SandboxState:
                 fault=fault.kind if fault else None,
             )
         )
+        return seq
 
     # -- control -------------------------------------------------------------------------------
 
@@ -245,8 +249,13 @@ class SandboxState:
             if spec.kind == "token_expired":
                 expired = self.tokens.expire_all(spec.provider)
                 return {"kind": spec.kind, "expired_tokens": expired}
-            self.faults.arm(spec)
-            return {"kind": spec.kind, "armed": self.faults.armed()}
+            fault_id = self.faults.arm(spec)
+            return {"kind": spec.kind, "id": fault_id, "armed": self.faults.armed()}
+
+    def remove_fault(self, fault_id: int) -> bool:
+        """Disarm one fault by the id ``add_fault`` gave; False if it is gone already."""
+        with self.lock:
+            return self.faults.disarm(fault_id)
 
     def clear_faults(self) -> None:
         with self.lock:
@@ -333,9 +342,20 @@ class SandboxState:
             self._flusher.start()
 
 
-def _reply(done: Outcome, fault: Fault | None) -> Reply:
+def _fault_reply(api: ProviderAPI, fault: Fault, seq: int) -> Reply:
+    """The answer to a call a fault stopped before it ran."""
+    if fault.kind == "stall":  # what a gateway answers once it gave up on the provider
+        return Reply(504, text="Gateway Timeout", delay_s=fault.seconds, seq=seq)
+    reply = api.fault_reply(fault.kind)
+    if fault.kind == "rate_limit" and fault.retry_after is not None:
+        reply.headers["Retry-After"] = str(fault.retry_after)
+    reply.seq = seq
+    return reply
+
+
+def _reply(done: Outcome, fault: Fault | None, seq: int) -> Reply:
     """The answer to a call that ran; ``latency`` was already waited out before it ran."""
-    reply = Reply(done.status, done.payload)
+    reply = Reply(done.status, done.payload, seq=seq)
     if fault is not None and fault.kind == "timeout":
         reply.delay_s = fault.seconds
     if fault is not None and fault.kind == "drop":

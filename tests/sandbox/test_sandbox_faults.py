@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import httpx
 import pytest
 import requests
 from sandbox_helpers import CONFIG, SandboxWeChatClient, SandboxWeComClient
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.rest import Client
 from wechatpy.exceptions import APILimitedException, WeChatClientException
 
@@ -199,3 +200,68 @@ def test_bad_fault_specs_are_422(control: httpx.Client) -> None:
         == 422
     )
     assert control.post("/_sandbox/faults", json={"kind": "busy", "rate": 0}).status_code == 422
+
+
+def test_stall_never_reaches_the_provider_and_the_client_times_out(
+    sandbox: SandboxHandle, control: httpx.Client, state: SandboxState
+) -> None:
+    impatient = Client(CONFIG.twilio_account_sid, CONFIG.twilio_auth_token)
+    impatient.api.base_url = sandbox.base_url
+    impatient.edge = impatient.region = None
+    impatient.http_client.timeout = 0.5
+    arm(control, provider="twilio", method="POST", kind="stall", seconds=600)
+
+    with pytest.raises(requests.Timeout):
+        sms(impatient)
+
+    assert state.records("twilio")[-1]["outcome"] == "fault:stall"
+    assert not state.twilio.messages  # the opposite of `timeout`: nothing was sent
+    control.post("/_sandbox/held/release")
+
+
+def test_rate_limit_can_say_retry_after(control: httpx.Client, sandbox: SandboxHandle) -> None:
+    arm(control, provider="twilio", kind="rate_limit", retry_after=45)
+    answer = httpx.post(
+        f"{sandbox.base_url}/2010-04-01/Accounts/{CONFIG.twilio_account_sid}/Messages.json",
+        auth=(CONFIG.twilio_account_sid, CONFIG.twilio_auth_token),
+        data={"To": CN, "From": "+15005550006", "Body": "hi"},
+    )
+    assert (answer.status_code, answer.headers["retry-after"]) == (429, "45")
+    assert answer.json()["code"] == 20429
+
+
+def test_a_fault_can_aim_at_one_method(twilio: Client, control: httpx.Client) -> None:
+    arm(control, provider="twilio", method="GET", kind="busy", count=None)
+    assert sms(twilio)  # POST Messages.json is not hit
+    with pytest.raises(TwilioException, match="HTTP 503"):
+        twilio.messages.list(to=CN)
+
+
+def test_one_fault_is_disarmed_by_its_id(twilio: Client, control: httpx.Client) -> None:
+    first = arm(control, provider="twilio", kind="busy", count=None)
+    second = arm(control, provider="wechat", kind="busy", count=None)
+    assert control.delete(f"/_sandbox/faults/{first['id']}").status_code == 200
+    assert sms(twilio)
+    assert [f["id"] for f in control.get("/_sandbox/faults").json()] == [second["id"]]
+    assert control.delete(f"/_sandbox/faults/{first['id']}").status_code == 404
+
+
+def test_held_answers_are_listed_with_the_caller_and_released_on_request(
+    sandbox: SandboxHandle, twilio: Client, control: httpx.Client, state: SandboxState
+) -> None:
+    arm(control, provider="twilio", method="POST", kind="timeout", seconds=600)
+    answers: list[str] = []
+    caller = threading.Thread(target=lambda: answers.append(str(sms(twilio).sid)))
+    caller.start()
+    assert sandbox.app.state.waker.wait_until_waiting(1, timeout_s=10)
+
+    [held] = control.get("/_sandbox/held").json()
+    entry = state.records("twilio")[-1]
+    assert (held["kind"], held["method"], held["seq"]) == ("timeout", "POST", entry["seq"])
+    host, port = held["client"].rsplit(":", 1)
+    assert host == "127.0.0.1" and int(port) > 0
+    assert control.post("/_sandbox/held/release", json={"ids": [held["id"]]}).json() == {
+        "released": 1
+    }
+    caller.join(timeout=10)
+    assert answers == [entry["ref"]] and control.get("/_sandbox/held").json() == []
