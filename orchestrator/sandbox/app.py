@@ -18,6 +18,7 @@ from starlette.types import Message, Receive, Scope, Send
 from orchestrator.journeys.covers import image_format
 from orchestrator.sandbox.calls import Call, Endpoint, Reply
 from orchestrator.sandbox.control import control_router
+from orchestrator.sandbox.faults import Fault
 from orchestrator.sandbox.state import ENDPOINTS, SandboxState, parse_form
 from orchestrator.sandbox.waker import Held, Waker
 
@@ -57,20 +58,20 @@ def _provider_route(
         call = await read_call(request, endpoint)
         fault = state.take_fault(endpoint.provider, call.path, call.method)
         if fault is not None and fault.kind == "latency":
-            await waker.sleep(fault.seconds, _held(request, call, fault.kind))
+            await waker.sleep(fault.seconds, _held(request, call, fault))
         reply = state.run(endpoint, call, fault)
         if reply.delay_s and fault is not None:
-            await waker.sleep(reply.delay_s, _held(request, call, fault.kind, reply.seq))
+            await waker.sleep(reply.delay_s, _held(request, call, fault, reply.seq))
         return render(reply)
 
     provider_call.__doc__ = f"{endpoint.provider} API (see docs/sandbox.md)."
     return provider_call
 
 
-def _held(request: Request, call: Call, kind: str, seq: int | None = None) -> Held:
+def _held(request: Request, call: Call, fault: Fault, seq: int | None = None) -> Held:
     client = f"{request.client.host}:{request.client.port}" if request.client else None
-    return Held(kind=kind, provider=call.provider, method=call.method, path=call.path,
-                client=client, seq=seq)
+    return Held(kind=fault.kind, provider=call.provider, method=call.method, path=call.path,
+                client=client, seq=seq, fault=fault.id)
 
 
 async def read_call(request: Request, endpoint: Endpoint) -> Call:

@@ -63,6 +63,7 @@ class Fault:
     kind: str
     seconds: float
     retry_after: int | None = None
+    id: int | None = None  # the armed spec's id
 
 
 @dataclass(slots=True)
@@ -120,5 +121,5 @@ class FaultBook:
             seconds = (
                 spec.seconds if spec.seconds is not None else DEFAULT_SECONDS.get(spec.kind, 0.0)
             )
-            return Fault(kind=spec.kind, seconds=seconds, retry_after=spec.retry_after)
+            return Fault(spec.kind, seconds, spec.retry_after, armed.id)
         return None

@@ -17,7 +17,8 @@ from itertools import count
 @dataclass(frozen=True, slots=True)
 class Held:
     """One answer being held back. ``seq`` is the call's record entry (None while a
-    ``latency`` wait runs before the call); ``client`` is the caller's ``host:port``."""
+    ``latency`` wait runs before the call); ``client`` is the caller's ``host:port``;
+    ``fault`` the id of the armed fault that holds it."""
 
     kind: str
     provider: str
@@ -25,6 +26,7 @@ class Held:
     path: str
     client: str | None
     seq: int | None = None
+    fault: int | None = None
     since: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
 

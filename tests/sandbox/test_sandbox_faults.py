@@ -249,7 +249,7 @@ def test_one_fault_is_disarmed_by_its_id(twilio: Client, control: httpx.Client) 
 def test_held_answers_are_listed_with_the_caller_and_released_on_request(
     sandbox: SandboxHandle, twilio: Client, control: httpx.Client, state: SandboxState
 ) -> None:
-    arm(control, provider="twilio", method="POST", kind="timeout", seconds=600)
+    armed = arm(control, provider="twilio", method="POST", kind="timeout", seconds=600)
     answers: list[str] = []
     caller = threading.Thread(target=lambda: answers.append(str(sms(twilio).sid)))
     caller.start()
@@ -258,6 +258,7 @@ def test_held_answers_are_listed_with_the_caller_and_released_on_request(
     [held] = control.get("/_sandbox/held").json()
     entry = state.records("twilio")[-1]
     assert (held["kind"], held["method"], held["seq"]) == ("timeout", "POST", entry["seq"])
+    assert held["fault"] == armed["id"]
     host, port = held["client"].rsplit(":", 1)
     assert host == "127.0.0.1" and int(port) > 0
     assert control.post("/_sandbox/held/release", json={"ids": [held["id"]]}).json() == {
