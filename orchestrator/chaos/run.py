@@ -176,15 +176,28 @@ class ChaosRun:
         else:
             self._exit.callback(self.db.drop)
         self._write_population()
-        self.recall("import", "users", str(self.dir / "users.csv"))  # also migrates
+        self._migrate()
+        # Everything boots side by side: each process start takes seconds on a busy machine.
+        self._exit.callback(self._stop_processes)
+        users = self._service("users", ["import", "users", str(self.dir / "users.csv")])
+        self.imports.append(users.start())
         self._start_sandbox()
         for n in range(self.options.workers):
             self._start_worker(n)
         self.beats.append(self._service("beat1", ["beat"], state="beat1").start())
-        self._exit.callback(self._stop_processes)
+        self._check_imports()
         self._wait_ready([*self.workers, *self.beats])
         log(f"ready: {self.options.users:,} users, {len(self.workers)} workers, redis "
             f"{self.redis.url}, database {self.db.name}, sandbox :{self.sandbox_port}")
+
+    def _migrate(self) -> None:
+        from orchestrator.store.migrate import upgrade
+
+        engine = _engine(self.db.url)
+        try:
+            upgrade(engine)
+        finally:
+            engine.dispose()
 
     def _wait_ready(self, services: list[Service]) -> None:
         """Until each worker says ``ready.`` and each beat ``Starting...`` (a loaded machine
@@ -271,10 +284,10 @@ class ChaosRun:
             self._idle_until(time.monotonic() + 0.5)
 
     def _check_imports(self) -> None:
-        for wave in self.imports:
-            assert wave.proc is not None
-            if wave.proc.wait(timeout=300) != 0:
-                raise RuntimeError(f"{wave.name} failed: see {wave.log}")
+        for run in self.imports:
+            assert run.proc is not None
+            if run.proc.wait(timeout=300) != 0:
+                raise RuntimeError(f"recall import ({run.name}) failed: see {run.log}")
 
     def _arm_weather(self) -> None:
         left = 1.0
