@@ -167,6 +167,7 @@ class ChaosRun:
 
     # --- 1. prepare -------------------------------------------------------------------
     def prepare(self) -> None:
+        check_journey()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.redis.start()
         self._exit.callback(self.redis.stop)
@@ -500,6 +501,16 @@ def _write_jsonl(path: Path, rows: Iterable[Any]) -> None:
     with path.open("w") as fh:
         for row in rows:
             fh.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+
+
+def check_journey() -> None:
+    """The run's journey and policy must be valid before anything starts."""
+    from orchestrator.journeys.loader import check_paths
+
+    report = check_paths([PACKAGE / "journeys"], PACKAGE / "templates")
+    if report.errors:
+        problems = "\n".join(str(p) for p in report.errors)
+        raise RuntimeError(f"the chaos journey is invalid:\n{problems}")
 
 
 def _engine(url: str) -> sa.Engine:

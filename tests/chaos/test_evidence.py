@@ -82,3 +82,9 @@ def test_the_process_behind_a_connection_is_found() -> None:
         finally:
             client.close()
             accepted.close()
+
+
+def test_the_chaos_journey_and_policy_are_valid() -> None:
+    from orchestrator.chaos.run import check_journey
+
+    check_journey()  # raises, naming FILE:LINE:COL, when a rule of the language changes
