@@ -6,9 +6,10 @@
 2. **Chaos** for ``Options.chaos_s``: users arrive in waves (``recall import events
    --trigger``) while the sandbox disturbs ``fault_rate`` of all provider calls, workers
    are SIGKILLed (at random, and aimed at a call the sandbox holds), Redis is restarted
-   empty once and a second beat runs through the middle.
-3. **Settle**: the faults stop; the run waits (bounded) until no enrollment is active and
-   no touch is waiting, claimed, sending or unknown.
+   empty once and a second beat runs through the middle; then the faults go on until every
+   treatment enrollment has reached the last step (bounded by ``Options.storm_max_s``).
+3. **Settle**: the faults stop; the run waits (bounded) until no treatment enrollment is
+   active and no touch is waiting, claimed, sending or unknown.
 4. **Count**: the sandbox's record, ``recall export touches|enrollments`` and ``recall
    audit``, joined with the users (``orchestrator.chaos.count``).
 """
@@ -55,7 +56,6 @@ from orchestrator.chaos.services import (
 from orchestrator.engine.stack import free_port, wait_for_port
 
 PACKAGE = Path(__file__).parent
-JOURNEY = "chaos-winback"
 STEPS = {"article": "wechat_article", "invite": "wecom_group_invite", "sms": "sms"}
 LAST_STEP = "sms"
 SEND_PATHS = ("/message/mass/send", "/externalcontact/add_msg_template", "/Messages.json")
