@@ -30,6 +30,9 @@ _register_all()
 
 
 def main() -> None:
+    from orchestrator.logs import configure_logging
+
+    configure_logging()
     app()
 
 

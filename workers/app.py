@@ -18,11 +18,13 @@ from celery import Celery
 from celery.signals import worker_process_init
 
 from orchestrator.config import get_settings
+from orchestrator.logs import configure_logging
 from orchestrator.store.redis import broker_url, celery_url
 
 VISIBILITY_TIMEOUT_S = 3600
 
 app = Celery("recall", include=["workers.tasks"])
+configure_logging()  # worker and beat logs mask phone numbers, OpenIDs and texts too
 
 
 def configure(url: str | None = None, queue: str | None = None) -> Celery:
