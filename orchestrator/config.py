@@ -5,8 +5,15 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_PREFIX = "sandbox-"
+
+
+def is_placeholder(secret: str) -> bool:
+    """Is ``secret`` one of the published sandbox placeholders (they all start ``sandbox-``)?"""
+    return secret.startswith(PLACEHOLDER_PREFIX)
 
 
 class Settings(BaseSettings):
@@ -54,6 +61,16 @@ class Settings(BaseSettings):
     stripe_webhook_secret: SecretStr = SecretStr("sandbox-stripe-secret")
     wechatpay_api_key: SecretStr = SecretStr("sandbox-wechatpay-key")
     landing_token_secret: SecretStr = SecretStr("sandbox-landing-secret")  # fixed-link mode
+    landing_token_ttl_s: int = Field(default=3600, ge=60, le=30 * 86400)
+
+    # Import: national phone numbers are read in this region (ISO 3166 code, e.g. CN);
+    # unset: the region of the policy's time zone (RECALL_TIMEZONE without a policy).
+    phone_region: str | None = None
+
+    # Short links: requests per client address and minute before 429 (each API process).
+    link_requests_per_min: int = Field(default=120, ge=1)
+    # /metrics: store-wide totals are recomputed at most this often (real seconds).
+    metrics_refresh_s: float = Field(default=60.0, ge=0)
 
     # SMS throughput (client side)
     sms_rate_per_s: float = 1000.0
@@ -74,15 +91,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_placeholder_secrets_in_production(self) -> Settings:
-        """Sandbox defaults are fine anywhere but production, where they would let anyone
-        who read this file sign a webhook."""
+        """Sandbox defaults are fine for the embedded stack on loopback, never in production,
+        where they would let anyone who read this file sign a webhook."""
         if self.environment != "production":
             return self
-        placeholders = [
-            f"RECALL_{name.upper()}" for name in Settings.model_fields
-            if isinstance(value := getattr(self, name), SecretStr)
-            and value.get_secret_value().startswith("sandbox-")
-        ]
+        placeholders = self.placeholder_secrets()
         if not self.api_key_list:
             placeholders.append("RECALL_API_KEYS")
         if placeholders:
@@ -91,6 +104,14 @@ class Settings(BaseSettings):
                 f"placeholders: {', '.join(placeholders)}; set real values"
             )
         return self
+
+    def placeholder_secrets(self) -> list[str]:
+        """The ``RECALL_*`` names of secrets that still hold a built-in sandbox placeholder."""
+        return [
+            f"RECALL_{name.upper()}" for name in Settings.model_fields
+            if isinstance(value := getattr(self, name), SecretStr)
+            and is_placeholder(value.get_secret_value())
+        ]
 
     @property
     def api_key_list(self) -> list[str]:

@@ -2,6 +2,7 @@
 
     RecallError
      ├── ConfigError              settings or policy that cannot work; fix the configuration
+     │    └── NotConfigured       a public endpoint whose secret is unset or a placeholder
      ├── JourneyError             a journey/policy/template file is invalid (carries Problems)
      ├── InputError               a bad row, event or request; names what and where
      │    └── SignatureError      a webhook/callback whose signature or timestamp is wrong
@@ -27,6 +28,11 @@ class RecallError(Exception):
 
 class ConfigError(RecallError):
     pass
+
+
+class NotConfigured(ConfigError):
+    """A public endpoint cannot check its callers: its secret is unset or the sandbox
+    placeholder outside the embedded stack (HTTP 503: the sender retries later)."""
 
 
 @dataclass(frozen=True, order=True)

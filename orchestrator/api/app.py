@@ -14,6 +14,7 @@ from orchestrator.api.deps import Services
 from orchestrator.api.errors import install_error_handlers
 from orchestrator.api.limits import MAX_BODY_BYTES, BodyLimit
 from orchestrator.api.metrics import ApiMetrics
+from orchestrator.api.ratelimit import RateLimiter
 from orchestrator.api.routes import (
     callbacks,
     events,
@@ -23,8 +24,9 @@ from orchestrator.api.routes import (
     links,
     webhooks,
 )
-from orchestrator.clock import Clock
+from orchestrator.clock import Clock, SystemClock
 from orchestrator.config import Settings, get_settings
+from orchestrator.logs import configure_logging
 
 
 def create_app(
@@ -32,13 +34,22 @@ def create_app(
     *,
     engine: Engine | None = None,
     clock: Clock | None = None,
+    wall_clock: Clock | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    allow_sandbox_secrets: bool = False,
 ) -> FastAPI:
     """The API over ``engine`` (default: the configured database) and ``clock`` (default: the
-    stored business clock, wall time unless ``recall simulate`` set a virtual one)."""
+    stored business clock, wall time unless ``recall simulate`` set a virtual one).
+
+    ``wall_clock`` (default: the system clock) is real time, for callback timestamps and
+    landing-token age. ``allow_sandbox_secrets`` lets the sandbox placeholder secrets verify
+    webhooks, callbacks and landing tokens; only a server that listens on loopback for the
+    embedded stack passes it (``orchestrator.api.exposure``). Fail closed by default.
+    """
     from orchestrator.store.clock import StoredClock
     from orchestrator.store.db import get_engine
 
+    configure_logging()  # masks personal data in every log record of this process
     settings = settings or get_settings()
     engine = engine or get_engine(settings)
     clock = clock or StoredClock(engine)
@@ -49,7 +60,11 @@ def create_app(
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
-    app.state.services = Services(settings, engine, clock, ApiMetrics(engine, clock))
+    app.state.services = Services(
+        settings, engine, clock, ApiMetrics(engine, clock, refresh_s=settings.metrics_refresh_s),
+        wall_clock=wall_clock or SystemClock(), allow_sandbox_secrets=allow_sandbox_secrets,
+    )
+    app.state.link_limiter = RateLimiter(settings.link_requests_per_min)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     install_error_handlers(app)
     for module in (events, journeys, exports, webhooks, callbacks, links, health):

@@ -18,17 +18,27 @@ def api(
     import uvicorn
 
     from orchestrator.api.app import create_app
+    from orchestrator.api.exposure import check_can_serve, sandbox_secrets_allowed
     from orchestrator.config import get_settings
+    from orchestrator.errors import ConfigError
+    from orchestrator.logs import configure_logging
     from orchestrator.store.db import get_engine
 
     settings = get_settings()
+    try:
+        check_can_serve(settings, host)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    configure_logging()
     engine = get_engine(settings)
     if migrate:
         from orchestrator.store.migrate import upgrade
 
         upgrade(engine)
-    uvicorn.run(create_app(settings, engine=engine), host=host, port=port,
-                proxy_headers=True, log_level="info")
+    app = create_app(settings, engine=engine,
+                     allow_sandbox_secrets=sandbox_secrets_allowed(settings, host))
+    uvicorn.run(app, host=host, port=port, proxy_headers=True, log_level="info")
 
 
 def register(app: typer.Typer) -> None:

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
 from sqlalchemy import Engine
 
 from orchestrator.api.metrics import ApiMetrics
-from orchestrator.clock import Clock
-from orchestrator.config import Settings
-from orchestrator.errors import JourneyError
+from orchestrator.clock import Clock, SystemClock
+from orchestrator.config import Settings, is_placeholder
+from orchestrator.errors import JourneyError, NotConfigured
 
 if TYPE_CHECKING:
     from orchestrator.engine.book import JourneyBook
@@ -89,14 +90,37 @@ class JourneyCache:
 
 @dataclass
 class Services:
+    """``clock`` is business time (virtual under ``recall simulate``); ``wall_clock`` is real
+    time, for what the outside world timestamps (callback freshness, landing-token age)."""
+
     settings: Settings
     engine: Engine
     clock: Clock
     metrics: ApiMetrics
+    wall_clock: Clock = field(default_factory=SystemClock)
+    allow_sandbox_secrets: bool = False
     journeys: JourneyCache = field(init=False)
 
     def __post_init__(self) -> None:
         self.journeys = JourneyCache(self.settings, self.engine, self.clock)
+
+    def inbound_secret(self, name: str) -> str:
+        """The secret that authenticates a public endpoint (``generic_webhook_secret``…).
+
+        A sandbox placeholder is refused unless this API is the embedded stack on loopback
+        (``orchestrator.api.exposure``): the placeholders are public, so they prove nothing.
+        """
+        value: SecretStr = getattr(self.settings, name)
+        secret = value.get_secret_value()
+        if not secret:
+            raise NotConfigured(f"RECALL_{name.upper()} is empty; set the shared secret")
+        if is_placeholder(secret) and not self.allow_sandbox_secrets:
+            raise NotConfigured(
+                f"RECALL_{name.upper()} is the public sandbox placeholder, which this API "
+                "accepts only as the embedded stack on loopback; set the real secret (the "
+                "sender can retry after that)"
+            )
+        return secret
 
     def ingest(self, events: Sequence[Mapping[str, Any]]) -> IngestResult:
         """The one ingest path (enrolls ``entry.event`` journeys in the same call)."""

@@ -22,6 +22,7 @@ from orchestrator.errors import (
     ConfigError,
     InputError,
     JourneyError,
+    NotConfigured,
     NotFoundError,
     RecallError,
     SignatureError,
@@ -35,6 +36,7 @@ ERROR_TABLE: list[tuple[type[RecallError], int, str]] = [
     (SignatureError, 400, "invalid_signature"),
     (InputError, 400, "invalid_input"),
     (NotFoundError, 404, "not_found"),
+    (NotConfigured, 503, "not_configured"),
     (JourneyError, 500, "invalid_journey"),  # the API takes no journeys: it is the server's
     (ConfigError, 500, "config_error"),
     (StoreError, 503, "store_unavailable"),
@@ -44,7 +46,7 @@ ERROR_TABLE: list[tuple[type[RecallError], int, str]] = [
 HTTP_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
     405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
-    422: "invalid_request",
+    422: "invalid_request", 429: "rate_limited",
 }
 
 

@@ -132,12 +132,18 @@ def parse_generic(raw: bytes, *, now: datetime) -> FailedPayment | None:
 # ---------------------------------------------------------------- stripe
 
 
+def _dict(value: Any) -> Mapping[str, Any]:
+    """``value`` when it is a JSON object, else empty: a payload's optional parts may be
+    anything, and a wrong shape means "not there", never a crash."""
+    return value if isinstance(value, dict) else {}
+
+
 def _stripe_user(obj: Mapping[str, Any]) -> str | None:
     """``metadata.user_id`` of the object (for invoices, also the subscription's)."""
     candidates = [
         obj.get("metadata"),
-        (obj.get("subscription_details") or {}).get("metadata"),
-        ((obj.get("parent") or {}).get("subscription_details") or {}).get("metadata"),
+        _dict(obj.get("subscription_details")).get("metadata"),
+        _dict(_dict(obj.get("parent")).get("subscription_details")).get("metadata"),
     ]
     for metadata in candidates:
         if isinstance(metadata, dict) and metadata.get("user_id"):
@@ -147,16 +153,16 @@ def _stripe_user(obj: Mapping[str, Any]) -> str | None:
 
 def _stripe_amount(obj: Mapping[str, Any]) -> float | None:
     minor = next((obj[k] for k in ("amount_due", "amount") if obj.get(k) is not None), None)
-    if not isinstance(minor, int | float):
+    if not isinstance(minor, int | float) or isinstance(minor, bool) or abs(minor) > 1e15:
         return None
     currency = str(obj.get("currency") or "").lower()
     return float(minor) if currency in ZERO_DECIMAL else minor / 100
 
 
 def _stripe_reason(obj: Mapping[str, Any], event_type: str) -> str:
-    error = obj.get("last_payment_error") or obj.get("last_finalization_error") or {}
+    error = _dict(obj.get("last_payment_error") or obj.get("last_finalization_error"))
     return str(error.get("decline_code") or error.get("code") or error.get("message")
-               or event_type)
+               or event_type)[:200]
 
 
 def parse_stripe(raw: bytes, *, now: datetime) -> FailedPayment | None:
@@ -164,21 +170,31 @@ def parse_stripe(raw: bytes, *, now: datetime) -> FailedPayment | None:
     event = _json_object(raw, "stripe")
     if event.get("type") not in STRIPE_TYPES:
         return None
-    obj = (event.get("data") or {}).get("object")
-    if not isinstance(event.get("id"), str) or not isinstance(obj, dict):
+    obj = _dict(event.get("data")).get("object")
+    if not isinstance(event.get("id"), str) or not event["id"] or not isinstance(obj, dict):
         raise InputError("stripe event needs an id and data.object", field="data.object")
-    created = event.get("created")
+    order_id = obj.get("id")
     return FailedPayment(
         source="stripe",
         external_id=event["id"],
         user_id=_stripe_user(obj),
         openid=None,
         amount=_stripe_amount(obj),
-        currency=str(obj["currency"]).upper() if obj.get("currency") else None,
+        currency=str(obj["currency"]).upper()[:8] if obj.get("currency") else None,
         reason=_stripe_reason(obj, event["type"]),
-        occurred_at=datetime.fromtimestamp(created, UTC) if isinstance(created, int) else now,
-        order_id=obj.get("id"),
+        occurred_at=_unix_time(event.get("created"), now),
+        order_id=str(order_id)[:128] if order_id is not None else None,
     )
+
+
+def _unix_time(value: Any, now: datetime) -> datetime:
+    """Stripe's ``created`` (unix seconds); ``now`` when absent or not a possible time."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return now
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        return now
 
 
 # ---------------------------------------------------------------- wechatpay
@@ -204,24 +220,32 @@ def _wechatpay_time(value: Any, now: datetime) -> datetime:
     return local.astimezone(UTC)
 
 
+def _field(fields: Mapping[str, Any], name: str) -> str | None:
+    """A notify field as text; a nested element where text belongs is refused."""
+    value = fields.get(name)
+    if value is None or isinstance(value, str):
+        return value or None
+    raise InputError(f"wechatpay notify: <{name}> must hold text", field=name)
+
+
 def parse_wechatpay(fields: Mapping[str, Any], *, now: datetime) -> FailedPayment | None:
     """The failure in a verified notify; ``None`` unless ``result_code`` is ``FAIL``."""
-    if fields.get("result_code") != "FAIL":
+    if _field(fields, "result_code") != "FAIL":
         return None
-    external_id = fields.get("transaction_id") or fields.get("out_trade_no")
+    external_id = _field(fields, "transaction_id") or _field(fields, "out_trade_no")
     if not external_id:
         raise InputError("wechatpay notify has neither transaction_id nor out_trade_no")
-    fee = str(fields.get("total_fee") or "")
+    fee = _field(fields, "total_fee") or ""
     return FailedPayment(
         source="wechatpay",
-        external_id=str(external_id),
+        external_id=external_id,
         user_id=None,
-        openid=fields.get("openid"),
-        amount=int(fee) / 100 if fee.isdigit() else None,  # fen → yuan
-        currency=str(fields.get("fee_type") or "CNY"),
-        reason=fields.get("err_code_des") or fields.get("err_code") or "FAIL",
-        occurred_at=_wechatpay_time(fields.get("time_end"), now),
-        order_id=fields.get("out_trade_no"),
+        openid=_field(fields, "openid"),
+        amount=int(fee) / 100 if fee.isascii() and fee.isdigit() and len(fee) < 16 else None,
+        currency=(_field(fields, "fee_type") or "CNY")[:8],
+        reason=(_field(fields, "err_code_des") or _field(fields, "err_code") or "FAIL")[:200],
+        occurred_at=_wechatpay_time(_field(fields, "time_end"), now),
+        order_id=_field(fields, "out_trade_no"),
     )
 
 

@@ -35,6 +35,12 @@ STRIPE_HEADER = "Stripe-Signature"
 TWILIO_HEADER = "X-Twilio-Signature"
 
 
+def same(expected: str, presented: str) -> bool:
+    """Constant-time comparison of a signature we computed with one we were sent; compared
+    as bytes, since a hostile header may hold any character."""
+    return hmac.compare_digest(expected.encode("utf-8"), presented.encode("utf-8", "replace"))
+
+
 @dataclass(frozen=True)
 class TimestampedSignature:
     timestamp: int
@@ -84,7 +90,7 @@ def verify_timestamped(
     parsed = parse_signature_header(header_value, header=header)
     expected = timestamped_hmac(secret, parsed.timestamp, raw)
     # Compare against every v1 without stopping early: timing reveals nothing.
-    matches = [hmac.compare_digest(expected, candidate) for candidate in parsed.v1]
+    matches = [same(expected, candidate) for candidate in parsed.v1]
     if not any(matches):
         raise SignatureError(
             f"{header} does not match the body; sign the exact raw body with the shared "
@@ -120,7 +126,7 @@ def verify_wechatpay(params: Mapping[str, Any], *, api_key: str) -> None:
     if not isinstance(sign, str) or not sign:
         raise SignatureError("WeChat Pay notify has no sign", field="sign")
     expected = wechatpay_sign(params, api_key, str(params.get("sign_type") or "MD5"))
-    if not hmac.compare_digest(expected, sign.upper()):
+    if not same(expected, sign.upper()):
         raise SignatureError(
             "WeChat Pay sign does not match; check RECALL_WECHATPAY_API_KEY (the merchant "
             "API key, not the APIv3 key)",
@@ -150,7 +156,7 @@ def wechat_signature(token: str, *values: str) -> str:
 def verify_wechat(token: str, signature: str | None, timestamp: str, nonce: str) -> None:
     """Plain-mode WeChat/WeCom callback signature over token, timestamp and nonce."""
     expected = wechat_signature(token, timestamp, nonce)
-    if not signature or not hmac.compare_digest(expected, signature.lower()):
+    if not signature or not same(expected, signature.lower()):
         raise SignatureError(
             "callback signature does not match; the token configured at the provider must "
             "equal RECALL_WECHAT_TOKEN / RECALL_WECOM_TOKEN",

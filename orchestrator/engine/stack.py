@@ -54,9 +54,13 @@ class ApiServer:
         import uvicorn
 
         from orchestrator.api.app import create_app
+        from orchestrator.api.exposure import check_can_serve, sandbox_secrets_allowed
 
-        config = uvicorn.Config(create_app(self.settings), host="127.0.0.1", port=self.port,
-                                log_level="warning", lifespan="off")
+        check_can_serve(self.settings, "127.0.0.1")
+        app = create_app(self.settings,
+                         allow_sandbox_secrets=sandbox_secrets_allowed(self.settings, "127.0.0.1"))
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                lifespan="off")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="recall-api")
         self.thread.start()

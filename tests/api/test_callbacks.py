@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+import time
 from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -161,7 +162,8 @@ def sha1_signature(*values: str) -> str:
 
 
 def signed_query(token: str, **extra: str) -> dict[str, str]:
-    timestamp, nonce = "1772416800", secrets.token_hex(4)
+    """Signed now (real time: callbacks older than 300 s are refused) with a fresh nonce."""
+    timestamp, nonce = str(int(time.time())), secrets.token_hex(4)
     return {"signature": sha1_signature(token, timestamp, nonce), "timestamp": timestamp,
             "nonce": nonce} | extra
 
@@ -275,7 +277,7 @@ def test_wecom_encrypted_verification_and_join_by_state(
     settings.wecom_aes_key = SecretStr(AES_KEY)
     corp = settings.wecom_corp_id
     echostr = PrpCrypto(base64.b64decode(AES_KEY + "=")).encrypt("echo-me", corp).decode()
-    timestamp, nonce = "1772416800", "n1"
+    timestamp, nonce = str(int(time.time())), secrets.token_hex(4)
     query = {"msg_signature": sha1_signature("wecom-token", timestamp, nonce, echostr),
              "timestamp": timestamp, "nonce": nonce, "echostr": echostr}
     assert client.get("/v1/callbacks/wecom", params=query).text == "echo-me"
@@ -287,6 +289,7 @@ def test_wecom_encrypted_verification_and_join_by_state(
     xml = event_xml("change_external_chat", openid="sys", ChatId="wr1", ChangeType="update",
                     UpdateDetail="add_member", State=f"t{touch}",
                     MemChangeList="<Item>wm_x</Item>")
+    nonce = secrets.token_hex(4)  # a push reusing the verification's nonce would be a replay
     envelope = WeComCrypto("wecom-token", AES_KEY, corp).encrypt_message(xml, nonce, timestamp)
     msg_signature = envelope.split("<MsgSignature><![CDATA[")[1].split("]]>")[0]
     response = push(client, "/v1/callbacks/wecom", envelope,

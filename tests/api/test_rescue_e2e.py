@@ -89,7 +89,9 @@ def stack(tmp_path: Path, db_engine: Engine, api_redis_url: str) -> Iterator[
     with run_in_thread(state=SandboxState(SandboxConfig.from_settings(settings))) as sandbox:
         settings.twilio_api_base = settings.wechat_api_base = settings.wecom_api_base = (
             sandbox.base_url)
-        app: FastAPI = create_app(settings, engine=db_engine, clock=clock)
+        # Served on loopback for the embedded stack: the sandbox placeholders are accepted.
+        app: FastAPI = create_app(settings, engine=db_engine, clock=clock,
+                                  allow_sandbox_secrets=True)
         with serve_in_thread(app) as api:
             settings.public_base_url = api.base_url  # short links and Twilio callbacks
             with httpx.Client(base_url=api.base_url, trust_env=False, timeout=30) as client:

@@ -8,7 +8,8 @@ go through ``orchestrator.policy.consent``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -25,8 +26,9 @@ from wechatpy.enterprise.crypto import WeChatCrypto as WeComCrypto
 from wechatpy.exceptions import WeChatException
 
 from orchestrator.api.deps import Services, ServicesDep
+from orchestrator.api.replay import NonceStore, fresh_callback
 from orchestrator.api.signatures import TWILIO_HEADER, verify_twilio, verify_wechat
-from orchestrator.errors import ConfigError, InputError, SignatureError
+from orchestrator.errors import InputError, NotConfigured, SignatureError
 from orchestrator.policy import consent
 from orchestrator.store.db import begin_write
 from orchestrator.store.tables import TOUCHES
@@ -79,19 +81,20 @@ def _free_cap_slot(services: Services, touch_id: int) -> None:
 
 def _twilio_inbound(services: Services, params: Mapping[str, str], now: datetime) -> str:
     body, phone = params.get("Body", ""), params.get("From", "")
-    if not phone or not consent.parse_sms_opt_out(body):
+    keyword = consent.sms_opt_out_keyword(body)
+    if not phone or keyword is None:
         return "inbound"
     # By identity: the number is suppressed whoever has it, now or after a later import.
+    # The reason keeps the normalised keyword, never the reply's own text.
     consent.record_opt_out(services.engine, channel="sms", identity=f"phone:{phone}",
-                           reason=f"sms_reply:{body.strip()[:32]}", at=now)
+                           reason=f"sms_reply:{keyword}", at=now)
     return "opt_out"
 
 
 def _twilio(services: Services, url: str, raw: bytes, signature: str | None) -> None:
     params = ImmutableMultiDict(parse_qsl(raw.decode("utf-8", errors="replace"),
                                           keep_blank_values=True))
-    verify_twilio(url, params, signature,
-                  auth_token=services.settings.twilio_auth_token.get_secret_value())
+    verify_twilio(url, params, signature, auth_token=services.inbound_secret("twilio_auth_token"))
     now = services.clock.now()
     handle = _twilio_inbound if "Body" in params else _twilio_status
     kind = handle(services, params, now)
@@ -124,6 +127,17 @@ def _secret(value: Any) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
+@contextmanager
+def _fresh(services: Services, provider: str, query: Mapping[str, str]) -> Iterator[None]:
+    """After the signature: refuse a stale timestamp or a nonce already used (a replay)."""
+    from orchestrator.store.redis import get_redis
+
+    store = NonceStore(get_redis(services.settings))
+    with fresh_callback(store, provider, timestamp=query.get("timestamp", ""),
+                        nonce=query.get("nonce", ""), now=services.wall_clock.now()):
+        yield
+
+
 def _decrypt(crypto: Any, raw: bytes, query: Mapping[str, str]) -> str:
     try:
         return str(crypto.decrypt_message(
@@ -133,32 +147,53 @@ def _decrypt(crypto: Any, raw: bytes, query: Mapping[str, str]) -> str:
     except WeChatException as exc:
         raise SignatureError(f"encrypted push does not verify: {exc}",
                              field="msg_signature") from None
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, TypeError, UnicodeError) as exc:
         raise InputError(f"encrypted push is malformed: {exc}") from None
+    except Exception as exc:  # expat errors while reading the envelope
+        raise InputError(f"encrypted push is not an XML envelope: {exc}") from None
+
+
+def _wechat_encrypted(services: Services, query: Mapping[str, str]) -> bool:
+    """Safe mode or plain mode; with an AES key configured only safe mode is accepted, so
+    that a forged ``encrypt_type=raw`` cannot turn the body's signature off."""
+    mode = query.get("encrypt_type", "raw")
+    if mode not in ("raw", "aes"):
+        raise InputError(f"encrypt_type {mode!r} is unknown (raw or aes)", field="encrypt_type")
+    has_key = bool(_secret(services.settings.wechat_aes_key))
+    if mode == "raw" and has_key:
+        raise SignatureError(
+            "RECALL_WECHAT_AES_KEY is set, so only safe-mode (encrypt_type=aes) pushes are "
+            "accepted; a plain push is refused",
+            field="encrypt_type",
+        )
+    if mode == "aes" and not has_key:
+        raise NotConfigured("WeChat sent a safe-mode push but RECALL_WECHAT_AES_KEY is not "
+                            "set; set the account's EncodingAESKey")
+    return mode == "aes"
 
 
 def _wechat_xml(services: Services, raw: bytes, query: Mapping[str, str]) -> str:
     s = services.settings
-    token = s.wechat_token.get_secret_value()
-    verify_wechat(token, query.get("signature"), query.get("timestamp", ""),
-                  query.get("nonce", ""))
-    if query.get("encrypt_type", "raw") == "raw":
-        return raw.decode("utf-8", errors="replace")
     aes_key = _secret(s.wechat_aes_key)
-    if not aes_key:
-        raise ConfigError("WeChat sent an encrypted push but RECALL_WECHAT_AES_KEY is not set")
+    if not _wechat_encrypted(services, query) or not aes_key:
+        return raw.decode("utf-8", errors="replace")
+    token = services.inbound_secret("wechat_token")
     return _decrypt(WeChatCrypto(token, aes_key, s.wechat_appid), raw, query)
 
 
 def _wecom_xml(services: Services, raw: bytes, query: Mapping[str, str]) -> str:
     s = services.settings
-    token, aes_key = s.wecom_token.get_secret_value(), _secret(s.wecom_aes_key)
+    token, aes_key = services.inbound_secret("wecom_token"), _secret(s.wecom_aes_key)
     if aes_key:
         return _decrypt(WeComCrypto(token, aes_key, s.wecom_corp_id), raw, query)
     # No AES key: plain mode (the sandbox), signed like a WeChat plain-mode push.
-    verify_wechat(token, query.get("signature") or query.get("msg_signature"),
-                  query.get("timestamp", ""), query.get("nonce", ""))
     return raw.decode("utf-8", errors="replace")
+
+
+def _verify_plain(services: Services, setting: str, query: Mapping[str, str]) -> None:
+    verify_wechat(services.inbound_secret(setting),
+                  query.get("signature") or query.get("msg_signature"),
+                  query.get("timestamp", ""), query.get("nonce", ""))
 
 
 def _parse(parse: Any, xml: str) -> Any:
@@ -229,38 +264,51 @@ def _on_wecom_event(services: Services, message: Any, now: datetime) -> str:
 
 
 def _wechat_push(services: Services, raw: bytes, query: Mapping[str, str]) -> None:
-    message = _parse(parse_wechat, _wechat_xml(services, raw, query))
-    kind = _on_wechat_event(services, message, services.clock.now())
+    # The plain signature comes in both modes; safe mode adds msg_signature over the body.
+    _verify_plain(services, "wechat_token", query)
+    _wechat_encrypted(services, query)
+    with _fresh(services, "wechat", query):
+        message = _parse(parse_wechat, _wechat_xml(services, raw, query))
+        kind = _on_wechat_event(services, message, services.clock.now())
     services.metrics.callbacks.labels(provider="wechat", kind=kind).inc()
 
 
 def _wecom_push(services: Services, raw: bytes, query: Mapping[str, str]) -> None:
-    message = _parse(parse_wecom, _wecom_xml(services, raw, query))
-    kind = _on_wecom_event(services, message, services.clock.now())
+    if not _secret(services.settings.wecom_aes_key):
+        _verify_plain(services, "wecom_token", query)
+    xml = _wecom_xml(services, raw, query)  # with an AES key, decrypting checks msg_signature
+    with _fresh(services, "wecom", query):
+        message = _parse(parse_wecom, xml)
+        kind = _on_wecom_event(services, message, services.clock.now())
     services.metrics.callbacks.labels(provider="wecom", kind=kind).inc()
 
 
 def _wechat_echo(services: Services, query: Mapping[str, str]) -> str:
-    verify_wechat(services.settings.wechat_token.get_secret_value(), query.get("signature"),
-                  query.get("timestamp", ""), query.get("nonce", ""))
-    return query.get("echostr", "")
+    _verify_plain(services, "wechat_token", query)
+    with _fresh(services, "wechat", query):
+        return query.get("echostr", "")
 
 
 def _wecom_echo(services: Services, query: Mapping[str, str]) -> str:
     s = services.settings
-    token, aes_key = s.wecom_token.get_secret_value(), _secret(s.wecom_aes_key)
-    echostr, timestamp, nonce = (query.get(k, "") for k in ("echostr", "timestamp", "nonce"))
+    aes_key = _secret(s.wecom_aes_key)
     if not aes_key:
-        verify_wechat(token, query.get("signature") or query.get("msg_signature"), timestamp,
-                      nonce)
-        return echostr
+        _verify_plain(services, "wecom_token", query)
+        with _fresh(services, "wecom", query):
+            return query.get("echostr", "")
+    token = services.inbound_secret("wecom_token")
     crypto = WeComCrypto(token, aes_key, s.wecom_corp_id)
+    echostr, timestamp, nonce = (query.get(k, "") for k in ("echostr", "timestamp", "nonce"))
     try:
-        return str(crypto.check_signature(query.get("msg_signature", ""), timestamp, nonce,
-                                          echostr))
+        plain = str(crypto.check_signature(query.get("msg_signature", ""), timestamp, nonce,
+                                           echostr))
     except WeChatException as exc:
         raise SignatureError(f"WeCom URL verification failed: {exc}",
                              field="msg_signature") from None
+    except (ValueError, TypeError, UnicodeError) as exc:
+        raise InputError(f"echostr is malformed: {exc}", field="echostr") from None
+    with _fresh(services, "wecom", query):
+        return plain
 
 
 @router.get("/wechat", response_class=PlainTextResponse)

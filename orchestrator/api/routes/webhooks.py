@@ -51,14 +51,14 @@ def _accept(services: Services, source: str, payment: FailedPayment | None) -> O
 
 
 def _generic(services: Services, raw: bytes, signature: str | None) -> Outcome:
-    secret = services.settings.generic_webhook_secret.get_secret_value()
+    secret = services.inbound_secret("generic_webhook_secret")
     now = services.clock.now()
     verify_timestamped(raw, signature, secret=secret, now=now, header=GENERIC_HEADER)
     return _accept(services, "generic", parse_generic(raw, now=now))
 
 
 def _stripe(services: Services, raw: bytes, signature: str | None) -> Outcome:
-    secret = services.settings.stripe_webhook_secret.get_secret_value()
+    secret = services.inbound_secret("stripe_webhook_secret")
     now = services.clock.now()
     verify_timestamped(raw, signature, secret=secret, now=now, header=STRIPE_HEADER)
     return _accept(services, "stripe", parse_stripe(raw, now=now))
@@ -67,7 +67,7 @@ def _stripe(services: Services, raw: bytes, signature: str | None) -> Outcome:
 def _wechatpay(services: Services, raw: bytes) -> Outcome:
     # The v2 sign lives inside the XML, so the XML is parsed (entities refused) to check it.
     fields = parse_wechatpay_xml(raw)
-    verify_wechatpay(fields, api_key=services.settings.wechatpay_api_key.get_secret_value())
+    verify_wechatpay(fields, api_key=services.inbound_secret("wechatpay_api_key"))
     return _accept(services, "wechatpay", parse_wechatpay(fields, now=services.clock.now()))
 
 
