@@ -9,10 +9,15 @@ token, records the click on that user's latest sent touch of the journey and red
 ``to`` (else that touch's short-link target), with the UTM parameters of a short link.
 
 Token: ``<payload>.<mac>``, both unpadded base64url; ``payload`` is compact JSON
-``{"u": user_id, "to": url?}`` and ``mac = HMAC-SHA256(secret, "recall-landing\\n" +
-journey_id + "\\n" + payload)``, so a token is bound to one journey and cannot be altered.
-The secret is the ``landing_token_secret`` setting (``RECALL_LANDING_TOKEN_SECRET``);
+``{"u": user_id, "iat": unix seconds, "to": url?}`` and ``mac = HMAC-SHA256(secret,
+"recall-landing\\n" + journey_id + "\\n" + payload)``, so a token is bound to one journey
+and cannot be altered. The secret is the ``landing_token_secret`` setting
+(``RECALL_LANDING_TOKEN_SECRET``).
 
+Tokens expire: ``iat`` (when the landing page made it, real time) must be at most
+``landing_token_ttl_s`` (default one hour) in the past and at most ``MAX_SKEW_S`` in the
+future. The landing page mints a token at the moment it redirects, so an hour is ample; a
+token copied from a browser history or a log stops working soon after.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from orchestrator.store.tables import LINKS, TOUCHES
 from orchestrator.tracking.links import keep_first, tracked_target
 
 SECRET_SETTING = "landing_token_secret"
+DEFAULT_TTL_S = 3600
+MAX_SKEW_S = 300  # the landing page's clock may run this far ahead of ours
 _DOMAIN = b"recall-landing\n"
 
 
@@ -67,18 +74,28 @@ class LandingClaim:
     to: str | None = None
 
 
-def landing_token(secret: str, *, journey_id: str, user_id: str, to: str | None = None) -> str:
-    """A token that identifies ``user_id`` on ``/l/{journey_id}``; ``to`` is the redirect."""
+def landing_token(
+    secret: str, *, journey_id: str, user_id: str, issued_at: datetime, to: str | None = None
+) -> str:
+    """A token that identifies ``user_id`` on ``/l/{journey_id}``; ``to`` is the redirect.
+    ``issued_at`` is now (real time): the token expires ``landing_token_ttl_s`` later."""
     _check_target(to)
-    claim: dict[str, str] = {"u": user_id} | ({"to": to} if to else {})
+    claim: dict[str, str | int] = {"u": user_id, "iat": int(issued_at.timestamp())}
+    if to:
+        claim["to"] = to
     payload = _b64(json.dumps(claim, separators=(",", ":"), ensure_ascii=False).encode())
     return f"{payload}.{_mac(secret, journey_id, payload)}"
 
 
-def read_landing_token(secret: str, token: str, *, journey_id: str) -> LandingClaim:
-    """The claim inside ``token``; ``SignatureError`` when it is malformed or not ours."""
+def read_landing_token(
+    secret: str, token: str, *, journey_id: str, now: datetime, ttl_s: int = DEFAULT_TTL_S
+) -> LandingClaim:
+    """The claim inside ``token``; ``SignatureError`` when it is malformed, not ours, or
+    expired (``now`` is real time)."""
     payload, _, mac = token.partition(".")
-    if not payload or not mac or not hmac.compare_digest(mac, _mac(secret, journey_id, payload)):
+    if (not payload or not mac or not payload.isascii()
+            or not hmac.compare_digest(mac.encode("utf-8"),
+                                       _mac(secret, journey_id, payload).encode("ascii"))):
         raise SignatureError(
             f"landing token is not valid for journey {journey_id!r}", field="t"
         )
@@ -88,9 +105,24 @@ def read_landing_token(secret: str, token: str, *, journey_id: str) -> LandingCl
         raise SignatureError("landing token payload is not valid JSON", field="t") from None
     if not isinstance(claim, dict) or not isinstance(claim.get("u"), str):
         raise SignatureError("landing token names no user", field="t")
+    _check_age(claim.get("iat"), now, ttl_s)
     to = claim.get("to")
+    if to is not None and not isinstance(to, str):
+        raise SignatureError("landing target must be an http(s) URL", field="to")
     _check_target(to)
     return LandingClaim(user_id=claim["u"], to=to)
+
+
+def _check_age(issued: Any, now: datetime, ttl_s: int) -> None:
+    if not isinstance(issued, int) or isinstance(issued, bool):
+        raise SignatureError("landing token has no issue time (iat); mint a new one", field="t")
+    age = now.timestamp() - issued
+    if age > ttl_s:
+        raise SignatureError(f"landing token expired {age - ttl_s:.0f} s ago (tokens last "
+                             f"{ttl_s} s); open the link again", field="t")
+    if age < -MAX_SKEW_S:
+        raise SignatureError("landing token is issued in the future; check the landing "
+                             "page's clock", field="t")
 
 
 @dataclass(frozen=True)
@@ -114,7 +146,7 @@ def record_landing_click(
 ) -> LandingHit | None:
     """Stamp the first click on the user's latest sent touch of the journey (and its link)."""
     touch = conn.execute(
-        select(TOUCHES.c.id, TOUCHES.c.channel, TOUCHES.c.link_code)
+        select(TOUCHES.c.id, TOUCHES.c.channel, TOUCHES.c.link_code, TOUCHES.c.clicked_at)
         .where(
             TOUCHES.c.journey_id == journey_id,
             TOUCHES.c.user_id == user_id,
@@ -126,11 +158,12 @@ def record_landing_click(
     ).first()
     if touch is None:
         return None
-    conn.execute(
-        update(TOUCHES)
-        .where(TOUCHES.c.id == touch.id)
-        .values(clicked_at=keep_first(TOUCHES.c.clicked_at, now))
-    )
+    if touch.clicked_at is None:  # later clicks only count on the link
+        conn.execute(
+            update(TOUCHES)
+            .where(TOUCHES.c.id == touch.id)
+            .values(clicked_at=keep_first(TOUCHES.c.clicked_at, now))
+        )
     target = None
     if touch.link_code:
         target = conn.execute(

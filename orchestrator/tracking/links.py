@@ -1,7 +1,7 @@
 """Short links: one unguessable code per touch (≥ 8 URL-safe chars), created in bulk.
 
-A click (``GET /s/{code}``) is recorded in two statements: the link's raw ``clicks`` count
-and ``first_clicked_at``, then the touch's ``clicked_at`` (first click only). The visitor is
+A click (``GET /s/{code}``) is recorded with one write: the link's raw ``clicks`` count and
+``first_clicked_at``; the touch's ``clicked_at`` is written on its first click only. The visitor is
 sent on to the target with ``utm_source=recall&utm_medium=<channel>&utm_campaign=<journey>
 &touch=<code>`` appended to the target's own query, which is kept byte for byte.
 """
@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from sqlalchemy import Connection, bindparam, func, insert, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from orchestrator.store.tables import LINKS, TOUCHES
 from orchestrator.store.types import UTCDateTime
@@ -107,30 +107,30 @@ def keep_first(column: Any, now: datetime) -> Any:
 
 
 def record_click(conn: Connection, code: str, *, now: datetime) -> Click | None:
-    """Count one click on ``code`` and stamp the first one; ``None`` for an unknown code."""
-    link = conn.execute(
+    """Count one click on ``code`` and stamp the first one; ``None`` for an unknown code.
+
+    One read, then one write (the link's count); the touch is written only on its first
+    click, so a repeated click costs one UPDATE.
+    """
+    found = conn.execute(
+        select(LINKS.c.target_url, LINKS.c.touch_id, TOUCHES.c.channel, TOUCHES.c.journey_id,
+               TOUCHES.c.clicked_at)
+        .select_from(LINKS.outerjoin(TOUCHES, TOUCHES.c.id == LINKS.c.touch_id))
+        .where(LINKS.c.code == code)
+    ).first()
+    if found is None:
+        return None
+    conn.execute(
         update(LINKS)
         .where(LINKS.c.code == code)
-        .values(
-            clicks=LINKS.c.clicks + 1,
-            first_clicked_at=keep_first(LINKS.c.first_clicked_at, now),
-        )
-        .returning(LINKS.c.target_url, LINKS.c.touch_id)
-    ).first()
-    if link is None:
-        return None
-    touch = None
-    if link.touch_id is not None:
-        touch = conn.execute(
-            update(TOUCHES)
-            .where(TOUCHES.c.id == link.touch_id)
-            .values(clicked_at=keep_first(TOUCHES.c.clicked_at, now))
-            .returning(TOUCHES.c.channel, TOUCHES.c.journey_id)
-        ).first()
-    return Click(
-        code=code,
-        target_url=link.target_url,
-        touch_id=link.touch_id,
-        channel=touch.channel if touch else "unknown",
-        journey_id=touch.journey_id if touch else "unknown",
+        .values(clicks=LINKS.c.clicks + 1,
+                first_clicked_at=keep_first(LINKS.c.first_clicked_at, now))
     )
+    if found.touch_id is not None and found.clicked_at is None:
+        conn.execute(
+            update(TOUCHES)
+            .where(TOUCHES.c.id == found.touch_id)
+            .values(clicked_at=keep_first(TOUCHES.c.clicked_at, now))
+        )
+    return Click(code=code, target_url=found.target_url, touch_id=found.touch_id,
+                 channel=found.channel or "unknown", journey_id=found.journey_id or "unknown")

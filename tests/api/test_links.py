@@ -7,7 +7,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from orchestrator.clock import ManualClock
+from orchestrator.clock import ManualClock, utcnow
 from orchestrator.tracking.landing import landing_token
 from tests.tracking.seed import LINKS, T0, TOUCHES, Seeder
 
@@ -58,7 +58,7 @@ def test_landing_records_the_click_for_the_tokens_user(
     client: httpx.Client, seed: Seeder
 ) -> None:
     touch, code = sms_link(seed)
-    token = landing_token("whsec-generic", journey_id="winback", user_id="u1")
+    token = landing_token("whsec-generic", journey_id="winback", user_id="u1", issued_at=utcnow())
     response = client.get("/l/winback", params={"t": token})
     assert response.status_code == 302
     assert response.headers["location"].endswith(f"utm_campaign=winback&touch={code}")
@@ -68,7 +68,7 @@ def test_landing_records_the_click_for_the_tokens_user(
 
 def test_landing_with_an_explicit_target_and_no_link(client: httpx.Client, seed: Seeder) -> None:
     touch = seed.touch(seed.enrollment(seed.user("u1")), "article", channel="wechat_article")
-    token = landing_token("whsec-generic", journey_id="winback", user_id="u1",
+    token = landing_token("whsec-generic", journey_id="winback", user_id="u1", issued_at=utcnow(),
                           to="https://m.example.com/menu")
     response = client.get("/l/winback", params={"t": token})
     assert response.headers["location"] == ("https://m.example.com/menu?utm_source=recall"
@@ -79,8 +79,10 @@ def test_landing_with_an_explicit_target_and_no_link(client: httpx.Client, seed:
 @pytest.mark.sqlite_only
 def test_landing_refuses_forged_tokens(client: httpx.Client, seed: Seeder) -> None:
     touch, _ = sms_link(seed)
-    forged = landing_token("guessed-secret", journey_id="winback", user_id="u1")
-    other_journey = landing_token("whsec-generic", journey_id="rescue", user_id="u1")
+    forged = landing_token("guessed-secret", journey_id="winback", user_id="u1",
+                           issued_at=utcnow())
+    other_journey = landing_token("whsec-generic", journey_id="rescue", user_id="u1",
+                                  issued_at=utcnow())
     for token in (forged, other_journey, "garbage"):
         response = client.get("/l/winback", params={"t": token})
         assert response.status_code == 400 and "Invalid link" in response.text
@@ -91,5 +93,5 @@ def test_landing_refuses_forged_tokens(client: httpx.Client, seed: Seeder) -> No
 def test_landing_without_a_touch_or_target_is_a_404(client: httpx.Client,
                                                     seed: Seeder) -> None:
     seed.user("u1")
-    token = landing_token("whsec-generic", journey_id="winback", user_id="u1")
+    token = landing_token("whsec-generic", journey_id="winback", user_id="u1", issued_at=utcnow())
     assert client.get("/l/winback", params={"t": token}).status_code == 404

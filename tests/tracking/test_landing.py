@@ -22,9 +22,9 @@ SECRET = "landing-secret"
 
 
 def test_token_round_trips_and_matches_the_documented_construction() -> None:
-    token = landing_token(SECRET, journey_id="winback", user_id="u1",
+    token = landing_token(SECRET, journey_id="winback", user_id="u1", issued_at=T0,
                           to="https://m.example.com/c")
-    claim = read_landing_token(SECRET, token, journey_id="winback")
+    claim = read_landing_token(SECRET, token, journey_id="winback", now=T0)
     assert (claim.user_id, claim.to) == ("u1", "https://m.example.com/c")
     payload, mac = token.split(".")
     expected = hmac.new(SECRET.encode(), b"recall-landing\nwinback\n" + payload.encode(),
@@ -39,22 +39,24 @@ def test_token_round_trips_and_matches_the_documented_construction() -> None:
     lambda t: "",
 ])
 def test_altered_tokens_are_refused(mutate: object) -> None:
-    token = landing_token(SECRET, journey_id="winback", user_id="u1")
+    token = landing_token(SECRET, journey_id="winback", user_id="u1", issued_at=T0)
     with pytest.raises(SignatureError, match="landing token is not valid"):
-        read_landing_token(SECRET, mutate(token), journey_id="winback")  # type: ignore[operator]
+        read_landing_token(SECRET, mutate(token),  # type: ignore[operator]
+                           journey_id="winback", now=T0)
 
 
 def test_a_token_is_bound_to_its_journey_and_secret() -> None:
-    token = landing_token(SECRET, journey_id="winback", user_id="u1")
+    token = landing_token(SECRET, journey_id="winback", user_id="u1", issued_at=T0)
     with pytest.raises(SignatureError):
-        read_landing_token(SECRET, token, journey_id="rescue")
+        read_landing_token(SECRET, token, journey_id="rescue", now=T0)
     with pytest.raises(SignatureError):
-        read_landing_token("other", token, journey_id="winback")
+        read_landing_token("other", token, journey_id="winback", now=T0)
 
 
 def test_only_http_targets() -> None:
     with pytest.raises(SignatureError, match="http"):
-        landing_token(SECRET, journey_id="j", user_id="u", to="javascript:alert(1)")
+        landing_token(SECRET, journey_id="j", user_id="u", issued_at=T0,
+                      to="javascript:alert(1)")
 
 
 def test_secret_is_the_landing_token_setting() -> None:
