@@ -77,6 +77,37 @@ class SendLedger:
             self.redis.hdel(self.key(batch_id), *fields)
 
 
+# Remove ids from one JSON-object field of a ledger hash, atomically (a worker may be writing
+# the same hash).
+_DROP_LUA = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local map = cjson.decode(raw)
+local dropped = 0
+for i = 2, #ARGV do
+  if map[ARGV[i]] ~= nil then map[ARGV[i]] = nil; dropped = dropped + 1 end
+end
+if dropped > 0 then
+  if next(map) == nil then redis.call('HSET', KEYS[1], ARGV[1], '{}')
+  else redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(map)) end
+end
+return dropped
+"""
+
+
+def drop_excluded(redis: Redis, batch_ids: Iterable[str], ids: Iterable[str], *,
+                  prefix: str = "recall", channel: str = "wechat_article",
+                  field: str = "excluded") -> int:
+    """Remove ``ids`` (OpenIDs) from the ``excluded`` map of each batch's ledger: that map
+    names recipients by OpenID, which ``recall forget`` must not leave behind."""
+    script = redis.register_script(_DROP_LUA)
+    args = [field, *ids]
+    dropped = 0
+    for batch_id in batch_ids:
+        dropped += int(script(keys=[f"{prefix}:ledger:{channel}:{batch_id}"], args=args))
+    return dropped
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 

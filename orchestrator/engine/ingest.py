@@ -5,7 +5,10 @@ Idempotent on ``event_id``. A *new* event, in the same transaction:
   ``entry.segment``, if any, the user passes at that moment);
 - converts every enrollment whose goal it reaches inside ``(entered_at, entered_at + within]``
   (both arms: intention-to-treat), attributing it to the last sent touch; an active
-  enrollment then exits and its scheduled touches are cancelled.
+  enrollment then exits and its scheduled touches are cancelled;
+- an ``unsubscribe`` event is an opt-out of ``props.channel`` (a channel, or ``all``), as an
+  SMS ``TD`` reply is: consent refuses the next send on that channel. One without a valid
+  ``props.channel`` is rejected, not stored.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ from orchestrator.engine.book import JourneyBook, upsert
 from orchestrator.engine.enroll import enroll
 from orchestrator.engine.segments import passes_segment
 from orchestrator.journeys.model import Journey
+from orchestrator.policy.consent import ALL_CHANNELS, CHANNELS, insert_opt_outs
 from orchestrator.store.db import begin_write
 from orchestrator.store.tables import CONVERSIONS, ENROLLMENTS, EVENTS, JOURNEY_STATES, TOUCHES
 from orchestrator.tracking.attribution import TouchView, attribute
 
 MAX_BATCH = 10_000
 OPEN_TOUCH = ("scheduled", "claimed")
+UNSUBSCRIBE = "unsubscribe"
+OPT_OUT_CHANNELS = (*CHANNELS, ALL_CHANNELS)
 
 
 class EventIn(BaseModel):
@@ -63,11 +69,17 @@ class IngestResult:
 def parse_event(raw: Mapping[str, Any]) -> EventIn:
     """Validate one event; ``ValueError`` names the field and what is wrong."""
     try:
-        return EventIn.model_validate(raw)
+        event = EventIn.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "event"
         raise ValueError(f"{where}: {first['msg']}") from None
+    if event.name == UNSUBSCRIBE and event.props.get("channel") not in OPT_OUT_CHANNELS:
+        raise ValueError(
+            f"props.channel: an unsubscribe event names the channel it opts out of, one of "
+            f"{', '.join(OPT_OUT_CHANNELS)}; got {event.props.get('channel')!r}"
+        )
+    return event
 
 
 def ingest_events(
@@ -90,6 +102,7 @@ def ingest_events(
         new = insert_events(conn, valid, now=now)
         result.accepted = len(new)
         result.duplicates = len(valid) - len(new)
+        _opt_out(conn, new, now)
         if journeys is not None and new:
             result.enrolled = _enter(conn, journeys, new, now)
             result.converted = _convert(conn, journeys, new, now)
@@ -111,6 +124,16 @@ def insert_events(conn: Connection, events: Sequence[EventIn], *, now: datetime)
     stmt = upsert(conn.engine)(EVENTS).on_conflict_do_nothing().returning(EVENTS.c.event_id)
     inserted = set(conn.execute(stmt, rows).scalars().all())
     return [e for e in by_id.values() if e.event_id in inserted]
+
+
+def _opt_out(conn: Connection, events: list[EventIn], now: datetime) -> None:
+    """Each new ``unsubscribe`` event withdraws consent, in the same transaction."""
+    wanted = {(e.props["channel"], e.user_id) for e in events if e.name == UNSUBSCRIBE}
+    insert_opt_outs(conn, [
+        {"channel": channel, "identity": f"user:{user_id}", "user_id": user_id,
+         "reason": UNSUBSCRIBE, "created_at": now}
+        for channel, user_id in sorted(wanted)
+    ])
 
 
 def _enter(conn: Connection, book: JourneyBook, events: list[EventIn], now: datetime) -> int:

@@ -267,6 +267,13 @@ class CapStore:
             pipe.zrem(self._channel_key(r.person, r.channel), r.key)
         pipe.execute()
 
+    def forget(self, person: str) -> int:
+        """Delete every reservation key of ``person`` (``recall forget``): the keys name the
+        user id. Returns how many keys went."""
+        channels = {h.channel for h in self.held(person)}
+        keys = [self._all_key(person), *(self._channel_key(person, c) for c in sorted(channels))]
+        return int(self._redis.delete(*keys))
+
     def held(self, person: str) -> list[HeldReservation]:
         """The reservations Redis holds for ``person``, oldest first."""
         rows: list[tuple[bytes | str, float]] = self._redis.zrange(  # type: ignore[assignment]

@@ -13,13 +13,18 @@ Sources, per user (``users``) and per identity (``opt_outs``):
 SMS knows only the phone, a WeChat event only the OpenID). Beyond consent, a user who
 cannot be addressed on the channel is reported too (``no_phone``, ``no_openid``,
 ``no_external_userid``), as are ``erased`` (``recall forget``) and ``unknown_user``.
+
+``recall forget`` leaves a ``forgotten`` row on channel ``all`` per hashed identity
+(``sha256:<hex of "phone:+86…">``); each user's identities are looked up hashed too, so a
+person whose data comes back with another import is suppressed as ``erased``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +40,7 @@ from orchestrator.store.tables import USERS as _USERS
 
 CHANNELS = ("wechat_article", "wecom_group_invite", "sms")
 ALL_CHANNELS = "all"
+FORGOTTEN = "forgotten"  # the reason of the rows ``recall forget`` leaves
 IDENTITY_KINDS = ("user", "phone", "openid", "unionid", "external_userid")
 # Every reason ``suppressions`` may give, most decisive first.
 REASONS = (
@@ -79,13 +85,22 @@ def make_identity(kind: str, value: str) -> str:
     return f"{kind}:{normalize_phone(value) if kind == 'phone' else value}"
 
 
-def _user_identities(user: Any) -> list[str]:
-    found = [make_identity("user", user.user_id)]
+def identities_of(user: Any) -> list[str]:
+    """Every identity of a user row (attribute or mapping access), ``user:<id>`` first."""
+    def field(name: str) -> Any:
+        return user[name] if isinstance(user, Mapping) else getattr(user, name)
+
+    found = [make_identity("user", field("user_id"))]
     for kind in ("phone", "openid", "unionid", "external_userid"):
-        value = getattr(user, kind)
+        value = field(kind)
         if value:
             found.append(make_identity(kind, value))
     return found
+
+
+def hashed_identity(identity: str) -> str:
+    """The one-way form an identity keeps after ``recall forget``."""
+    return "sha256:" + hashlib.sha256(identity.encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- suppressions
@@ -121,7 +136,11 @@ def _suppressions_chunk(engine: Engine, user_ids: list[str], channel: str) -> di
 
 def _opt_outs_of(conn: sa.Connection, users: Sequence[Any], channel: str) -> dict[str, list[Any]]:
     """The opt-out rows for ``channel`` or ``all`` of each user, by user_id or identity."""
-    owner = {ident: user.user_id for user in users for ident in _user_identities(user)}
+    owner = {
+        form: user.user_id
+        for user in users for ident in identities_of(user)
+        for form in (ident, hashed_identity(ident))
+    }
     if not owner:
         return {}
     o = _OPT_OUTS.c
@@ -138,7 +157,7 @@ def _opt_outs_of(conn: sa.Connection, users: Sequence[Any], channel: str) -> dic
 
 
 def _reason(user: Any, channel: str, opt_outs: list[Any]) -> str | None:
-    if user.erased:
+    if user.erased or any(row.reason == FORGOTTEN for row in opt_outs):
         return "erased"
     if any(row.channel == ALL_CHANNELS for row in opt_outs):
         return "unsubscribed"
@@ -171,7 +190,7 @@ def record_opt_out(
     ``openid:…`` from a WeChat unfollow) and/or the ``user_id``. The identity is resolved to
     a user when exactly one matches; the row counts by identity either way, so a number that
     no user has yet is suppressed from the moment one does. ``reason`` says where it came
-    from: ``sms_reply:TD``, ``unfollow``, ``unsubscribe``, ``provider:21610``…
+    from: ``sms_reply:td``, ``unfollow``, ``unsubscribe``, ``provider:21610``…
     """
     _check_channel(channel, allow_all=True)
     if identity is None and user_id is None:
@@ -179,11 +198,18 @@ def record_opt_out(
     ident = _normalized_identity(identity) if identity else f"user:{user_id}"
     with begin_write(engine) as conn:
         owner = user_id or _resolve(conn, ident)
-        insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
-        stmt = insert(_OPT_OUTS).values(
-            channel=channel, identity=ident, user_id=owner, reason=reason, created_at=at
-        )
-        conn.execute(stmt.on_conflict_do_nothing(index_elements=["channel", "identity"]))
+        insert_opt_outs(conn, [{"channel": channel, "identity": ident, "user_id": owner,
+                                "reason": reason, "created_at": at}])
+
+
+def insert_opt_outs(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert opt-out rows (``channel``, ``identity``, ``user_id``, ``reason``,
+    ``created_at``) in the caller's transaction; rows already there are kept as they are."""
+    if not rows:
+        return
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(_OPT_OUTS).on_conflict_do_nothing(index_elements=["channel", "identity"])
+    conn.execute(stmt, list(rows))
 
 
 def clear_opt_out(
@@ -271,9 +297,15 @@ def _strip_punctuation(text: str) -> str:
 
 
 __all__ = [
+    "ALL_CHANNELS",
+    "CHANNELS",
+    "FORGOTTEN",
     "REASONS",
     "SMS_OPT_OUT_KEYWORDS",
     "clear_opt_out",
+    "hashed_identity",
+    "identities_of",
+    "insert_opt_outs",
     "make_identity",
     "normalize_phone",
     "parse_sms_opt_out",

@@ -2,12 +2,22 @@
 
 What goes: identities (OpenID, UnionID, external_userid, phone, WeCom sender), time zone,
 free attributes, event and trigger payloads, drawn coupon codes, the recipient and text of
-every frozen provider request, the query of every short-link target, derived features.
+every frozen provider request, the query of every short-link target, derived features,
+the free text of opt-out reasons (an SMS reply keeps only its kind, ``sms_reply``), and
+what Redis holds about the person (their cap reservations, the OpenID in a mass send's
+list of excluded recipients). Their active enrollments are ended (``exit_reason``
+``erased``) and their unsent touches cancelled.
+
 What stays, under a pseudonym (``erased-<hash>``) instead of the user id: the rows that
 reports count (events by name and time, enrollments, touches, conversions), so journey
 numbers do not change. Opt-outs keep working for the pseudonym; their identities are
-replaced by one-way hashes. The erasure itself is written to the audit log under the
-pseudonym, never the erased id.
+replaced by one-way hashes.
+
+The erasure is sticky: a ``forgotten`` opt-out on every channel is kept under the hash of
+each of the person's identities (user id, phone, OpenID, UnionID, external_userid). A later
+import of the same user id is refused, and another user id that arrives with one of those
+phone numbers or OpenIDs is suppressed as ``erased`` (``orchestrator.policy.consent``).
+The erasure itself is written to the audit log under the pseudonym, never the erased id.
 """
 
 from __future__ import annotations
@@ -18,9 +28,17 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from redis import Redis
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from orchestrator.errors import NotFoundError
+from orchestrator.policy.consent import (
+    ALL_CHANNELS,
+    FORGOTTEN,
+    hashed_identity,
+    identities_of,
+    insert_opt_outs,
+)
 from orchestrator.store.db import begin_write
 from orchestrator.store.tables import AUDIT_LOG as AUDIT
 from orchestrator.store.tables import (
@@ -37,6 +55,7 @@ from orchestrator.store.tables import USER_FEATURES as FEATURES
 from orchestrator.store.tables import WEBHOOK_RECEIPTS as RECEIPTS
 
 ERASED = "[erased]"
+ERASED_REASON = "erased"
 
 
 @dataclass(frozen=True)
@@ -49,37 +68,27 @@ def pseudonym(user_id: str) -> str:
     return "erased-" + hashlib.sha256(f"recall-forget\n{user_id}".encode()).hexdigest()[:20]
 
 
-def _hashed(identity: str) -> str:
-    return "sha256:" + hashlib.sha256(identity.encode()).hexdigest()
+def forget(engine: Engine, user_id: str, *, now: datetime, redis: Redis | None = None,
+           actor: str = "cli") -> Erasure:
+    """Erase ``user_id``'s personal data in one transaction; ``NotFoundError`` if unknown.
 
-
-def forget(engine: Engine, user_id: str, *, now: datetime, actor: str = "cli") -> Erasure:
-    """Erase ``user_id``'s personal data in one transaction; ``NotFoundError`` if unknown."""
+    ``redis``: the deployment's Redis, cleared first (``None`` when no Redis runs: the
+    embedded one keeps nothing once stopped). Should the database transaction then fail,
+    running ``forget`` again finishes the job.
+    """
     alias = pseudonym(user_id)
-    with begin_write(engine) as conn:
+    with engine.connect() as conn:
         user = conn.execute(select(USERS).where(USERS.c.user_id == user_id)).mappings().first()
-        if user is None:
-            raise NotFoundError(f"no user {user_id!r} to forget (already forgotten, or never "
-                                "imported); nothing was changed")
-        rows = {
-            "users": conn.execute(update(USERS).where(USERS.c.user_id == user_id).values(
-                user_id=alias, openid=None, unionid=None, external_userid=None,
-                wecom_sender=None, phone=None, timezone=None, attributes={},
-                erased=True, updated_at=now)).rowcount,
-            "events": conn.execute(update(EVENTS).where(EVENTS.c.user_id == user_id)
-                                   .values(user_id=alias, props={})).rowcount,
-            "enrollments": conn.execute(update(ENROLLMENTS).where(
-                ENROLLMENTS.c.user_id == user_id).values(user_id=alias, data={})).rowcount,
-            "touches": conn.execute(update(TOUCHES).where(TOUCHES.c.user_id == user_id)
-                                    .values(user_id=alias)).rowcount,
-            "conversions": conn.execute(update(CONVERSIONS).where(
-                CONVERSIONS.c.user_id == user_id).values(user_id=alias)).rowcount,
-            "webhook_receipts": conn.execute(update(RECEIPTS).where(
-                RECEIPTS.c.user_id == user_id).values(user_id=alias)).rowcount,
-            "user_features": conn.execute(delete(FEATURES).where(
-                FEATURES.c.user_id == user_id)).rowcount,
-        }
+        batches = _batch_ids(conn, user_id)
+    if user is None:
+        raise NotFoundError(f"no user {user_id!r} to forget (already forgotten, or never "
+                            "imported); nothing was changed")
+    if redis is not None:
+        forget_in_redis(redis, user_id, openid=user["openid"], batch_ids=batches)
+    with begin_write(engine) as conn:
+        rows = _erase_rows(conn, user_id, alias, now)
         rows["opt_outs"] = _opt_outs(conn, user, alias)
+        _remember_forgotten(conn, user, alias, now)
         rows["links"] = _links(conn, alias)
         rows["send_batches"] = _batches(conn, alias)
         conn.execute(insert(AUDIT).values(at=now, actor=actor, action="forget",
@@ -87,19 +96,75 @@ def forget(engine: Engine, user_id: str, *, now: datetime, actor: str = "cli") -
     return Erasure(alias, rows)
 
 
-def _identities(user: Any) -> list[str]:
-    kinds = ("phone", "openid", "unionid", "external_userid")
-    return [f"{kind}:{user[kind]}" for kind in kinds if user[kind]] + [f"user:{user['user_id']}"]
+def _erase_rows(conn: Connection, user_id: str, alias: str, now: datetime) -> dict[str, int]:
+    rows = {
+        "enrollments_ended": conn.execute(update(ENROLLMENTS).where(
+            ENROLLMENTS.c.user_id == user_id, ENROLLMENTS.c.state == "active").values(
+            state="exited", exit_reason=ERASED_REASON, exited_at=now, due_at=None,
+            lease_until=None)).rowcount,
+        "touches_cancelled": conn.execute(update(TOUCHES).where(
+            TOUCHES.c.user_id == user_id, TOUCHES.c.status.in_(("scheduled", "claimed"))).values(
+            status="cancelled", reason=ERASED_REASON, claim_token=None)).rowcount,
+    }
+    return rows | {
+        "users": conn.execute(update(USERS).where(USERS.c.user_id == user_id).values(
+            user_id=alias, openid=None, unionid=None, external_userid=None,
+            wecom_sender=None, phone=None, timezone=None, attributes={},
+            erased=True, updated_at=now)).rowcount,
+        "events": conn.execute(update(EVENTS).where(EVENTS.c.user_id == user_id)
+                               .values(user_id=alias, props={})).rowcount,
+        "enrollments": conn.execute(update(ENROLLMENTS).where(
+            ENROLLMENTS.c.user_id == user_id).values(user_id=alias, data={})).rowcount,
+        "touches": conn.execute(update(TOUCHES).where(TOUCHES.c.user_id == user_id)
+                                .values(user_id=alias)).rowcount,
+        "conversions": conn.execute(update(CONVERSIONS).where(
+            CONVERSIONS.c.user_id == user_id).values(user_id=alias)).rowcount,
+        "webhook_receipts": conn.execute(update(RECEIPTS).where(
+            RECEIPTS.c.user_id == user_id).values(user_id=alias)).rowcount,
+        "user_features": conn.execute(delete(FEATURES).where(
+            FEATURES.c.user_id == user_id)).rowcount,
+    }
+
+
+def _batch_ids(conn: Connection, user_id: str) -> list[str]:
+    return sorted(conn.execute(select(TOUCHES.c.batch_id).distinct().where(
+        TOUCHES.c.user_id == user_id, TOUCHES.c.batch_id.is_not(None))).scalars())
+
+
+def forget_in_redis(redis: Redis, user_id: str, *, openid: str | None,
+                    batch_ids: list[str]) -> None:
+    """Drop the person's cap reservations and their OpenID from mass-send ledgers."""
+    from orchestrator.channels.ledger import drop_excluded
+    from orchestrator.policy.caps import CapStore
+
+    CapStore(redis).forget(user_id)
+    if openid:
+        drop_excluded(redis, batch_ids, [openid])
 
 
 def _opt_outs(conn: Connection, user: Any, alias: str) -> int:
-    mine = conn.execute(select(OPT_OUTS.c.id, OPT_OUTS.c.identity).where(
-        (OPT_OUTS.c.user_id == user["user_id"]) | OPT_OUTS.c.identity.in_(_identities(user))
+    """The person's opt-outs stay, by pseudonym and hashed identity; a reason keeps only its
+    kind (an SMS reply's text goes)."""
+    mine = conn.execute(select(OPT_OUTS.c.id, OPT_OUTS.c.identity, OPT_OUTS.c.reason).where(
+        (OPT_OUTS.c.user_id == user["user_id"]) | OPT_OUTS.c.identity.in_(identities_of(user))
     )).all()
     for row in mine:
-        conn.execute(update(OPT_OUTS).where(OPT_OUTS.c.id == row.id)
-                     .values(user_id=alias, identity=_hashed(row.identity)))
+        identity = row.identity
+        if not identity.startswith("sha256:"):
+            identity = hashed_identity(identity)
+        conn.execute(update(OPT_OUTS).where(OPT_OUTS.c.id == row.id).values(
+            user_id=alias, identity=identity, reason=row.reason.split(":", 1)[0]))
     return len(mine)
+
+
+def _remember_forgotten(conn: Connection, user: Any, alias: str, now: datetime) -> None:
+    """A ``forgotten`` opt-out on every channel per hashed identity: the person stays
+    suppressed if their data comes back with another import."""
+    insert_opt_outs(conn, [
+        {"channel": ALL_CHANNELS, "identity": hashed_identity(identity), "user_id": alias,
+         "reason": FORGOTTEN, "created_at": now}
+        for identity in identities_of(user)
+    ])
 
 
 def _links(conn: Connection, alias: str) -> int:
