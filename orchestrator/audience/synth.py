@@ -243,6 +243,18 @@ def _day_index(start: datetime, cutoff: datetime) -> int:
 # ------------------------------------------------------------------------------ people
 
 
+# Third digits no carrier assigns after each prefix (libphonenumber's CN metadata): the
+# generated numbers must be valid mobiles, since the import refuses invalid ones.
+_UNASSIGNED = {"15": {"4": "5"}, "17": {"4": "5", "9": "8"}, "19": {"4": "5"}}
+
+
+def _mobile(prefix: str, drawn: int, i: int) -> str:
+    """A valid, unique Chinese mobile: the drawn digits with user ``i`` in the last six."""
+    digits = f"{drawn:09d}"
+    third = _UNASSIGNED.get(prefix, {}).get(digits[0], digits[0])
+    return f"+86{prefix}{third}{digits[1:3]}{i % 1_000_000:06d}"
+
+
 def _users(rng: np.random.Generator, n: int, seed: int) -> list[dict[str, Any]]:
     has_union = rng.random(n) < 0.7
     has_wecom = rng.random(n) < 0.55
@@ -266,7 +278,7 @@ def _users(rng: np.random.Generator, n: int, seed: int) -> list[dict[str, Any]]:
             "unionid": "o" + _token(seed, i, "unionid", 27) if has_union[i] else None,
             "external_userid": "wm" + _token(seed, i, "wecom", 30) if has_wecom[i] else None,
             "wecom_sender": f"staff-{senders[i]:02d}" if has_wecom[i] else None,
-            "phone": f"+86{prefixes[i]}{numbers[i]:09d}" if has_phone[i] else None,
+            "phone": _mobile(str(prefixes[i]), int(numbers[i]), i) if has_phone[i] else None,
             "timezone": str(zones[i]) or None,
             "sms_opt_out": bool(opted_out[i]),
             "wechat_followed": bool(followed[i]),

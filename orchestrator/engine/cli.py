@@ -62,7 +62,8 @@ def import_cmd(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="the file to import")],
     trigger: Annotated[bool, typer.Option(help="let imported events trigger journeys")] = False,
 ) -> None:
-    """Import users.csv or events.jsonl (SPEC formats); bad rows are listed, good rows kept."""
+    """Import users.csv or events.jsonl; bad rows are listed (FILE:LINE), good rows kept."""
+    from orchestrator.audience.phones import default_region, policy_timezone
     from orchestrator.engine.book import JourneyBook
     from orchestrator.engine.importer import import_events, import_users
 
@@ -77,7 +78,8 @@ def import_cmd(
                 bar.advance(task, n)
 
             if kind == "users":
-                report = import_users(engine, file, now=now, progress=step)
+                region = default_region(settings, policy_timezone(settings))
+                report = import_users(engine, file, now=now, region=region, progress=step)
             else:
                 book = None
                 if trigger:
@@ -87,8 +89,10 @@ def import_cmd(
                 report = import_events(engine, file, now=now, journeys=book, progress=step)
     except (RecallError, ValueError) as exc:
         raise _fail(exc) from None
+    for note in report.notes:
+        err.print(f"note: {note}", soft_wrap=True, highlight=False, markup=False)
     for line, reason in report.errors:
-        err.print(f"{file}:{line}: {reason}")
+        err.print(f"{file}:{line}: {reason}", soft_wrap=True, highlight=False, markup=False)
     out.print(f"{report.imported:,} {kind} imported, {report.duplicates:,} duplicates, "
               f"{len(report.errors):,} rejected")
     if report.errors:
@@ -253,11 +257,21 @@ def beat_cmd() -> None:
 
 def forget_cmd(user: Annotated[str, typer.Argument(help="the user_id to erase")]) -> None:
     """Erase a person's personal data everywhere; anonymous counts stay (PIPL/GDPR)."""
+    from redis import RedisError
+
     from orchestrator.store.erase import forget
+    from orchestrator.store.redis import get_redis
 
     settings = get_settings()
     try:
-        erasure = forget(_db(settings), user, now=_now(settings))
+        redis = get_redis(settings)
+    except RecallError:
+        redis = None  # no Redis runs (the embedded one keeps nothing once stopped)
+    try:
+        erasure = forget(_db(settings), user, now=_now(settings), redis=redis)
+    except RedisError as exc:
+        raise _fail(RuntimeError(f"Redis did not answer ({exc}); nothing was erased: "
+                                 "run `recall forget` again when it does")) from None
     except RecallError as exc:
         raise _fail(exc) from None
     changed = ", ".join(f"{n:,} {table}" for table, n in erasure.rows.items() if n)

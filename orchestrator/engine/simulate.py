@@ -361,6 +361,20 @@ def chunks(items: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, An
         yield items[begin : begin + size]
 
 
+def _import_users(rt: Runtime, users: Path, start: datetime) -> None:
+    """The users file must import cleanly: a run on a silently partial population would
+    report numbers about people who are not there."""
+    from orchestrator.audience.phones import default_region, policy_timezone
+    from orchestrator.errors import InputError
+
+    region = default_region(rt.settings, policy_timezone(rt.settings))
+    report = import_users(rt.db, users, now=start, region=region)
+    if report.errors:
+        line, reason = report.errors[0]
+        raise InputError(f"{users}:{line}: {reason} ({len(report.errors):,} bad rows in all; "
+                         f"`recall import users {users}` lists them)")
+
+
 def simulate(
     settings: Settings,
     *,
@@ -390,7 +404,7 @@ def simulate(
         clock.set(start)
         rt.book.sync(rt.db, now=start)
         if users is not None:
-            import_users(rt.db, users, now=start)
+            _import_users(rt, users, start)
         history, future = split_events(events, start)
         for chunk in chunks(history, 5_000):
             ingest_events(rt.db, chunk, now=start)  # history: no journey is triggered
