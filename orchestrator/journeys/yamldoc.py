@@ -65,7 +65,13 @@ class YamlDocument:
 
 def read_yaml(text: str, file: str) -> tuple[YamlDocument | None, list[Problem]]:
     """Parse ``text``; on a syntax error return no document and the problem."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:  # a control character: refused before parsing
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        return None, [Problem(file, line, col, f"YAML cannot contain the control character "
+                                               f"#x{exc.character:04x}; remove it")]
     try:
         node = loader.get_single_node()
         if node is None:
@@ -79,6 +85,10 @@ def read_yaml(text: str, file: str) -> tuple[YamlDocument | None, list[Problem]]
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         reason = exc.problem or exc.context or "unreadable YAML"
         return None, [Problem(file, line, col, f"YAML syntax error: {reason}")]
+    except yaml.YAMLError as exc:  # an unmarked error (e.g. a character mid-stream)
+        return None, [Problem(file, 1, 1, f"YAML syntax error: {exc}")]
+    except RecursionError:
+        return None, [Problem(file, 1, 1, "YAML nested too deeply to read")]
     finally:
         loader.dispose()
 
