@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -112,6 +113,12 @@ async def database_error_handler(request: Request, exc: Exception) -> Response:
                           "the database did not answer; retry later (details in the server log)")
 
 
+async def redis_error_handler(request: Request, exc: Exception) -> Response:
+    log.error("%s %s: Redis error: %s", request.method, request.url.path, exc)
+    return error_response(503, "store_unavailable",
+                          "Redis did not answer; retry later (details in the server log)")
+
+
 async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
     # Uvicorn logs the traceback too; the client learns nothing internal.
     log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
@@ -121,6 +128,7 @@ async def unexpected_error_handler(request: Request, exc: Exception) -> Response
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RecallError, recall_error_handler)
     app.add_exception_handler(DBAPIError, database_error_handler)
+    app.add_exception_handler(RedisError, redis_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)

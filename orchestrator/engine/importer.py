@@ -109,13 +109,16 @@ def _check_utf8(path: Path) -> None:
     decoder = codecs.getincrementaldecoder("utf-8")()
     line = 1
     with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            try:
-                decoder.decode(block)
+        while True:
+            block = fh.read(1 << 20)
+            try:  # the last call (an empty block) also refuses a sequence cut off at the end
+                decoder.decode(block, final=not block)
             except UnicodeDecodeError as exc:
                 bad = line + block[: exc.start].count(b"\n")
                 raise InputError(f"{path}:{bad}: the file is not UTF-8 text; save it as UTF-8 "
                                  "(Excel: \"CSV UTF-8\")") from None
+            if not block:
+                return
             line += block.count(b"\n")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -164,3 +165,24 @@ def test_with_an_aes_key_a_plain_push_is_refused(
     assert seed.row(USERS, user_id="u1")["wechat_followed"] is False
     assert consent.suppressions(seed.engine, ["u1"], "wechat_article") == {
         "u1": "not_following"}
+
+
+@pytest.mark.sqlite_only
+def test_without_redis_a_callback_is_a_503_and_changes_nothing(
+    settings: Settings, db_engine: Engine, clock: ManualClock, seed: Seeder,
+    api_server: tuple[Swappable, str],
+) -> None:
+    """The nonce store is unreachable: refuse (the provider retries), never guess."""
+    seed.user("u1", openid="o1", wechat_followed=True)
+    app = create_app(settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"}),
+                     engine=db_engine, clock=clock)
+    swappable, url = api_server
+    swappable.app = app
+    try:
+        with httpx.Client(base_url=url, trust_env=False, timeout=30) as client:
+            answer = unsubscribe(client, signed("wechat-token", int(time.time())))
+    finally:
+        swappable.app = None
+    assert answer.status_code == 503
+    assert answer.json()["error"]["code"] == "store_unavailable"
+    assert seed.count(OPT_OUTS) == 0

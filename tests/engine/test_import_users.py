@@ -98,6 +98,16 @@ def test_a_file_that_is_not_utf8_imports_nothing(sqlite_engine: Engine, tmp_path
     assert count(sqlite_engine) == 0
 
 
+def test_a_multibyte_character_cut_off_at_the_end_is_refused(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    path = tmp_path / "users.csv"
+    path.write_bytes((HEADER + "\nu1,o1,,,,,,false,true\n").encode() + "小".encode()[:2])
+    with pytest.raises(InputError, match=r"users.csv:3: the file is not UTF-8"):
+        import_users(sqlite_engine, path, now=T0)
+    assert count(sqlite_engine) == 0
+
+
 def test_phones_are_stored_in_e164_and_bad_ones_rejected_by_line(
     sqlite_engine: Engine, tmp_path: Path
 ) -> None:
