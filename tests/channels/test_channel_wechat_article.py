@@ -207,6 +207,7 @@ def test_http_500_is_retryable(article: WeChatArticleChannel, sandbox: SandboxHa
         article.send(request("b-500", CHANNEL, messages(2)))
 
 
+@pytest.mark.short_timeout
 @pytest.mark.parametrize("kind", ["drop", "timeout"])
 def test_a_lost_answer_is_unknown_and_reconcile_finds_the_send_without_resending(
     article: WeChatArticleChannel, sandbox: SandboxHandle, kind: str

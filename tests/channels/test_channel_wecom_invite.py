@@ -195,6 +195,7 @@ def test_transient_refusals_are_retryable_and_the_retry_creates_one_task(
     assert [t["outcome"] for t in tasks(sandbox)] == [f"fault:{kind}", "accepted"]
 
 
+@pytest.mark.short_timeout
 @pytest.mark.parametrize("kind", ["drop", "timeout"])
 def test_a_lost_answer_is_unknown_and_reconcile_finds_the_task_without_resending(
     invite: WeComInviteChannel, sandbox: SandboxHandle, kind: str
