@@ -186,6 +186,21 @@ def test_exports_stream_touches_and_enrollments(
     assert client.get("/v1/exports/users", headers=auth).status_code == 422
 
 
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize(("journey_id", "fallback", "exact"), [
+    ("winback", "touches-winback.jsonl", "touches-winback.jsonl"),
+    ("校园召回", "touches-____.jsonl", "touches-%E6%A0%A1%E5%9B%AD%E5%8F%AC%E5%9B%9E.jsonl"),
+    ('a"b\\c', "touches-a_b_c.jsonl", "touches-a%22b%5Cc.jsonl"),
+])
+def test_an_export_names_its_file_whatever_the_journey_id(
+    client: httpx.Client, auth: dict[str, str], journey_id: str, fallback: str, exact: str
+) -> None:
+    answer = client.get("/v1/exports/touches", params={"journey_id": journey_id}, headers=auth)
+    assert answer.status_code == 200
+    assert answer.headers["content-disposition"] == (
+        f'attachment; filename="{fallback}"; filename*=UTF-8\'\'{exact}')
+
+
 def test_a_database_outage_is_a_503_in_the_error_shape(
     settings: Any, clock: Any, api_server: Any, auth: dict[str, str]
 ) -> None:

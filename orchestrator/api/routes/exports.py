@@ -10,6 +10,7 @@ import io
 import json
 from collections.abc import Iterator
 from typing import Any, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
@@ -59,4 +60,12 @@ def export(
     body = _jsonl(records) if format == "jsonl" else _csv(records, columns)
     filename = f"{kind}{'-' + journey_id if journey_id else ''}.{format}"
     return StreamingResponse(body, media_type=MEDIA[format],
-                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+                             headers={"Content-Disposition": attachment(filename)})
+
+
+def attachment(filename: str) -> str:
+    """A ``Content-Disposition`` for ``filename`` whatever its characters (a journey id may
+    be Chinese): an ASCII fallback, and the exact name in RFC 5987 form."""
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_"
+                       for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
