@@ -30,7 +30,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(bar, red=True)
         terminalreporter.write_line(
             f"SKIPPED the server suites for: {', '.join(sorted(_missing))}. Only the embedded "
-            "default (SQLite + embedded Redis) was tested. Start the servers to run them.",
+            "default (SQLite + embedded Redis) was tested. Start or install them to run them.",
             red=True,
         )
         terminalreporter.write_line(bar, red=True)

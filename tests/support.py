@@ -36,6 +36,29 @@ def require_server(name: str, url: str, port: int) -> None:
     pytest.skip(f"SERVER SUITE SKIPPED: {message}")
 
 
+def require_chromium() -> str:
+    """The path of a Chromium to drive with Playwright (``RECALL_TEST_CHROMIUM``, else
+    ``chromium`` on the PATH); skipped loudly without one, a failure under ``CI=true``."""
+    import shutil
+
+    path = os.environ.get("RECALL_TEST_CHROMIUM") or shutil.which("chromium") or ""
+    problem = None
+    if not path or not os.access(path, os.X_OK):
+        problem = "no Chromium (apt-get install chromium fonts-noto-cjk)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            problem = "no playwright package (pip install -e '.[dev]')"
+    if problem is None:
+        return path
+    if IN_CI:
+        pytest.fail(f"browser tests: {problem}; CI=true requires it (.ci/run installs it)",
+                    pytrace=False)
+    _missing.add(f"headless Chromium: {problem}")
+    pytest.skip(f"BROWSER SUITE SKIPPED: {problem}")
+
+
 _EMBEDDED: list[object] = []  # the embedded Redis standing in for a missing server
 
 

@@ -1,7 +1,9 @@
-"""The HTTP API (SPEC §8): ``create_app`` builds it; ``recall api`` serves it with uvicorn.
+"""The HTTP API: ``create_app`` builds it; ``recall api`` serves it with uvicorn.
 
 Authentication: ``/v1/events``, ``/v1/journeys…`` and exports need ``Authorization: Bearer
-<key>``; webhooks, callbacks and links are public and checked by their own signatures.
+<key>``; webhooks, callbacks and links are public and checked by their own signatures; the
+dashboard (``/``, ``/journeys/…``) needs a key or a signed-in session, except on the
+embedded stack on loopback (``orchestrator.api.session``).
 Routes are in ``orchestrator.api.routes``; the reference is ``docs/api.md``.
 """
 
@@ -17,6 +19,7 @@ from orchestrator.api.metrics import ApiMetrics
 from orchestrator.api.ratelimit import RateLimiter
 from orchestrator.api.routes import (
     callbacks,
+    dashboard,
     events,
     exports,
     health,
@@ -27,6 +30,8 @@ from orchestrator.api.routes import (
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.config import Settings, get_settings
 from orchestrator.logs import configure_logging
+
+LOGIN_ATTEMPTS_PER_MIN = 10  # dashboard sign-in attempts per client address
 
 
 def create_app(
@@ -65,8 +70,9 @@ def create_app(
         wall_clock=wall_clock or SystemClock(), allow_sandbox_secrets=allow_sandbox_secrets,
     )
     app.state.link_limiter = RateLimiter(settings.link_requests_per_min)
+    app.state.login_limiter = RateLimiter(LOGIN_ATTEMPTS_PER_MIN)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     install_error_handlers(app)
-    for module in (events, journeys, exports, webhooks, callbacks, links, health):
+    for module in (events, journeys, exports, webhooks, callbacks, links, health, dashboard):
         app.include_router(module.router)
     return app

@@ -5,7 +5,6 @@ the journeys (for enrollment at ingest) and the API-key check.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import threading
 import time
@@ -104,6 +103,12 @@ class Services:
     def __post_init__(self) -> None:
         self.journeys = JourneyCache(self.settings, self.engine, self.clock)
 
+    @property
+    def local_only(self) -> bool:
+        """Nobody but this machine can reach this API: the embedded stack on loopback, the
+        same condition under which the sandbox placeholders are accepted."""
+        return self.allow_sandbox_secrets
+
     def inbound_secret(self, name: str) -> str:
         """The secret that authenticates a public endpoint (``generic_webhook_secret``…).
 
@@ -153,11 +158,10 @@ def require_api_key(
     Every configured key is compared in constant time, so timing tells nothing about which
     key is close. With no key configured, every request is refused.
     """
-    presented = (credentials.credentials if credentials else "").encode("utf-8")
-    matched = False
-    for key in services.settings.api_key_list:
-        matched |= hmac.compare_digest(key.encode("utf-8"), presented)
-    if not matched:
+    from orchestrator.api.session import matching_key
+
+    presented = credentials.credentials if credentials else ""
+    if not matching_key(presented, services.settings.api_key_list):
         raise HTTPException(401, "authentication required", {"WWW-Authenticate": "Bearer"})
 
 

@@ -7,11 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel
-from sqlalchemy import func, select
 
 from orchestrator.api.deps import ApiKey, ServicesDep
-from orchestrator.store.tables import ENROLLMENTS
-from orchestrator.store.tables import JOURNEY_STATES as STATES
 
 router = APIRouter(prefix="/v1", tags=["journeys"], dependencies=[ApiKey])
 
@@ -32,18 +29,10 @@ class JourneysOut(BaseModel):
 
 @router.get("/journeys", response_model=JourneysOut)
 def list_journeys(services: ServicesDep) -> JourneysOut:
+    from orchestrator.reports.overview import journey_states
+
     with services.engine.connect() as conn:
-        states = conn.execute(select(STATES).order_by(STATES.c.journey_id)).mappings().all()
-        counts = conn.execute(
-            select(ENROLLMENTS.c.journey_id, ENROLLMENTS.c.state, func.count())
-            .group_by(ENROLLMENTS.c.journey_id, ENROLLMENTS.c.state)
-        ).all()
-    by_journey: dict[str, dict[str, int]] = {}
-    for journey_id, state, n in counts:
-        by_journey.setdefault(journey_id, {})[state] = n
-    return JourneysOut(journeys=[
-        JourneyOut(**row, enrollments=by_journey.get(row["journey_id"], {})) for row in states
-    ])
+        return JourneysOut(journeys=[JourneyOut(**row) for row in journey_states(conn)])
 
 
 @router.get("/journeys/{journey_id}/report")
