@@ -87,7 +87,7 @@ def journey_page(journey_id: str, request: Request, services: ServicesDep) -> Re
     """The journey's report, state and most recent touches (identities masked), as HTML."""
     if (redirect := _gate(request, services)) is not None:
         return redirect
-    from orchestrator.reports.overview import journey_detail
+    from orchestrator.reports.overview import headline, journey_detail
 
     try:
         state, report, touches = journey_detail(services.engine, services.journeys.book(),
@@ -95,8 +95,8 @@ def journey_page(journey_id: str, request: Request, services: ServicesDep) -> Re
     except NotFoundError as exc:
         return _page("dashboard/missing.html.j2", 404, message=str(exc),
                      **_frame(request, services))
-    return _page("dashboard/journey.html.j2", j=state, r=report, touches=touches,
-                 **_frame(request, services))
+    return _page("dashboard/journey.html.j2", j=state, r=report, h=headline(report),
+                 touches=touches, **_frame(request, services))
 
 
 @router.get("/login", response_class=HTMLResponse, summary="Dashboard: sign-in form")
