@@ -26,6 +26,10 @@ class SandboxConfig(BaseModel):
     wechat_aes_key: str | None = None  # set: pushes use WeChat's safe (encrypted) mode
     wechat_original_id: str = "gh_sandbox00000"  # ToUserName of event pushes
     wechat_callback_url: str | None = None
+    # clientmsgid: remembered this long (business time); a repeat sooner than the interval
+    # after the previous call with it (real time) is refused as too fast (45066)
+    wechat_clientmsgid_window_s: float = Field(default=86_400, gt=0)
+    wechat_clientmsgid_retry_interval_s: float = Field(default=60, ge=0)
 
     # WeCom
     wecom_corp_id: str = "ww-sandbox-corp"

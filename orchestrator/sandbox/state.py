@@ -84,6 +84,7 @@ class SandboxState:
         self.clock: Clock = self._base_clock
         self.business_tz = ZoneInfo(timezone)
         self.prefix = secrets.token_hex(4)  # keeps ids unique across sandbox instances
+        self.monotonic = monotonic  # real time, for the providers' rate rules
         self.tokens = TokenBook(monotonic)
         self.record = Record()
         self.faults = FaultBook(seed)

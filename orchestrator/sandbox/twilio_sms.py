@@ -287,17 +287,20 @@ class TwilioSMS:
         return Outcome(payload)
 
     def _matching(self, query: Any) -> list[SmsMessage]:
-        """Newest first, like Twilio."""
+        """Newest first, like Twilio. A ``DateSent`` filter matches on the send date only: a
+        message not yet sent (queued, accepted) has none and matches no such filter (the
+        docs describe the filter on the sent date and say nothing of unsent messages; this
+        is the strict reading)."""
         to, sender = query.get("To"), query.get("From")
         sids = self.by_to.get(to, []) if to else list(self.messages)
         lower, upper = _date_bounds(query)
+        dated = lower is not None or upper is not None
         rows: list[SmsMessage] = []
         for sid in reversed(sids):
             message = self.messages[sid]
-            when = message.date_sent or message.date_created
             if sender and message.from_ != sender:
                 continue
-            if (lower and when < lower) or (upper and when > upper):
+            if dated and not _sent_within(message.date_sent, lower, upper):
                 continue
             rows.append(message)
         return rows
@@ -430,6 +433,12 @@ def _int_param(query: Any, name: str, default: int, low: int, high: int) -> int:
         f"Invalid {name}: {raw!r} (expected {low}..{high})",
     )
     return int(raw)
+
+
+def _sent_within(sent: datetime | None, lower: datetime | None, upper: datetime | None) -> bool:
+    if sent is None:
+        return False
+    return not ((lower and sent < lower) or (upper and sent > upper))
 
 
 def _date_bounds(query: Any) -> tuple[datetime | None, datetime | None]:

@@ -13,9 +13,11 @@ Rules, as the real server applies them (docs/sandbox.md cites the pages):
   clock); followers out of quota are filtered out of the job (the event's ``FilterCount`` is
   the number left *after* filtering, as WeChat documents), unfollowed ones count as
   ``ErrorCount``; 43004 when nobody in the list follows, 45028 when nobody has quota left;
-- the same ``clientmsgid`` again answers 45065 with the existing ``msg_id`` and sends nothing.
-  Without a ``clientmsgid`` WeChat uses a digest of recipients and content, so an identical
-  send is a duplicate too.
+- the same ``clientmsgid`` again, within 24 hours (business time) of the send it made,
+  answers 45065 with the existing ``msg_id`` and sends nothing; sooner than a minute (real
+  time) after the previous call with it, 45066 ("retry too fast") and nothing else; past
+  24 hours it is forgotten and the repeat is a new send. Without a ``clientmsgid`` WeChat
+  uses a digest of recipients and content, so an identical send is a duplicate too.
 """
 
 from __future__ import annotations
@@ -67,6 +69,15 @@ class MassJob:
 
 
 @dataclass(slots=True)
+class ClientMsg:
+    """What WeChat remembers of a ``clientmsgid``: the send it made and the last call."""
+
+    msg_id: int
+    sent_at: int  # unix seconds, business time
+    last_call: float  # monotonic seconds, real time
+
+
+@dataclass(slots=True)
 class TemplateSend:
     msgid: int
     touser: str
@@ -88,7 +99,7 @@ class WeChatOA:
         self.quota: dict[str, tuple[int, int]] = {}  # openid -> (month key, mass sends)
         self.jobs: dict[int, MassJob] = {}
         self.template_sends: dict[int, TemplateSend] = {}
-        self.client_msg_ids: dict[str, int] = {}
+        self.client_msg_ids: dict[str, ClientMsg] = {}
         self.library.reset()
 
     # -- replies -------------------------------------------------------------------------
@@ -134,14 +145,14 @@ class WeChatOA:
         content = self._mass_content(body)
         recipients = list(dict.fromkeys(touser))
         client_msg_id = self._client_msg_id(body, content, recipients)
-        existing = self.client_msg_ids.get(client_msg_id)
-        if existing is not None:
-            raise self._duplicate(existing)
+        self._check_repeat(client_msg_id)
         article = self._sendable(content)
         self._reject_unknown(recipients)
         excluded = self._apply_quota(recipients)
         job = self._new_job(body, len(recipients), excluded)
-        self.client_msg_ids[client_msg_id] = job.msg_id
+        self.client_msg_ids[client_msg_id] = ClientMsg(
+            job.msg_id, job.created_at, self._state.monotonic()
+        )
         if article is not None and article.kind == "draft":
             article.sent = True  # a mass-sent draft leaves the draft box
         self._state.outbox.put(Pending("wechat", "masssendjobfinish", str(job.msg_id)))
@@ -194,6 +205,21 @@ class WeChatOA:
         digest = hashlib.sha1(json.dumps(content, sort_keys=True).encode("utf-8"))
         digest.update("\n".join(sorted(recipients)).encode("utf-8"))
         return "digest:" + digest.hexdigest()
+
+    def _check_repeat(self, client_msg_id: str) -> None:
+        """A clientmsgid WeChat still remembers: 45066 if repeated too fast, else 45065."""
+        known = self.client_msg_ids.get(client_msg_id)
+        if known is None:
+            return
+        config = self._state.config
+        if self._state.unix_now() - known.sent_at >= config.wechat_clientmsgid_window_s:
+            del self.client_msg_ids[client_msg_id]  # forgotten: this is a new send
+            return
+        now, last = self._state.monotonic(), known.last_call
+        known.last_call = now
+        if now - last < config.wechat_clientmsgid_retry_interval_s:
+            raise ProviderError(45066, "same clientmsgid retry too fast", outcome="too_fast")
+        raise self._duplicate(known.msg_id)
 
     def _duplicate(self, msg_id: int) -> ProviderError:
         extra: dict[str, Any] = {"msg_id": msg_id}

@@ -19,6 +19,7 @@ CONTRACT_KEYS = {"seq", "provider", "method", "path", "body", "at", "outcome", "
 def test_record_lists_every_call_in_order_with_its_outcome(
     wechat: SandboxWeChatClient, twilio: Client, control: httpx.Client, openids: OpenIds
 ) -> None:
+    control.post("/_sandbox/config", json={"wechat_clientmsgid_retry_interval_s": 0})
     wechat.message.send_mass_text(openids(2), "hi", client_msg_id="c1")
     with pytest.raises(WeChatClientException):  # 45065: the record must show it
         wechat.message.send_mass_text(openids(2), "hi", client_msg_id="c1")

@@ -104,7 +104,9 @@ def test_drop_records_the_send_but_never_answers(
     [dropped] = state.records("wechat", outcome="accepted")[-1:]
     assert (dropped["path"], dropped["fault"]) == (MASS, "drop")
 
-    # The client retries the same batch: the provider already did it, so 45065 + its msg_id.
+    # The client retries the same batch (after the minute WeChat asks between repeats): the
+    # provider already did it, so 45065 + its msg_id.
+    control.post("/_sandbox/config", json={"wechat_clientmsgid_retry_interval_s": 0})
     with pytest.raises(WeChatClientException) as retry:
         wechat.message.send_mass_text(openids(2), "hi", client_msg_id="batch-7")
     assert retry.value.errcode == 45065

@@ -199,14 +199,17 @@ def test_list_filters_by_to_and_date_and_pages_like_twilio(
 ) -> None:
     control.post("/_sandbox/clock", json={"now": "2024-05-01T10:00:00Z"})
     old = twilio.messages.create(to=CN, from_=FROM, body="old")
+    control.post("/_sandbox/flush")  # sent: it has a send date now
     control.post("/_sandbox/clock", json={"now": "2024-05-03T10:00:00Z"})
     new = [twilio.messages.create(to=CN, from_=FROM, body=f"new {i}").sid for i in range(5)]
     twilio.messages.create(to="+8613800138999", from_=FROM, body="someone else")
+    control.post("/_sandbox/flush")
+    queued = twilio.messages.create(to=CN, from_=FROM, body="not sent yet").sid
 
     everything = twilio.messages.list(to=CN, page_size=2)
-    assert [m.sid for m in everything] == [*reversed(new), old.sid]
+    assert [m.sid for m in everything] == [queued, *reversed(new), old.sid]
     recent = twilio.messages.list(to=CN, date_sent_after=datetime(2024, 5, 2, tzinfo=UTC))
-    assert {m.sid for m in recent} == set(new)
+    assert {m.sid for m in recent} == set(new)  # a message not yet sent has no send date
     raw = control.get(
         f"/2010-04-01/Accounts/{CONFIG.twilio_account_sid}/Messages.json?To=%2B{CN[1:]}"
         "&DateSent>=2024-05-02&PageSize=2",

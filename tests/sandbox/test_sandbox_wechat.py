@@ -89,6 +89,7 @@ def test_mass_send_of_10001_openids_is_rejected(
 def test_same_clientmsgid_is_45065_with_the_existing_msg_id_and_no_second_send(
     wechat: SandboxWeChatClient, news_media_id: str, openids: OpenIds, control: httpx.Client
 ) -> None:
+    control.post("/_sandbox/config", json={"wechat_clientmsgid_retry_interval_s": 0})
     first = wechat.message.send_mass_article(openids(3), news_media_id, client_msg_id="b-1")
     error = errcode_of(
         lambda: wechat.message.send_mass_article(openids(3), news_media_id, client_msg_id="b-1")
@@ -100,9 +101,40 @@ def test_same_clientmsgid_is_45065_with_the_existing_msg_id_and_no_second_send(
     assert outcomes == ["accepted", "duplicate"]
 
 
-def test_identical_send_without_clientmsgid_is_a_duplicate_too(
-    wechat: SandboxWeChatClient, openids: OpenIds
+def test_a_clientmsgid_repeated_within_a_minute_is_45066_and_sends_nothing(
+    wechat: SandboxWeChatClient, news_media_id: str, openids: OpenIds, control: httpx.Client
 ) -> None:
+    wechat.message.send_mass_article(openids(3), news_media_id, client_msg_id="b-fast")
+    error = errcode_of(
+        lambda: wechat.message.send_mass_article(openids(3), news_media_id, client_msg_id="b-fast")
+    )
+    assert (error.errcode, error.errmsg) == (45066, "same clientmsgid retry too fast")
+    assert "msg_id" not in error.response.json()
+    sends = control.get("/_sandbox/record", params={"provider": "wechat"}).json()
+    outcomes = [e["outcome"] for e in sends if e["path"] == "/cgi-bin/message/mass/send"]
+    assert outcomes == ["accepted", "too_fast"]
+
+
+def test_a_clientmsgid_is_forgotten_after_24_hours_and_a_repeat_sends_again(
+    wechat: SandboxWeChatClient, news_media_id: str, openids: OpenIds, control: httpx.Client
+) -> None:
+    control.post("/_sandbox/config", json={"wechat_clientmsgid_retry_interval_s": 0})
+    control.post("/_sandbox/clock", json={"now": "2026-03-02T01:00:00Z"})
+    first = wechat.message.send_mass_article(openids(3), news_media_id, client_msg_id="b-24")
+    control.post("/_sandbox/clock", json={"now": "2026-03-03T00:59:59Z"})  # still inside
+    again = errcode_of(
+        lambda: wechat.message.send_mass_article(openids(3), news_media_id, client_msg_id="b-24")
+    )
+    assert again.errcode == 45065
+    control.post("/_sandbox/clock", json={"now": "2026-03-03T01:00:00Z"})  # 24 h later
+    later = wechat.message.send_mass_article(openids(3), news_media_id, client_msg_id="b-24")
+    assert later["errcode"] == 0 and later["msg_id"] != first["msg_id"]  # a second send
+
+
+def test_identical_send_without_clientmsgid_is_a_duplicate_too(
+    wechat: SandboxWeChatClient, openids: OpenIds, control: httpx.Client
+) -> None:
+    control.post("/_sandbox/config", json={"wechat_clientmsgid_retry_interval_s": 0})
     wechat.message.send_mass_text(openids(2), "hello")
     assert errcode_of(lambda: wechat.message.send_mass_text(openids(2), "hello")).errcode == 45065
     assert wechat.message.send_mass_text(openids(2), "hello again")["errcode"] == 0

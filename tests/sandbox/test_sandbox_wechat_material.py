@@ -119,7 +119,9 @@ def test_draft_fields_within_wechats_limits(
     assert wechat.post("draft/add", data={"articles": [article(thumb_media_id=cover, **limits)]})
 
 
-def test_a_draft_is_mass_sent_once(wechat: SandboxWeChatClient, openids: OpenIds) -> None:
+def test_a_draft_is_mass_sent_once(
+    wechat: SandboxWeChatClient, openids: OpenIds, state: SandboxState
+) -> None:
     cover = wechat.material.add("thumb", jpg())["media_id"]
     draft = wechat.post("draft/add", data={"articles": [article(thumb_media_id=cover)]})
     sent = wechat.message.send_mass_article(openids(2), draft["media_id"], client_msg_id="b-1")
@@ -128,7 +130,8 @@ def test_a_draft_is_mass_sent_once(wechat: SandboxWeChatClient, openids: OpenIds
         lambda: wechat.message.send_mass_article(openids(2), draft["media_id"], client_msg_id="b-2")
     )
     assert again[0] == 40007
-    # ... but repeating the send that used it is still answered as that send.
+    # ... but repeating the send that used it (a minute later) is still answered as that send.
+    state.configure({"wechat_clientmsgid_retry_interval_s": 0})
     with pytest.raises(WeChatClientException) as repeat:
         wechat.message.send_mass_article(openids(2), draft["media_id"], client_msg_id="b-1")
     assert repeat.value.errcode == 45065
