@@ -80,7 +80,11 @@ class Settings(BaseSettings):
     gather_window_s: int = 60
     claim_batch_size: int = 500
     claim_lease_s: int = 300
-    max_attempts: int = 5
+    delivery_lease_s: int = 60  # a batch's lease, renewed every third of it during a call
+    max_attempts: int = 8  # unanswered attempts in a row before an outcome is unknown_outcome
+    retry_base_s: float = 5.0  # back-off between attempts: base * 2**n, capped, jittered
+    retry_cap_s: float = 600.0
+    delivery_deadline_s: int = 86_400  # a batch refused this long (business time) expires
     confirm_timeout_s: int = 86_400
     celery_queue: str = "recall"  # one queue per deployment sharing a broker
 

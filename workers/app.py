@@ -6,8 +6,13 @@ Reliability settings (and why):
   work is done; a frozen batch is re-sent with the same provider idempotency key.
 - ``worker_prefetch_multiplier = 1``: a worker holds one unacked task at a time.
 - Redis visibility timeout: an unacked task is redelivered after it, so it must be longer
-  than any task runs and than any countdown we use. We never use long ETAs (due times live
-  in the database), and back-off countdowns are at most a minute.
+  than any task runs. No task uses an ETA or countdown: due times and a send batch's next
+  attempt time live in the database, and a tick hands work out when it is due.
+- Ticks go to a queue of their own (``<queue>.tick``) and expire after one beat interval: a
+  tick that could not start in time is dropped, not run late (the next one is a second
+  away). A worker consumes both queues unless told otherwise; a deployment gives ticks a
+  small worker of their own (``recall worker --queues tick``) so that they never wait for
+  a process busy with sends.
 """
 
 from __future__ import annotations
@@ -22,16 +27,24 @@ from orchestrator.logs import configure_logging
 from orchestrator.store.redis import broker_url, celery_url
 
 VISIBILITY_TIMEOUT_S = 3600
+TICK_EVERY_S = 1.0
 
 app = Celery("recall", include=["workers.tasks"])
 configure_logging()  # worker and beat logs mask phone numbers, OpenIDs and texts too
 
 
+def tick_queue(queue: str) -> str:
+    """The queue ticks go to, beside the deployment's work queue."""
+    return f"{queue}.tick"
+
+
 def configure(url: str | None = None, queue: str | None = None) -> Celery:
     settings = get_settings()
+    queue = queue or settings.celery_queue
     app.conf.update(
         broker_url=celery_url(url) if url else broker_url(settings),
-        task_default_queue=queue or settings.celery_queue,
+        task_default_queue=queue,
+        task_routes={"workers.tasks.tick": {"queue": tick_queue(queue)}},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
@@ -41,7 +54,9 @@ def configure(url: str | None = None, queue: str | None = None) -> Celery:
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        beat_schedule={"tick": {"task": "workers.tasks.tick", "schedule": 1.0}},
+        beat_schedule={"tick": {"task": "workers.tasks.tick", "schedule": TICK_EVERY_S,
+                                "options": {"expires": TICK_EVERY_S,
+                                            "queue": tick_queue(queue)}}},
         timezone="UTC",
     )
     return app

@@ -1,11 +1,15 @@
-"""The channel port: send one batch of touches, get a result per touch.
+"""The channel port: send one batch of touches, or look it up; get a result per touch.
 
 The engine freezes a ``SendRequest`` (its ``batch_id`` is the provider idempotency key,
 WeChat's ``clientmsgid``) before the first provider call, so a retry repeats the same
 call. Adapters translate SDK exceptions at this boundary:
 
 - a whole-call failure raises ``ChannelRetryable`` / ``ChannelConfig`` / ``ChannelUnknown``;
-- a per-recipient failure is a ``TouchResult`` with ``status="failed"`` and a ``reason``.
+- a per-recipient failure is a ``TouchResult`` with ``status="failed"`` and a ``reason``;
+- a message the provider definitely did not take (refused with a retryable error after part
+  of the batch went out, or not found by a lookup) is ``status="absent"``: sending it, with
+  the same idempotency key, is safe; ``retry_after_s`` carries the provider's wish;
+- ``status="unknown"``: the call may have reached the provider and nobody can tell yet.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ if TYPE_CHECKING:
 
     from orchestrator.config import Settings
 
-TouchStatus = Literal["sent", "delivered", "failed", "unknown"]
+TouchStatus = Literal["sent", "delivered", "failed", "unknown", "absent"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class TouchResult:
     reason: str | None = None
     segments: int = 0
     cost: float = 0.0
+    retry_after_s: float | None = None  # "absent" after a refusal: the provider's Retry-After
 
 
 class Channel(Protocol):
@@ -79,7 +84,8 @@ class Channel(Protocol):
         ...
 
     def reconcile(self, request: SendRequest) -> list[TouchResult]:
-        """Ask the provider what became of a batch whose outcome is unknown. Never resends."""
+        """Look the batch up: what the provider has of each message (``absent``: definitely
+        nothing, ``unknown``: it cannot tell). Sends nothing new."""
         ...
 
 

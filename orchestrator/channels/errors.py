@@ -74,6 +74,8 @@ WECHAT_CODES: dict[int, Verdict] = {
     40130: _v("config", "mass_send_size"),
     40007: _v("stale_media", "invalid_media_id"),
     45065: _v("duplicate", "clientmsgid_exists"),
+    # The same clientmsgid again within a minute: WeChat has it; ask again after a pause.
+    45066: _v("retryable", "clientmsgid_retry_too_fast"),
     40037: _v("config", "invalid_template_id"),
 }
 

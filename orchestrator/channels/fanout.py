@@ -11,10 +11,11 @@ How the batch ends:
   (``ChannelConfig`` before ``ChannelRetryable``): nothing happened, the engine may retry or
   stop the step as it does for any batch;
 - every touch unknown -> ``ChannelUnknown`` (reconcile the batch);
-- otherwise one ``TouchResult`` per message. Once part of a batch went out the batch cannot
-  be failed or retried as a whole without misreporting the sent part, so a call still
-  refused after the adapter's own retries fails its touch with ``retries_exhausted:<code>``
-  (or ``config:<code>``, also for calls not started after a config error, which is logged).
+- otherwise one ``TouchResult`` per message. A call still refused with a retryable error
+  after the adapter's own retries (a rate limit, a 5xx) is ``absent`` with the error code
+  and the provider's Retry-After: the provider did not take it, so the engine sends it again
+  later with the same batch, never fails it for that. A config error fails its touch
+  (``config:<code>``), and so do the calls it stopped before they started (it is logged).
 """
 
 from __future__ import annotations
@@ -118,9 +119,11 @@ def _batch_error(errors: Sequence[ChannelError]) -> ChannelError:
 def _refused(outcome: Outcome, config: ChannelConfig | None) -> TouchResult:
     """A touch of a partly sent batch whose call was refused or never started."""
     error = outcome.error or config
-    kind = "retries_exhausted" if isinstance(error, ChannelRetryable) else "config"
     code = error.code if error is not None else None
-    return failed(outcome.message, f"{kind}:{code}")
+    if isinstance(error, ChannelRetryable):
+        return TouchResult(touch_id=outcome.message.touch_id, status="absent",
+                           reason=str(code or "retryable"), retry_after_s=error.retry_after_s)
+    return failed(outcome.message, f"config:{code}")
 
 
 def settle(ledger: SendLedger, batch_id: str, outcomes: Sequence[Outcome]) -> None:

@@ -8,13 +8,18 @@ thread) behind a process-wide token bucket (``rate_per_s``, real time). Retries:
   exponential back-off with full jitter, honouring Retry-After up to ``Backoff.cap_s``;
 - *by the engine*: when nothing of the batch went out, the refusal is raised
   (``ChannelRetryable`` with ``retry_after_s``) and the engine retries the batch later; when
-  part of it went out, a message still refused fails as ``retries_exhausted:<code>``.
+  part of it went out, a message still refused is ``absent`` (with the Retry-After) and the
+  engine sends it again later: a rate limit never fails a touch.
 
 Twilio has no idempotency key, so each message's call is written to the ``SendLedger``
 (pending -> result) and a batch sent again returns what is recorded instead of sending twice.
 A read timeout or dropped connection after the request went out is ``unknown`` for that
-touch; ``reconcile`` looks the message up with ``GET Messages.json?To=&DateSent>=`` and the
-touch's short link (or exact body) in the text.
+touch. ``reconcile`` looks the message up in Twilio's own list (``GET Messages.json?To=``,
+newest first, back to the day before the batch was frozen) by the touch's short link (or
+exact body) in the text. It filters by creation date itself: ``DateSent`` matches only
+messages already sent, and a message still queued has no send date, so a ``DateSent``
+filter would call it absent and have it sent twice. The ledger is a cache: when Redis lost
+it, the lookup still answers.
 
 Twilio's limits are kept before any call: a body over 1,600 characters as Twilio counts them
 (``smstext.body_too_long``: UCS-2 units for Chinese, two for an emoji) fails its touch as
@@ -71,6 +76,8 @@ TWILIO_HOST = "https://api.twilio.com"
 DEFAULT_RATE_PER_S = 1000.0
 DEFAULT_WORKERS = 32
 DEFAULT_VALIDITY_S = 3600  # a marketing text not out within an hour is better dropped
+LOOKUP_PAGE = 50  # messages per page of a lookup
+LOOKUP_MAX = 500  # messages read per lookup: caps keep a person to a few texts a week
 PROVIDER = "twilio"
 ACTION = "POST Messages.json"
 DELIVERY_STATUS: dict[str, TouchStatus] = {
@@ -210,11 +217,11 @@ class SmsChannel:
     # -- reconcile ----------------------------------------------------------------------
 
     def reconcile(self, request: SendRequest) -> list[TouchResult]:
-        """Find each message whose outcome is unknown in Twilio's message list. Never sends.
+        """What Twilio has of each message. Never sends.
 
-        Matched on the recipient (``To``), ``DateSent>=`` the batch's date, and the touch's
-        short link in the body (the exact body when the touch has no link). Not found ->
-        ``unknown`` stays; the engine then fails it as ``unknown_outcome``.
+        A result recorded in the ledger is taken as it is; any other message is looked up in
+        Twilio's list (see the module docstring): found -> its status; not found -> ``absent``
+        (Twilio never took it: the engine may send it, same touch, same text).
         """
         recorded = self._ledger.load(request.batch_id)
         since = _since(request.created_at)
@@ -225,31 +232,41 @@ class SmsChannel:
                 results.append(from_entry(message, recorded))
             else:
                 results.append(self._look_up(request, message, since))
-        pairs = zip(request.messages, results, strict=True)
+        pairs = list(zip(request.messages, results, strict=True))
         settle(self._ledger, request.batch_id, [Outcome(m, result=r) for m, r in pairs])
+        self._ledger.forget(request.batch_id,
+                            [str(m.touch_id) for m, r in pairs if r.status == "absent"])
         return results
 
-    def _look_up(self, request: SendRequest, message: Message, since: str) -> TouchResult:
+    def _look_up(self, request: SendRequest, message: Message, since: datetime) -> TouchResult:
         if not message.recipient.phone:
             return failed(message, "no_phone")
         body = sms_body(message, request.options)
         marker = message.link or body
         try:
-            listed = self._client().messages.list(
-                to=message.recipient.phone, date_sent_after=since, page_size=100
-            )
+            found = self._find(message.recipient.phone, marker, since)
         except TwilioException as exc:
             raise _rest_error(exc, "GET Messages.json", None)[1] from exc
         except requests.RequestException as exc:
             raise transport_error(
                 exc, provider=PROVIDER, action="GET Messages.json", sent=False
             ) from exc
-        found = next((m for m in listed if m.body and marker in m.body), None)
         if found is None:
-            return unknown(message)
+            return TouchResult(touch_id=message.touch_id, status="absent", reason="not_found")
         status = DELIVERY_STATUS.get(str(found.status), "sent")
         reason = f"twilio:{found.error_code}" if status == "failed" else None
         return _charged(message, body, request.options, sid=found.sid, status=status, reason=reason)
+
+    def _find(self, phone: str, marker: str, since: datetime) -> Any:
+        """The newest message to ``phone`` created since ``since`` whose body has ``marker``."""
+        listed = self._client().messages.stream(to=phone, page_size=LOOKUP_PAGE)
+        for seen, m in enumerate(listed):
+            created = m.date_created
+            if seen >= LOOKUP_MAX or (created is not None and created < since):
+                return None  # newest first: everything further is older
+            if m.body and marker in m.body:
+                return m
+        return None
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -285,11 +302,12 @@ def _sender(settings: Settings) -> dict[str, str]:
     )
 
 
-def _since(created_at: datetime | None) -> str:
-    """``DateSent>=`` value: the batch's UTC date (two days back when it is not known)."""
+def _since(created_at: datetime | None) -> datetime:
+    """How far back a lookup reads: a day before the batch was frozen (a margin for clocks),
+    two days back when that is not known."""
     if created_at is None:
-        return (datetime.now(UTC) - timedelta(days=2)).date().isoformat()
-    return created_at.astimezone(UTC).date().isoformat()
+        return datetime.now(UTC) - timedelta(days=2)
+    return created_at.astimezone(UTC) - timedelta(days=1)
 
 
 def _status_callback(public_base_url: str, twilio_base: str) -> str:

@@ -1,8 +1,12 @@
 """``send: wechat_article``: WeChat Official Account mass send by OpenID list.
 
-One batch = one ``message/mass/send`` call with ``clientmsgid = batch_id``: WeChat answers a
-repeated clientmsgid with 45065 and the existing ``msg_id`` and sends nothing, so a retry
-and ``reconcile`` simply repeat the identical call. What the call sends is built in two steps:
+One batch = one ``message/mass/send`` call with ``clientmsgid = batch_id``: for 24 hours
+WeChat answers a repeated clientmsgid with 45065 and the existing ``msg_id`` and sends
+nothing (a repeat within a minute gets 45066, "retry too fast": retryable, after a
+minute), so a retry and ``reconcile`` simply repeat the identical call. Past 24 hours a
+repeat would send again: ``dedupe_window`` tells the engine, which keeps every repeat
+inside it and decides the outcome without one afterwards. What the call sends is built in
+two steps:
 
 - the **cover** (``options["cover_jpeg_b64"]``, from the step's ``cover:``) is uploaded as a
   permanent thumb material (``material/add_material?type=thumb``) once per distinct picture:
@@ -25,7 +29,9 @@ call created nothing).
 
 A lone recipient (mass send needs two) or ``options["mode"] == "template"`` (per-user links)
 goes by template message (``message/template/send``, ``options["template_id"]``), one call
-per touch, recorded in the ``SendLedger`` because template messages have no idempotency key.
+per touch, recorded in the ``SendLedger`` because template messages have no idempotency key
+and no lookup: ``reconcile`` answers from the ledger, and calls a message it has no record of
+``absent`` only while the ledger is intact (else ``unknown``: it may have been sent).
 
 Options: ``title`` (else each message's title), ``cover_jpeg_b64``, ``cover_name``,
 ``author``, ``digest``, ``link`` (the article's "read more" URL: a fixed landing page),
@@ -41,6 +47,7 @@ import json
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -69,6 +76,9 @@ if TYPE_CHECKING:
 
 PROVIDER = "wechat"
 DUPLICATE_CLIENTMSGID = 45065
+RETRY_TOO_FAST = 45066  # the same clientmsgid again within a minute
+RETRY_TOO_FAST_WAIT_S = 60.0
+DEDUPE_WINDOW = timedelta(hours=24)  # how long WeChat remembers a clientmsgid
 STALE_MEDIA = 40007
 INVALID_OPENID = 40003
 COVER_TTL_S = 30 * 86_400  # permanent material does not expire; look again monthly anyway
@@ -136,19 +146,27 @@ class WeChatArticleChannel:
 
     def reconcile(self, request: SendRequest) -> list[TouchResult]:
         """Mass send: repeat the identical call; WeChat's clientmsgid makes it safe (45065 ->
-        sent). Template messages have no lookup API: what the ledger lacks stays unknown."""
+        sent) inside ``dedupe_window``. Template messages have no lookup API: the ledger's
+        record, else ``absent`` while the ledger is intact, else ``unknown``."""
         if _template_mode(request):
             recorded = self._ledger.load(request.batch_id)
+            missing = absent if self._ledger.intact(request.batch_id) else unknown
             return [
-                from_entry(m, recorded) if str(m.touch_id) in recorded else unknown(m)
+                from_entry(m, recorded) if str(m.touch_id) in recorded else missing(m)
                 for m in request.messages
             ]
         try:
             return self._send_mass(request)
         except ChannelConfig:
             # A batch that cannot be sent as it stands (e.g. frozen without a cover) cannot
-            # have been sent either: nothing to find, and reconciling never raises for it.
-            return [unknown(m) for m in request.messages]
+            # have been sent either: nothing to find. Absent, so the engine's send meets the
+            # same refusal and fails the step as a config error, instead of waiting on it.
+            return [absent(m) for m in request.messages]
+
+    def dedupe_window(self, request: SendRequest) -> timedelta | None:
+        """How long after its first call a repeat of this batch is still deduplicated by
+        WeChat (mass send); None when repeats are guarded by the ledger instead."""
+        return None if _template_mode(request) else DEDUPE_WINDOW
 
     # -- mass send --------------------------------------------------------------------------
 
@@ -227,7 +245,14 @@ class WeChatArticleChannel:
                 return response_json(exc)  # already sent: carries the existing msg_id
             return answer
 
-        answer = client.call("POST message/mass/send", call)
+        try:
+            answer = client.call("POST message/mass/send", call)
+        except ChannelRetryable as exc:
+            if exc.code != RETRY_TOO_FAST:
+                raise
+            # WeChat has this clientmsgid and asks for a minute's pause: ask again then.
+            raise ChannelRetryable(str(exc), code=exc.code, provider=PROVIDER,
+                                   retry_after_s=RETRY_TOO_FAST_WAIT_S) from exc
         return str(answer["msg_id"]) if answer.get("msg_id") is not None else None
 
     # -- the followers check after a 40003 ----------------------------------------------------
@@ -395,6 +420,10 @@ class WeChatArticleChannel:
 
 class _DraftGone(Exception):  # noqa: N818 - internal signal, never escapes ``_send_mass``
     """The batch's draft is gone after an earlier attempt of the batch may have sent it."""
+
+
+def absent(message: Message) -> TouchResult:
+    return TouchResult(touch_id=message.touch_id, status="absent", reason="not_found")
 
 
 def _openid(message: Message) -> str | None:

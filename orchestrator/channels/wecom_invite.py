@@ -14,7 +14,8 @@ per-customer status later (``get_groupmsg_send_result``) and ``cancel`` withdraw
 nobody confirmed. ``add_msg_template`` has no idempotency key: each sender's call is written
 to the ``SendLedger`` and a retried batch never creates a second task. ``reconcile`` looks
 for the task in ``get_groupmsg_list_v2`` (the sender's tasks around the batch's time) by the
-batch reference carried in the link, and never sends.
+batch reference carried in the link, and never sends: a task it does not find is ``absent``
+(the engine may then create it), whatever the ledger said, since the ledger is only a cache.
 
 The link card under the text is the step's ``card:`` (``link_title``, ``link_desc``,
 ``link_picurl``), written for the recipients, who read Chinese; unset fields default to
@@ -190,7 +191,8 @@ class WeComInviteChannel:
                 continue
             msgid = self._find_task(sender, ref, request.created_at)
             if msgid is None:
-                outcomes += [Outcome(m, result=unknown(m)) for m in messages]
+                self._ledger.forget(request.batch_id, [_field(sender)])
+                outcomes += [Outcome(m, result=_absent(m)) for m in messages]
                 continue
             task: dict[str, Any] = {"msgid": msgid, "fail_list": []}
             self._ledger.record(request.batch_id, {_field(sender): task})
@@ -467,6 +469,10 @@ def _task_outcomes(task: Mapping[str, Any], messages: list[Message]) -> list[Out
         )
         for m in messages
     ]
+
+
+def _absent(message: Message) -> TouchResult:
+    return TouchResult(touch_id=message.touch_id, status="absent", reason="not_found")
 
 
 def _from_entry(entry: Entry, messages: list[Message]) -> list[Outcome]:

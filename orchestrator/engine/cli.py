@@ -237,12 +237,17 @@ def run_cmd(port: Annotated[int, typer.Option(help="API port")] = 8000) -> None:
 
 def worker_cmd(
     concurrency: Annotated[int, typer.Option(help="worker processes")] = 1,
+    queues: Annotated[Literal["all", "work", "tick"], typer.Option(
+        help="what to consume: all, the work (sends, cursors, refresh, polls) or the ticks "
+             "(give ticks a worker of their own so they never wait behind sends)")] = "all",
 ) -> None:
     """A Celery worker (one process on SQLite; many on PostgreSQL)."""
     import os
 
+    queue = get_settings().celery_queue
+    names = {"all": f"{queue},{queue}.tick", "work": queue, "tick": f"{queue}.tick"}[queues]
     os.execv(sys.executable, _celery("worker", f"--concurrency={concurrency}",
-                                     "--loglevel=INFO"))
+                                     "--loglevel=INFO", "-Q", names))
 
 
 def beat_cmd() -> None:

@@ -7,15 +7,16 @@
 A claim sets a *lease* in real time (never business time). Touches get a fresh
 ``claim_token``; the task carries it, so a stale or redelivered task finds no touch with its
 token and does nothing. Stale work is reclaimed: a claimed touch whose lease ran out goes
-back to ``scheduled``; a touch left ``sending`` becomes ``unknown`` (the call may have
-happened) and is reconciled with the provider, never blindly resent.
+back to ``scheduled``. Frozen send batches carry their own lease and next attempt time: a
+batch is claimed when its attempt is due and nobody holds it (its last holder finished, or
+died and the lease ran out), and whoever gets it looks up before it sends (``delivery``).
 """
 
 from __future__ import annotations
 
 import secrets
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVarTuple, cast
 
@@ -24,16 +25,20 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    RowMapping,
     Select,
     and_,
+    bindparam,
     or_,
     select,
     update,
 )
 
+from orchestrator.engine.attempts import OPEN_STATES
 from orchestrator.store.db import session_scope
 from orchestrator.store.tables import ENROLLMENTS, TOUCHES
 from orchestrator.store.tables import JOURNEY_STATES as STATES
+from orchestrator.store.tables import SEND_BATCHES as BATCHES
 
 BATCHED = frozenset({"wechat_article", "wecom_group_invite"})
 _Columns = TypeVarTuple("_Columns")
@@ -44,6 +49,12 @@ class TouchClaim:
     token: str
     channel: str
     touch_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class BatchClaim:
+    batch_id: str
+    token: str
 
 
 def _paused() -> Select[Any]:
@@ -58,24 +69,39 @@ def _lock(query: Select[*_Columns], conn: Connection) -> Select[*_Columns]:
     return query
 
 
-def reclaim_stale(conn: Connection, *, real_now: datetime) -> dict[str, int]:
-    """Release leases that ran out (their worker died or their task was lost)."""
+def reclaim_stale(conn: Connection, *, real_now: datetime) -> tuple[dict[str, int],
+                                                                     list[RowMapping]]:
+    """Release leases that ran out (their worker died or their task was lost). A reclaimed
+    touch drops its reservation mark: it is gated again, caps included, when claimed next.
+    Returns the counts and the reclaimed touches whose gate had reserved a cap slot (the
+    caller frees those slots once this transaction commits)."""
     cursors = conn.execute(
         update(ENROLLMENTS)
         .where(ENROLLMENTS.c.lease_until < real_now)
         .values(lease_until=None)
     ).rowcount
+    expired = (TOUCHES.c.status == "claimed") & (TOUCHES.c.lease_until < real_now)
+    return _release_claims(conn, expired, cursors)
+
+
+def release_all_claims(conn: Connection) -> tuple[dict[str, int], list[RowMapping]]:
+    """Every claim back to ``scheduled`` at once: Redis lost its data, and with it the
+    queued tasks that carried the claims (a running one finds its token gone)."""
+    return _release_claims(conn, TOUCHES.c.status == "claimed", 0)
+
+
+def _release_claims(conn: Connection, which: ColumnElement[bool],
+                    cursors: int) -> tuple[dict[str, int], list[RowMapping]]:
+    reserved = list(conn.execute(
+        select(TOUCHES.c.id, TOUCHES.c.user_id, TOUCHES.c.channel, TOUCHES.c.enrollment_id,
+               TOUCHES.c.step_id)
+        .where(which, TOUCHES.c.reserved_at.is_not(None))
+    ).mappings())
     claimed = conn.execute(
-        update(TOUCHES)
-        .where(TOUCHES.c.status == "claimed", TOUCHES.c.lease_until < real_now)
-        .values(status="scheduled", claim_token=None, lease_until=None)
+        update(TOUCHES).where(which)
+        .values(status="scheduled", claim_token=None, lease_until=None, reserved_at=None)
     ).rowcount
-    unknown = conn.execute(
-        update(TOUCHES)
-        .where(TOUCHES.c.status == "sending", TOUCHES.c.lease_until < real_now)
-        .values(status="unknown", reason="worker_lost", lease_until=None)
-    ).rowcount
-    return {"cursors": cursors, "touches": claimed, "unknown": unknown}
+    return {"cursors": cursors, "touches": claimed}, reserved
 
 
 def claim_cursors(
@@ -160,37 +186,45 @@ def even_chunk(n: int, limit: int) -> int:
     return max(1, -(-n // chunks))
 
 
-def claim_unknown(
+def claim_batches(
     conn: Connection, *, real_now: datetime, lease: timedelta, limit: int
-) -> list[str]:
-    """Batches holding touches whose outcome is unknown, leased for reconciliation."""
-    free = or_(TOUCHES.c.lease_until.is_(None), TOUCHES.c.lease_until < real_now)
+) -> list[BatchClaim]:
+    """Frozen batches whose next attempt is due and that nobody holds, leased for it."""
+    free = or_(BATCHES.c.lease_until.is_(None), BATCHES.c.lease_until < real_now)
+    due = or_(BATCHES.c.next_attempt_at.is_(None), BATCHES.c.next_attempt_at <= real_now)
     query = (
-        select(TOUCHES.c.batch_id)
-        .where(TOUCHES.c.status == "unknown", TOUCHES.c.batch_id.is_not(None), free)
-        .distinct()
+        select(BATCHES.c.id)
+        .where(BATCHES.c.state.in_(OPEN_STATES), due, free)
+        .order_by(BATCHES.c.next_attempt_at, BATCHES.c.id)
         .limit(limit)
     )
-    batches = [b for b in conn.execute(query).scalars() if b]
-    if batches:
+    ids = list(conn.execute(_lock(query, conn)).scalars())
+    claims = [BatchClaim(batch_id, secrets.token_hex(8)) for batch_id in ids]
+    if claims:
         conn.execute(
-            update(TOUCHES)
-            .where(TOUCHES.c.status == "unknown", TOUCHES.c.batch_id.in_(batches))
-            .values(lease_until=real_now + lease)
+            update(BATCHES).where(BATCHES.c.id == bindparam("b_id"))
+            .values(lease_token=bindparam("token"), lease_until=real_now + lease),
+            [{"b_id": c.batch_id, "token": c.token} for c in claims],
         )
-    return batches
+    return claims
 
 
 @dataclass
 class Tick:
     cursors: list[int]
     touches: list[TouchClaim]
-    unknown_batches: list[str]
+    batches: list[BatchClaim]
     reclaimed: dict[str, int]
+    skipped: bool = False  # another tick was running: this one did nothing
+    unreserved: list[RowMapping] = field(default_factory=list)  # reclaimed, had a cap slot
 
     @property
     def empty(self) -> bool:
-        return not (self.cursors or self.touches or self.unknown_batches)
+        return not (self.skipped or self.cursors or self.touches or self.batches)
+
+    @classmethod
+    def dropped(cls) -> Tick:
+        return cls([], [], [], {}, skipped=True)
 
 
 def claim_due(
@@ -199,15 +233,19 @@ def claim_due(
     now: datetime,
     real_now: datetime,
     lease: timedelta,
+    batch_lease: timedelta,
     gather: timedelta,
     limit: int,
     max_batch: dict[str, int],
+    touches: bool = True,
 ) -> Tick:
+    """Reclaim what ran out, then claim due cursors, touches (unless ``touches`` is False:
+    caps unavailable, or enough claims waiting already) and batches due for an attempt."""
     with session_scope(engine, immediate=True) as session:
         conn = session.connection()
-        reclaimed = reclaim_stale(conn, real_now=real_now)
+        reclaimed, unreserved = reclaim_stale(conn, real_now=real_now)
         cursors = claim_cursors(conn, now=now, real_now=real_now, lease=lease, limit=limit)
-        touches = claim_touches(conn, now=now, real_now=real_now, lease=lease, gather=gather,
-                                limit=limit, max_batch=max_batch)
-        unknown = claim_unknown(conn, real_now=real_now, lease=lease, limit=limit)
-    return Tick(cursors, touches, unknown, reclaimed)
+        claims = claim_touches(conn, now=now, real_now=real_now, lease=lease, gather=gather,
+                               limit=limit, max_batch=max_batch) if touches else []
+        batches = claim_batches(conn, real_now=real_now, lease=batch_lease, limit=limit)
+    return Tick(cursors, claims, batches, reclaimed, unreserved=unreserved)

@@ -3,25 +3,38 @@ and render the message. Order and meaning are documented in ``pipeline``."""
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import update
+
 from orchestrator.clock import as_utc
 from orchestrator.engine.pipeline import Gate, Work, inactive_gate
 from orchestrator.engine.runtime import Runtime
-from orchestrator.errors import RecallError
+from orchestrator.errors import RecallError, RetryLater
 from orchestrator.journeys.model import Policy
 from orchestrator.journeys.render import render_link, render_touch, template_context
-from orchestrator.policy.caps import CapDecision, CapRequest, CapsNeedRebuild, touch_key
+from orchestrator.policy.caps import (
+    CapDecision,
+    CapRequest,
+    CapsNeedRebuild,
+    CapsUnsafe,
+    touch_key,
+)
 from orchestrator.policy.consent import suppressions
 from orchestrator.policy.quiet import HolidayCalendar, HolidayWindows, next_send_time
 from orchestrator.policy.rebuild import rebuild_from_store
 from orchestrator.policy.rules import CapRule
+from orchestrator.store.db import begin_write
+from orchestrator.store.tables import TOUCHES
 from orchestrator.tracking.links import new_code, short_url
+
+log = logging.getLogger(__name__)
 
 
 def gates_for(rt: Runtime) -> list[Gate]:
@@ -103,28 +116,60 @@ def cap_rules(policy: Policy) -> tuple[CapRule, ...]:
 def caps_gate(rt: Runtime, works: Sequence[Work], now: datetime) -> None:
     """Check and reserve every cap atomically, higher priority first. Refused: skipped
     (``capped:<cap>``) or, with ``when_capped: defer``, deferred to when a slot frees, at
-    most ``max_defer`` after the touch first fell due (else ``defer_expired``)."""
+    most ``max_defer`` after the touch first fell due (else ``defer_expired``).
+
+    The touches are marked reserving in SQL first (``reserved_at``, and the channel they
+    reserve on), so that a rebuild of Redis running meanwhile counts them. While Redis holds
+    no caps of its own (it lost its data) or may evict them, nothing is granted: the touches
+    wait (``caps_unavailable``) for the rebuild, which the tick hands to a task of its own."""
     live = sorted((w for w in works if not w.touch.get("test")),
                   key=lambda w: -int(w.touch["priority"]))
+    if not live:
+        return
+    _mark_reserving(rt, live, now)
     by_zone: dict[str, list[Work]] = defaultdict(list)
     for w in live:
         by_zone[w.policy.timezone].append(w)
     for zone, group in by_zone.items():
         requests = [CapRequest(w.user["user_id"], w.channel, w.key, cap_rules(w.policy))
                     for w in group]
-        for w, decision in zip(group, _reserve(rt, requests, now, ZoneInfo(zone)), strict=True):
+        try:
+            decisions = rt.caps.reserve_many(requests, now=now, rules_by_channel={},
+                                             tz=ZoneInfo(zone))
+        except (CapsNeedRebuild, CapsUnsafe) as exc:
+            log.warning("caps unavailable, %d touches wait: %s", len(group), exc)
+            rt.caps.release_many(requests)  # what an earlier chunk may have granted
+            for w in group:
+                w.decide("deferred", "caps_unavailable", now)
+            continue
+        for w, decision in zip(group, decisions, strict=True):
             _apply(w, decision)
 
 
-def _reserve(rt: Runtime, requests: list[CapRequest], now: datetime,
-             tz: ZoneInfo) -> list[CapDecision]:
+def _mark_reserving(rt: Runtime, works: Sequence[Work], now: datetime) -> None:
+    """One UPDATE per channel the touches reserve on (a fallback changes it)."""
+    by_channel: dict[str, list[int]] = defaultdict(list)
+    for w in works:
+        by_channel[w.channel].append(w.id)
+    with begin_write(rt.db) as conn:
+        for channel, ids in by_channel.items():
+            conn.execute(update(TOUCHES)
+                         .where(TOUCHES.c.id.in_(ids), TOUCHES.c.status == "claimed")
+                         .values(reserved_at=now, channel=channel))
+
+
+def rebuild_caps(rt: Runtime) -> int | None:
+    """Rebuild the caps in Redis from the held touches of the last ``horizon`` (business
+    time): what a restarted or restored Redis needs before it grants anything. Returns the
+    reservations loaded, or None when another rebuild is already running."""
+    since = rt.clock.now() - timedelta(seconds=rt.caps.horizon_s)
     try:
-        return rt.caps.reserve_many(requests, now=now, rules_by_channel={}, tz=tz)
-    except CapsNeedRebuild:
-        # Redis came back empty: rebuild from the touches SQL says are held, then retry
-        # (granted keys answer "already held", so the retry is idempotent).
-        rebuild_from_store(rt.db, rt.caps)
-        return rt.caps.reserve_many(requests, now=now, rules_by_channel={}, tz=tz)
+        count = rebuild_from_store(rt.db, rt.caps, reset=True, since=since)
+    except RetryLater:
+        return None
+    log.warning("caps rebuilt from the database: %d reservations since %s", count,
+                since.isoformat())
+    return count
 
 
 def _apply(w: Work, decision: CapDecision) -> None:

@@ -1,8 +1,8 @@
 """The scheduled audience refresh: derived fields and golden-window signals, on business time.
 
-SPEC §2: derived fields are "refreshed on a schedule and on demand", and golden-window
-detectors enroll users the moment they fire, during a scheduled refresh. ``tick`` calls
-``maybe_refresh`` first; when the refresh cron has fired since the last run it
+Derived fields are refreshed on a schedule and on demand, and golden-window detectors
+enroll users the moment they fire, during a scheduled refresh. When the refresh cron has
+fired since the last run, the refresh
 
 1. recomputes features, RFM, tiers and churn scores as of ``now`` (``audience.refresh``);
 2. detects the golden-window signals as of ``now`` (``audience.golden.detect``);
@@ -13,11 +13,13 @@ detectors enroll users the moment they fire, during a scheduled refresh. ``tick`
 10:00 audience runs), in the policy time zone, against the ``Clock`` (business time). The
 audience config has no key for the cron yet. Missed fires collapse into one run. The very
 first check starts counting from the first journey sync (else from ``now``), so a new
-deployment does not refresh for the past.
+deployment does not refresh for the past. The tick only claims the fire
+(``claim_refresh``); the refresh itself runs in a task of its own (``run_refresh``), so a
+long refresh never holds up the claims of due work.
 
 **Exactly one runner.** The last fire is kept in ``kv`` under ``audience:last_refresh``. A
 tick reads it (one small query) and, only when a fire is due, claims it under the row lock
-with a lease in real time (lease time is real, SPEC §6). The work itself writes in its own
+with a lease in real time (lease time is always real). The work itself writes in its own
 transactions (SQLite could not start them while this process held the write lock), so the
 claim is recorded first and the fire marked done afterwards. A failed refresh is logged,
 its error stored in the row, and retried by a tick after ``RETRY_AFTER``; a process that died
@@ -66,8 +68,15 @@ class RefreshResult:
 
 
 def maybe_refresh(rt: Runtime, now: datetime) -> RefreshResult | None:
-    """Run the scheduled refresh if its cron fired since the last run; else None at the cost
-    of one small read. Never raises for a failed refresh (it is logged and retried)."""
+    """Run the scheduled refresh here if its cron fired since the last run; else None at the
+    cost of one small read. Never raises for a failed refresh (it is logged and retried)."""
+    fire = claim_refresh(rt, now)
+    return None if fire is None else run_refresh(rt, now, fire)
+
+
+def claim_refresh(rt: Runtime, now: datetime) -> datetime | None:
+    """The fire to refresh for, claimed under a lease (the tick then hands it to a task of
+    its own), or None: not due, or already claimed. Costs one small read when not due."""
     now = as_utc(now)
     with rt.db.connect() as conn:
         state = _read(conn)
@@ -75,9 +84,13 @@ def maybe_refresh(rt: Runtime, now: datetime) -> RefreshResult | None:
         state = _initialise(rt, now)
     if _due(state, now, _zone(rt), utcnow()) is None:
         return None
-    fire = _claim(rt, now)
-    if fire is None:
-        return None  # another tick took it first
+    return _claim(rt, now)
+
+
+def run_refresh(rt: Runtime, now: datetime, fire: datetime) -> RefreshResult | None:
+    """Refresh for a claimed ``fire`` and mark it done; a failure is logged, stored in the
+    row and retried by a later tick after ``RETRY_AFTER``."""
+    now = as_utc(now)
     try:
         result = refresh_now(rt, now, fire=fire)
     except Exception as exc:  # the tick's other work goes on; the fire is retried later

@@ -3,34 +3,53 @@
 ``tick`` claims due work and hands it to a ``Dispatcher``: Celery tasks in production
 (``workers.tasks``), or the calling process itself (``InlineDispatcher``) for tools and
 tests of the engine alone. Either way the same functions run the work.
+
+One tick at a time: a tick runs under a lock in Redis (real-time lease) and a tick that
+finds it taken does nothing (``Tick.skipped``); two beats started by mistake only publish
+ticks that are dropped. The tick itself stays short: it claims (one transaction), and hands
+slow work (the daily audience refresh, WeCom polling, a caps rebuild) to tasks of their own,
+each claimed under its own lease so that it runs once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 
 from orchestrator.clock import as_utc, utcnow
+from orchestrator.engine.attempts import OPEN_STATES
 from orchestrator.engine.cursors import run_cursors
-from orchestrator.engine.delivery import deliver_batch, process_touches, reconcile_batch
-from orchestrator.engine.dispatch import BATCHED, Tick, TouchClaim, claim_due
+from orchestrator.engine.delivery import drive_batch, process_touches
+from orchestrator.engine.dispatch import (
+    BATCHED,
+    BatchClaim,
+    Tick,
+    TouchClaim,
+    claim_due,
+    release_all_claims,
+)
 from orchestrator.engine.enroll import EnrollResult, enroll
-from orchestrator.engine.refresh import maybe_refresh
+from orchestrator.engine.policy_gates import rebuild_caps, release_caps
+from orchestrator.engine.refresh import claim_refresh, run_refresh
 from orchestrator.engine.runtime import Runtime
 from orchestrator.engine.segments import segment_members
 from orchestrator.engine.wecom import due_for_poll, poll_wecom
-from orchestrator.errors import RetryLater
 from orchestrator.journeys.model import Journey
+from orchestrator.policy.caps import CapsUnsafe
 from orchestrator.store.db import begin_write
 from orchestrator.store.tables import ENROLLMENTS, TOUCHES
 from orchestrator.store.tables import JOURNEY_STATES as STATES
+from orchestrator.store.tables import SEND_BATCHES as BATCHES
 
 log = logging.getLogger(__name__)
 
@@ -38,39 +57,116 @@ log = logging.getLogger(__name__)
 class Dispatcher(Protocol):
     def cursors(self, enrollment_ids: list[int]) -> None: ...
     def touches(self, claim: TouchClaim) -> None: ...
-    def reconcile(self, batch_id: str) -> None: ...
+    def deliver(self, claim: BatchClaim) -> None: ...
+    def refresh(self, now: datetime, fire: datetime) -> None: ...
+    def poll_wecom(self, now: datetime) -> None: ...
+    def rebuild_caps(self) -> None: ...
 
 
 TOUCH_CLAIM_LIMIT = 50_000  # a multiple of the 10,000 mass-send limit
+TICK_LOCK_S = 30  # real seconds a tick may hold the lock (a tick takes well under one)
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 def tick(rt: Runtime, dispatcher: Dispatcher) -> Tick:
-    """One dispatcher tick: run due schedules, claim due work, hand it out."""
+    """One dispatcher tick: run due schedules, claim due work, hand it out. Does nothing
+    (``skipped``) while another tick, in any process, holds the lock."""
+    with tick_lock(rt) as held:
+        if not held:
+            return Tick.dropped()
+        return _tick(rt, dispatcher)
+
+
+@contextmanager
+def tick_lock(rt: Runtime) -> Iterator[bool]:
+    """The deployment's one-tick-at-a-time lock (its Celery queue names the deployment)."""
+    key = f"recall:{rt.settings.celery_queue}:tick-lock"
+    token = uuid.uuid4().hex
+    held = bool(rt.redis.set(key, token, nx=True, px=TICK_LOCK_S * 1000))
+    try:
+        yield held
+    finally:
+        if held:
+            rt.redis.eval(_UNLOCK, 1, key, token)
+
+
+def _tick(rt: Runtime, dispatcher: Dispatcher) -> Tick:
     now = rt.clock.now()
     if rt.book.reload_if_changed() or not rt.book.synced:
         rt.book.sync(rt.db, now=now)
-    maybe_refresh(rt, now)
+    fire = claim_refresh(rt, now)
+    if fire is not None:
+        dispatcher.refresh(now, fire)
     run_schedules(rt, now)
+    caps_ready = _caps_ready(rt, dispatcher)
     claimed = claim_due(
         rt.db,
         now=now,
         real_now=utcnow(),
         lease=timedelta(seconds=rt.settings.claim_lease_s),
+        batch_lease=timedelta(seconds=rt.settings.delivery_lease_s),
         gather=timedelta(seconds=rt.settings.gather_window_s),
         limit=TOUCH_CLAIM_LIMIT,
         max_batch={name: rt.channel(name).max_batch for name in
                    ("wechat_article", "wecom_group_invite", "sms")},
+        touches=caps_ready and _room_for_claims(rt),
     )
+    release_caps(rt, claimed.unreserved)  # reserved by gates whose workers died
     chunk = rt.settings.claim_batch_size
     for start in range(0, len(claimed.cursors), chunk):
         dispatcher.cursors(claimed.cursors[start : start + chunk])
     for claim in claimed.touches:
         dispatcher.touches(claim)
-    for batch_id in claimed.unknown_batches:
-        dispatcher.reconcile(batch_id)
+    for batch in claimed.batches:
+        dispatcher.deliver(batch)
     if due_for_poll(rt, now):
-        poll_wecom(rt, now)
+        dispatcher.poll_wecom(now)
     return claimed
+
+
+def _caps_ready(rt: Runtime, dispatcher: Dispatcher) -> bool:
+    """May touches be claimed? Not while caps cannot be granted: Redis lost its data (a
+    restart, a restore, a failover: the rebuild goes to a task of its own, and the claims
+    whose queued tasks were lost with the broker are released at once rather than when
+    their leases run out), or Redis may evict reservations (said loudly, every minute)."""
+    try:
+        state = rt.caps.check()
+    except CapsUnsafe as exc:
+        _loudly(str(exc))
+        return False
+    if state == "ok":
+        return True
+    with begin_write(rt.db) as conn:
+        _, reserved = release_all_claims(conn)
+    release_caps(rt, reserved)
+    if not rt.caps.rebuilding():
+        log.warning("caps need a rebuild (Redis lost its data): handing it to a task")
+        dispatcher.rebuild_caps()
+    return rt.caps.check() == "ok"  # a dispatcher that rebuilt in this process is done
+
+
+_LOUD_EVERY_S = 60.0
+_last_loud = [0.0]
+
+
+def _loudly(message: str) -> None:
+    now = time.monotonic()
+    if now - _last_loud[0] >= _LOUD_EVERY_S:
+        _last_loud[0] = now
+        log.error("no touch is sent while caps cannot be kept: %s", message)
+
+
+def _room_for_claims(rt: Runtime) -> bool:
+    """Claim no more touches while a full claim's worth still waits for workers: claims that
+    queue longer than their lease would only be claimed again."""
+    with rt.db.connect() as conn:
+        waiting = conn.execute(select(func.count()).select_from(
+            select(TOUCHES.c.id).where(TOUCHES.c.status == "claimed")
+            .limit(TOUCH_CLAIM_LIMIT).subquery())).scalar_one()
+    return int(waiting) < TOUCH_CLAIM_LIMIT
 
 
 # --- scheduled audiences ------------------------------------------------------------------
@@ -105,13 +201,16 @@ def next_after(cron: str, since: datetime, tz: ZoneInfo) -> datetime:
 
 
 def _run_schedule(rt: Runtime, journey: Journey, now: datetime) -> int:
+    # The segment is read before the write transaction: a large audience must not hold the
+    # write lock (on SQLite, the whole database) while it is evaluated.
+    with rt.db.connect() as conn:
+        members = list(segment_members(conn, journey.entry.segment or "True"))
     with begin_write(rt.db) as conn:
         state = conn.execute(select(STATES).where(STATES.c.journey_id == journey.id)
                              .with_for_update()).mappings().first()
         fire = _fire(journey, state, rt, now) if state and state["state"] == "active" else None
         if fire is None:
             return 0  # another tick ran it first
-        members = list(segment_members(conn, journey.entry.segment or "True"))
         enrolled = enroll(conn, journey, members, now=now).enrolled
         conn.execute(update(STATES).where(STATES.c.journey_id == journey.id)
                      .values(last_schedule_run_at=fire))
@@ -136,16 +235,17 @@ def next_fire(cron: str, after: datetime, tz: ZoneInfo) -> datetime:
 def enroll_segment(rt: Runtime, journey: Journey, *, dry_run: bool = False) -> EnrollResult:
     """``recall enroll``: the journey's segment, now."""
     now = rt.clock.now()
-    with begin_write(rt.db) as conn:
+    with rt.db.connect() as conn:
         members = list(segment_members(conn, journey.entry.segment or "True"))
+    with begin_write(rt.db) as conn:
         return enroll(conn, journey, members, now=now, dry_run=dry_run)
 
 
 # --- doing the work in this process -------------------------------------------------------
 
 class InlineDispatcher:
-    """Runs each piece of work at once, in this process. Retries are left to the next tick
-    (their touches stay ``sending`` until their lease runs out, then are reconciled)."""
+    """Runs each piece of work at once, in this process. A batch that must wait for its next
+    attempt is left to a later tick, which claims it when its time comes."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -155,34 +255,65 @@ class InlineDispatcher:
 
     def touches(self, claim: TouchClaim) -> None:
         for batch_id in process_touches(self.rt, claim.touch_ids, claim.token):
-            self.deliver(batch_id)
+            self._drive(batch_id, claim.token)
 
-    def deliver(self, batch_id: str) -> None:
-        try:
-            deliver_batch(self.rt, batch_id)
-        except RetryLater as retry:
-            log.warning("batch %s: %s", batch_id, retry)
+    def deliver(self, claim: BatchClaim) -> None:
+        self._drive(claim.batch_id, claim.token)
 
-    def reconcile(self, batch_id: str) -> None:
+    def _drive(self, batch_id: str, token: str) -> None:
         try:
-            reconcile_batch(self.rt, batch_id)
-        except RetryLater as retry:
-            log.warning("reconcile %s: %s", batch_id, retry)
+            drive_batch(self.rt, batch_id, token)
+        except Exception:  # one batch's error must not stop the others
+            log.exception("batch %s: delivery stopped; a later tick resumes it", batch_id)
+
+    def refresh(self, now: datetime, fire: datetime) -> None:
+        run_refresh(self.rt, now, fire)
+
+    def poll_wecom(self, now: datetime) -> None:
+        poll_wecom(self.rt, now)
+
+    def rebuild_caps(self) -> None:
+        rebuild_caps(self.rt)
 
 
 def in_flight(rt: Runtime) -> int:
-    """Claimed, sending or not yet reconciled work (what a virtual clock must not run past)."""
+    """Claimed touches, open batches (sending, in doubt or waiting for their next attempt)
+    and leased cursors: what a virtual clock must not run past."""
     with rt.db.connect() as conn:
         touches = conn.execute(select(func.count()).select_from(TOUCHES).where(
-            TOUCHES.c.status.in_(("claimed", "sending", "unknown")))).scalar_one()
+            TOUCHES.c.status == "claimed")).scalar_one()
+        batches = conn.execute(select(func.count()).select_from(BATCHES).where(
+            BATCHES.c.state.in_(OPEN_STATES))).scalar_one()
         cursors = conn.execute(select(func.count()).select_from(ENROLLMENTS).where(
             ENROLLMENTS.c.lease_until.is_not(None), ENROLLMENTS.c.state == "active")).scalar_one()
-    return int(touches) + int(cursors)
+    return int(touches) + int(batches) + int(cursors)
+
+
+def busy(rt: Runtime) -> int:
+    """Work a worker holds right now: in flight, less the batches waiting, unheld, for their
+    next attempt (only a tick hands those out again)."""
+    real_now = utcnow()
+    with rt.db.connect() as conn:
+        waiting = conn.execute(select(func.count()).select_from(BATCHES).where(
+            BATCHES.c.state.in_(OPEN_STATES),
+            or_(BATCHES.c.lease_until.is_(None), BATCHES.c.lease_until < real_now),
+        )).scalar_one()
+    return in_flight(rt) - int(waiting)
+
+
+def next_attempt(rt: Runtime) -> datetime | None:
+    """The earliest real time an open batch is due for its next attempt."""
+    with rt.db.connect() as conn:
+        due = conn.execute(select(func.min(func.coalesce(
+            BATCHES.c.next_attempt_at, BATCHES.c.lease_until))).where(
+            BATCHES.c.state.in_(OPEN_STATES))).scalar()
+    return as_utc(due) if due else None
 
 
 def run_until_idle(rt: Runtime, dispatcher: Dispatcher | None = None,
                    max_ticks: int = 1_000) -> int:
-    """Tick until a tick finds nothing to do; returns the number of ticks."""
+    """Tick until a tick finds nothing to do; returns the number of ticks. Batches waiting
+    for a later attempt (real time) are left waiting."""
     dispatcher = dispatcher or InlineDispatcher(rt)
     for n in range(1, max_ticks + 1):
         if tick(rt, dispatcher).empty:

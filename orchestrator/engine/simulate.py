@@ -29,15 +29,26 @@ from zoneinfo import ZoneInfo
 import httpx
 from sqlalchemy import select
 
-from orchestrator.clock import as_utc
+from orchestrator.clock import as_utc, utcnow
 from orchestrator.config import Settings
+from orchestrator.engine.dispatch import BatchClaim, TouchClaim
 from orchestrator.engine.importer import import_users, read_events
 from orchestrator.engine.ingest import ingest_events
-from orchestrator.engine.refresh import DEFAULT_REFRESH_CRON
+from orchestrator.engine.policy_gates import rebuild_caps
+from orchestrator.engine.refresh import DEFAULT_REFRESH_CRON, run_refresh
 from orchestrator.engine.responses import Action, Responses, plan_baseline, plan_touch
-from orchestrator.engine.runner import Dispatcher, in_flight, next_after, next_due, tick
+from orchestrator.engine.runner import (
+    Dispatcher,
+    busy,
+    in_flight,
+    next_after,
+    next_attempt,
+    next_due,
+    tick,
+)
 from orchestrator.engine.runtime import Runtime
 from orchestrator.engine.stack import Stack
+from orchestrator.engine.wecom import poll_wecom
 from orchestrator.errors import RecallError
 from orchestrator.store.clock import StoredClock
 from orchestrator.store.tables import ENROLLMENTS, TOUCHES, USERS
@@ -260,22 +271,41 @@ class Driver:
 
     # --- 2. the engine works ----------------------------------------------------------
     def _drain(self) -> None:
-        while True:
-            claimed = tick(self.rt, self.dispatcher)
-            if claimed.empty and not in_flight(self.rt):
-                return
-            self._wait_idle()
-
-    def _wait_idle(self) -> None:
+        """Tick until a tick claims nothing and nothing is in flight. A batch waiting for
+        its next attempt (real time: a provider's Retry-After) is waited for, then handed
+        out by the next tick: the virtual clock never runs past work in flight."""
         deadline = time.monotonic() + IDLE_TIMEOUT_S
+        while True:
+            # In flight is read before the tick: work a worker finishes during the tick may
+            # leave new due work that only the next tick would see.
+            working = in_flight(self.rt)
+            claimed = tick(self.rt, self.dispatcher)
+            if claimed.empty and not working:
+                return
+            if not claimed.empty:
+                deadline = time.monotonic() + IDLE_TIMEOUT_S
+            self._wait_idle(deadline)
+            if claimed.empty and not busy(self.rt):
+                self._wait_for_attempt(deadline)
+
+    def _wait_idle(self, deadline: float) -> None:
         pause = 0.001
-        while in_flight(self.rt):
-            if time.monotonic() > deadline:
-                raise RecallError(
-                    f"work still in flight after {IDLE_TIMEOUT_S:.0f}s of real time: is a "
-                    f"worker running? (see {self.rt.settings.state_dir}/worker-*.log)")
+        while busy(self.rt):
+            self._check(deadline)
             time.sleep(pause)
             pause = min(0.01, pause * 1.5)
+
+    def _wait_for_attempt(self, deadline: float) -> None:
+        due = next_attempt(self.rt)
+        while due is not None and due > utcnow():
+            self._check(deadline)
+            time.sleep(min(0.05, (due - utcnow()).total_seconds()))
+
+    def _check(self, deadline: float) -> None:
+        if time.monotonic() > deadline:
+            raise RecallError(
+                f"work still in flight after {IDLE_TIMEOUT_S:.0f}s of real time: is a "
+                f"worker running? (see {self.rt.settings.state_dir}/worker-*.log)")
 
     # --- 3. planning responses --------------------------------------------------------
     def _plan(self, now: datetime) -> None:
@@ -333,6 +363,36 @@ class Driver:
             self.result.touches = {status: int(n) for status, n in rows}
             self.result.enrollments = int(conn.execute(
                 select(func.count()).select_from(ENROLLMENTS)).scalar_one())
+
+
+class SimulateDispatcher:
+    """Celery workers do the work; the audience refresh, WeCom polling and a caps rebuild
+    run here, in the driver, so that their effects are in place before the clock moves
+    on."""
+
+    def __init__(self, rt: Runtime) -> None:
+        from workers.tasks import CeleryDispatcher
+
+        self.rt = rt
+        self._celery = CeleryDispatcher()
+
+    def cursors(self, enrollment_ids: list[int]) -> None:
+        self._celery.cursors(enrollment_ids)
+
+    def touches(self, claim: TouchClaim) -> None:
+        self._celery.touches(claim)
+
+    def deliver(self, claim: BatchClaim) -> None:
+        self._celery.deliver(claim)
+
+    def refresh(self, now: datetime, fire: datetime) -> None:
+        run_refresh(self.rt, now, fire)
+
+    def poll_wecom(self, now: datetime) -> None:
+        poll_wecom(self.rt, now)
+
+    def rebuild_caps(self) -> None:
+        rebuild_caps(self.rt)
 
 
 def split_events(
@@ -395,8 +455,6 @@ def simulate(
     with Stack(settings, workers=workers) as stack:
         from orchestrator.store.redis import broker_url
         from workers.app import configure
-        from workers.tasks import CeleryDispatcher
-
         configure(broker_url(stack.settings), stack.settings.celery_queue)
         rt = Runtime.from_settings(stack.settings)
         clock = rt.clock
@@ -410,7 +468,7 @@ def simulate(
             ingest_events(rt.db, chunk, now=start)  # history: no journey is triggered
         if before is not None:
             before(rt)
-        driver = Driver(rt=rt, clock=clock, dispatcher=CeleryDispatcher(),
+        driver = Driver(rt=rt, clock=clock, dispatcher=SimulateDispatcher(rt),
                         responses=responses or Responses(), seed=seed,
                         api_base=stack.api.base_url if stack.api else None,
                         sandbox=stack.sandbox, api_key=api_key, pending_events=future)

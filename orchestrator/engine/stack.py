@@ -111,7 +111,7 @@ def start_worker(settings: Settings, *, concurrency: int = 1, pool: str = "prefo
         return subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers.main", "worker", f"--pool={pool}",
              f"--concurrency={concurrency}", "--loglevel=WARNING", f"--hostname={name}@%h",
-             "-Q", settings.celery_queue,
+             "-Q", f"{settings.celery_queue},{settings.celery_queue}.tick",
              "--without-gossip", "--without-mingle", "--without-heartbeat"],
             env=worker_env(settings), stdout=sink, stderr=subprocess.STDOUT,
         )

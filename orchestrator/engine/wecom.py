@@ -5,11 +5,16 @@ treats the accepted task as the step's terminal moment (the next wait starts), t
 ``get_groupmsg_send_result``: delivered customers become ``delivered``; not-a-friend and
 already-got-one-today become ``failed`` (their cap slot is released); a task nobody
 confirmed within ``confirm_timeout`` is cancelled and its touches fail as ``unconfirmed``.
+
+Polling reads only the tasks still awaiting confirmation (``send_batches`` of this channel,
+sent and not yet confirmed: an index serves it), a bounded number per poll, and runs in a
+task of its own, never inside a tick.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -46,10 +51,15 @@ def due_for_poll(rt: Runtime, now: datetime) -> bool:
 
 
 def poll_wecom(rt: Runtime, now: datetime) -> dict[str, int]:
-    """Poll every accepted, unconfirmed task once; returns counts by outcome."""
+    """Poll the tasks still awaiting their staff member's confirmation, oldest first and at
+    most ``POLL_BATCHES`` of them per call; returns counts by outcome."""
     from orchestrator.channels.wecom_invite import WecomTask
 
     with rt.db.connect() as conn:
+        awaiting = conn.execute(
+            select(BATCHES.c.id).where(BATCHES.c.channel == CHANNEL, BATCHES.c.state == "sent",
+                                       BATCHES.c.confirmed_at.is_(None))
+            .order_by(BATCHES.c.created_at).limit(POLL_BATCHES)).scalars().all()
         rows = conn.execute(
             select(TOUCHES.c.id, TOUCHES.c.enrollment_id, TOUCHES.c.step_id,
                    TOUCHES.c.journey_id, TOUCHES.c.journey_version, TOUCHES.c.status,
@@ -57,10 +67,9 @@ def poll_wecom(rt: Runtime, now: datetime) -> dict[str, int]:
                    USERS.c.wecom_sender, BATCHES.c.created_at)
             .join(USERS, USERS.c.user_id == TOUCHES.c.user_id)
             .join(BATCHES, BATCHES.c.id == TOUCHES.c.batch_id)
-            .where(TOUCHES.c.channel == CHANNEL, TOUCHES.c.status == "sent",
-                   BATCHES.c.confirmed_at.is_(None))
-        ).mappings().all()
-    if not rows:
+            .where(TOUCHES.c.batch_id.in_(awaiting), TOUCHES.c.status == "sent")
+        ).mappings().all() if awaiting else []
+    if not awaiting:
         return {}
     sender_of = {r["provider_message_id"]: r["wecom_sender"] or rt.settings.wecom_default_sender
                  for r in rows}
@@ -78,17 +87,18 @@ def poll_wecom(rt: Runtime, now: datetime) -> dict[str, int]:
             failed.append({"b_id": r["id"], "reason": d.reason or "wecom_failed"})
         elif as_utc(r["created_at"]) + timeout <= now:
             expired.append(r)
-        else:
-            continue
-    _record(rt, delivered, failed, expired, now)
+    _record(rt, awaiting, delivered, failed, expired, now)
     counts.update(delivered=len(delivered), failed=len(failed), unconfirmed=len(expired))
     for msgid in {r["provider_message_id"] for r in expired}:
         channel.cancel(WecomTask(msgid, sender_of[msgid]))
     return dict(counts)
 
 
-def _record(rt: Runtime, delivered: list[dict[str, Any]], failed: list[dict[str, Any]],
-            expired: list[Any], now: datetime) -> None:
+POLL_BATCHES = 500  # tasks polled per call (a task may have up to 10,000 customers)
+
+
+def _record(rt: Runtime, polled: Sequence[str], delivered: list[dict[str, Any]],
+            failed: list[dict[str, Any]], expired: list[Any], now: datetime) -> None:
     with begin_write(rt.db) as conn:
         if delivered:
             conn.execute(update(TOUCHES).where(TOUCHES.c.id == bindparam("b_id"),
@@ -99,22 +109,16 @@ def _record(rt: Runtime, delivered: list[dict[str, Any]], failed: list[dict[str,
             conn.execute(update(TOUCHES).where(TOUCHES.c.id == bindparam("b_id"),
                                                TOUCHES.c.status == "sent")
                          .values(status="failed", reason=bindparam("reason")), failures)
-        done = {r["batch_id"] for r in expired}
-        open_batches = conn.execute(
-            select(TOUCHES.c.batch_id).where(TOUCHES.c.channel == CHANNEL,
+        # A polled task is confirmed (done) once none of its customers is still waiting.
+        waiting = set(conn.execute(
+            select(TOUCHES.c.batch_id).where(TOUCHES.c.batch_id.in_(polled),
                                              TOUCHES.c.status == "sent").distinct()
-        ).scalars().all()
-        finished = (done | {r for r in _batches_of(conn, delivered + failed)}) - set(open_batches)
+        ).scalars())
+        finished = set(polled) - waiting
         if finished:
             conn.execute(update(BATCHES).where(BATCHES.c.id.in_(finished))
                          .values(confirmed_at=now))
         released = conn.execute(select(TOUCHES).where(
-            TOUCHES.c.id.in_([f["b_id"] for f in failures]))).mappings().all()
+            TOUCHES.c.id.in_([f["b_id"] for f in failures]))).mappings().all() \
+            if failures else []
     release_caps(rt, released)
-
-
-def _batches_of(conn: Any, rows: list[dict[str, Any]]) -> set[str]:
-    if not rows:
-        return set()
-    return set(conn.execute(select(TOUCHES.c.batch_id).where(
-        TOUCHES.c.id.in_([r["b_id"] for r in rows]))).scalars())

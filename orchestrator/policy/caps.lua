@@ -3,6 +3,9 @@
 -- KEYS[1]  epoch marker: present once caps were rebuilt from SQL; absent on an empty Redis
 -- KEYS[2]  the person's reservations on every channel (member "<channel>|<key>")
 -- KEYS[3]  the person's reservations on this channel (member "<key>")
+-- KEYS[4]  the person's provisional members ("<channel>|<key>"): reservations a rebuild
+--          loaded for touches that were being gated (SQL cannot say whether their check
+--          had passed)
 -- ARGV[1]  key: the touch's idempotency key
 -- ARGV[2]  member for KEYS[2]: "<channel>|<key>"
 -- ARGV[3]  now, business-time epoch ms (the caller's clock; never Redis TIME)
@@ -18,13 +21,20 @@
 -- the set expires; it is older than every window, so it counts nowhere, and whether a key
 -- is held is read from KEYS[2].
 --
+-- A provisional key counts against the person's other touches like any reservation, but its
+-- own touch is checked again when it asks: it is taken out and reserved anew, or refused.
+--
 -- Answers: 1 reserved, 2 already held (a retry), -1 needs rebuild (marker missing),
 --          {first refusing rule (1-based), ms when every refusing window frees a slot or -1}.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return -1
 end
 if redis.call('ZSCORE', KEYS[2], ARGV[2]) then
-  return 2
+  if redis.call('SREM', KEYS[4], ARGV[2]) == 0 then
+    return 2
+  end
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('ZREM', KEYS[3], ARGV[1])
 end
 
 local refused, free_at = 0, 0

@@ -10,12 +10,24 @@ and phone to one user, so one person is one key whatever identity a channel uses
 
     {prefix}:p:{<user_id>}:all            sorted set  "<channel>|<key>"  -> reserved at (ms)
     {prefix}:p:{<user_id>}:ch:<channel>   sorted set  "<key>"            -> reserved at (ms)
-    {prefix}:epoch                        marker: caps were rebuilt from SQL (JSON)
+    {prefix}:p:{<user_id>}:prov           set         "<channel>|<key>"  loaded provisionally
+    {prefix}:epoch                        marker: caps were rebuilt from SQL on *this* server
+                                          (JSON, with the server's ``run_id``)
     {prefix}:rebuild-lock                 one rebuild at a time (real-time lease)
 
 Scores are business time (``now`` passed by the caller); Redis TTLs never decide business
 time. The only EXPIRE is garbage collection of idle people, ``horizon_s + gc_slack_s`` real
 seconds after their last reservation (see ``CapStore``).
+
+**Redis may lose data** (a restart without persistence, a restore of an older snapshot, a
+failover, an eviction). Before each chunk of reservations a guard script, on the same
+connection, checks that the marker exists *and* names the ``run_id`` of the server
+answering (a restored snapshot keeps the marker but not the reservations made since: its
+server is a new process with a new ``run_id``), and that ``maxmemory-policy`` is
+``noeviction`` (any other policy may evict reservation keys, which carry a TTL, and caps
+would silently undercount). Otherwise nothing is granted: ``CapsNeedRebuild`` (rebuild from
+SQL first) or ``CapsUnsafe`` (fix the server's configuration). A connection is to one
+server process, so the chunk that follows the guard cannot land on another.
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from itertools import islice
-from typing import Any
+from typing import Any, Literal
 from uuid import uuid4
 from zoneinfo import ZoneInfo
 
@@ -49,8 +61,22 @@ PIPELINE_DEPTH = 1000
 
 _FINISH_REBUILD_LUA = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[2], ARGV[2])
+local marker = cjson.decode(ARGV[2])
+marker['run_id'] = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+redis.call('SET', KEYS[2], cjson.encode(marker))
 redis.call('DEL', KEYS[1])
+return 1
+"""
+# Answers 1 (reserve), -1 (no marker), -3 (the marker was written on another server) or
+# {-2, policy} (the server may evict keys).
+_GUARD_LUA = """
+local policy = string.match(redis.call('INFO', 'memory'), 'maxmemory_policy:([%w%-]+)')
+if policy ~= 'noeviction' then return {-2, policy} end
+local raw = redis.call('GET', KEYS[1])
+if not raw then return -1 end
+local ok, marker = pcall(cjson.decode, raw)
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+if not ok or type(marker) ~= 'table' or marker['run_id'] ~= run_id then return -3 end
 return 1
 """
 _RENEW_LOCK_LUA = """
@@ -64,7 +90,12 @@ return 0
 
 
 class CapsNeedRebuild(StoreError):
-    """Redis holds no caps (restarted empty): rebuild them from SQL before reserving."""
+    """Redis holds no caps of its own (restarted empty, restored, failed over): rebuild them
+    from SQL before reserving."""
+
+
+class CapsUnsafe(StoreError):
+    """Redis is configured to evict keys: reservations could vanish, so none are granted."""
 
 
 class CapsRebuildInterrupted(StoreError):
@@ -102,12 +133,15 @@ class CapRequest:
 
 @dataclass(frozen=True, slots=True)
 class HeldReservation:
-    """A reservation that SQL says is held: the touch is sending, unknown, sent or delivered."""
+    """A reservation that SQL says is held: the touch is sending, unknown, sent or delivered.
+    ``provisional``: the touch was still being gated, its check may not have passed; it
+    counts against the person's other touches and is checked again if it asks."""
 
     person: str
     channel: str
     key: str
     at: datetime
+    provisional: bool = False
 
 
 def touch_key(enrollment_id: int, step_id: str) -> str:
@@ -154,6 +188,8 @@ class CapStore:
         self.gc_s = horizon_s + gc_slack_s
         self._lease_ms = rebuild_lease_s * 1000
         self.reserve_sha = redis.register_script(RESERVE_LUA).sha
+        # EVAL, not EVALSHA: it opens every chunk, so it must run on a restarted server too.
+        self._guard_command = _command("EVAL", _GUARD_LUA, 1, self.epoch_key)
         self._finish_rebuild = redis.register_script(_FINISH_REBUILD_LUA)
         self._renew_lock = redis.register_script(_RENEW_LOCK_LUA)
         self._unlock = redis.register_script(_UNLOCK_LUA)
@@ -165,6 +201,54 @@ class CapStore:
 
     def _channel_key(self, person: str, channel: str) -> str:
         return f"{self.prefix}:p:{{{person}}}:ch:{channel}"
+
+    def _provisional_key(self, person: str) -> str:
+        return f"{self.prefix}:p:{{{person}}}:prov"
+
+    # ------------------------------------------------------------------ health
+
+    def check(self) -> Literal["ok", "rebuild"]:
+        """Whether reservations may be granted now: ``ok``, or ``rebuild`` (this server holds
+        no caps of its own). Raises ``CapsUnsafe`` when the server may evict keys."""
+        reply = self._redis.eval(_GUARD_LUA, 1, self.epoch_key)
+        try:
+            self._judge(reply)
+        except CapsNeedRebuild:
+            return "rebuild"
+        return "ok"
+
+    def rebuilding(self) -> bool:
+        """Whether a rebuild holds its lock right now (another need not be started)."""
+        return bool(self._redis.exists(self._lock_key))
+
+    def _judge(self, reply: Any) -> None:
+        """Raise what a guard reply forbids (see ``_GUARD_LUA``)."""
+        if reply == 1:
+            return
+        if isinstance(reply, Exception):
+            raise reply
+        if reply == -1:
+            raise self._missing()
+        if reply == -3:
+            raise CapsNeedRebuild(
+                f"caps in Redis were rebuilt on another server ({self.epoch_key} names another "
+                "run_id: Redis restarted from a snapshot, was restored or failed over, and "
+                "reservations made since may be gone); rebuild them from SQL first: "
+                "`recall caps rebuild --reset`"
+            )
+        policy = _text(reply[1]) if isinstance(reply, list) and len(reply) > 1 else "?"
+        raise CapsUnsafe(
+            f"Redis maxmemory-policy is {policy!r}: it may evict cap reservations (their keys "
+            "carry a TTL) and caps would be undercounted, so none are granted; set "
+            "`maxmemory-policy noeviction` (redis.conf, or CONFIG SET) on the caps' Redis"
+        )
+
+    def _missing(self) -> CapsNeedRebuild:
+        return CapsNeedRebuild(
+            f"caps in Redis are empty ({self.epoch_key} is missing: Redis restarted or was "
+            "flushed); rebuild them from SQL first: `recall caps rebuild` or "
+            "orchestrator.policy.rebuild.rebuild_from_store(engine, cap_store)"
+        )
 
     # ------------------------------------------------------------------ reserve
 
@@ -210,7 +294,7 @@ class CapStore:
     def _reserve_chunk(self, chunk: Sequence[CapRequest], plans: _Plans) -> list[CapDecision]:
         replies = self._run_reserve(chunk, plans)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if missing:  # Redis restarted (script cache empty); a retry of a held key is a no-op
+        if missing:  # script cache empty (a new server: the guard passed, so it was rebuilt)
             self._redis.script_load(RESERVE_LUA)
             retried = self._run_reserve([chunk[i] for i in missing], plans)
             for i, reply in zip(missing, retried, strict=True):
@@ -231,23 +315,21 @@ class CapStore:
                 plan.head,
                 _bulk(self._all_key(r.person)),
                 _bulk(self._channel_key(r.person, r.channel)),
+                _bulk(self._provisional_key(r.person)),
                 _bulk(r.key),
                 _bulk(f"{r.channel}|{r.key}"),
                 plan.tail,
             )
-        return _exchange(self._redis, b"".join(parts), len(chunk))
+        return _exchange(self._redis, b"".join(parts), len(chunk),
+                         guard=self._guard_command, judge=self._judge)
 
     def _decision(self, reply: Any, names: Sequence[str]) -> CapDecision:
         if reply == 1:
             return _RESERVED
         if reply == 2:
             return _ALREADY_HELD
-        if reply == -1:
-            raise CapsNeedRebuild(
-                f"caps in Redis are empty ({self.epoch_key} is missing: Redis restarted or was "
-                "flushed); rebuild them from SQL first: `recall caps rebuild` or "
-                "orchestrator.policy.rebuild.rebuild_from_store(engine, cap_store)"
-            )
+        if reply == -1:  # the marker vanished mid-chunk (a flush)
+            raise self._missing()
         if isinstance(reply, Exception):
             raise reply
         refused, free_ms = int(reply[0]), int(reply[1])
@@ -265,6 +347,7 @@ class CapStore:
         for r in requests:
             pipe.zrem(self._all_key(r.person), f"{r.channel}|{r.key}")
             pipe.zrem(self._channel_key(r.person, r.channel), r.key)
+            pipe.srem(self._provisional_key(r.person), f"{r.channel}|{r.key}")
         pipe.execute()
 
     def forget(self, person: str) -> int:
@@ -287,9 +370,8 @@ class CapStore:
         return held
 
     def epoch(self) -> dict[str, Any] | None:
-        """The rebuild marker (``epoch``, ``rebuilt_at``, ``reservations``), or ``None`` when
-        Redis holds no caps. The engine may compare it before and after committing a batch:
-        a change means Redis was rebuilt in between, so re-reserve the batch (idempotent)."""
+        """The rebuild marker (``epoch``, ``rebuilt_at``, ``reservations``, ``run_id`` of the
+        server it was written on), or ``None`` when Redis holds no caps."""
         raw = self._redis.get(self.epoch_key)
         return json.loads(raw) if raw is not None else None
 
@@ -302,7 +384,8 @@ class CapStore:
         reset: bool = False,
         progress: Callable[[int], None] | None = None,
     ) -> int:
-        """Load held reservations, then set the epoch marker so that reserving resumes.
+        """Load held reservations, then set the epoch marker (naming this server's ``run_id``)
+        so that reserving resumes.
 
         Until the marker is set every ``reserve`` refuses with ``CapsNeedRebuild``, so no
         reservation is granted on a partial load. One rebuild at a time (a real-time lock);
@@ -340,6 +423,10 @@ class CapStore:
                 pipe.zadd(channel_key, {h.key: score}, nx=True)
                 pipe.expire(all_key, self.gc_s)
                 pipe.expire(channel_key, self.gc_s)
+                if h.provisional:
+                    provisional_key = self._provisional_key(h.person)
+                    pipe.sadd(provisional_key, f"{h.channel}|{h.key}")
+                    pipe.expire(provisional_key, self.gc_s)
             pipe.execute()
             count += len(chunk)
             if not self._renew_lock([self._lock_key], [token, self._lease_ms]):
@@ -407,8 +494,9 @@ class _Plans:
         argv: list[str | int] = [now_ms, store.gc_s, now_ms - store.gc_s * 1000, len(chosen)]
         for rule in chosen:
             argv += self._rule_args(rule)
-        keys_and_sha: list[str | int] = ["EVALSHA", store.reserve_sha, 3, store.epoch_key]
-        head = b"*%d\r\n" % (len(keys_and_sha) + 4 + len(argv))
+        keys_and_sha: list[str | int] = ["EVALSHA", store.reserve_sha, 4, store.epoch_key]
+        # + three keys and two arguments of each request, packed per request
+        head = b"*%d\r\n" % (len(keys_and_sha) + 5 + len(argv))
         head += b"".join(_bulk(a) for a in keys_and_sha)
         tail = b"".join(_bulk(a) for a in argv)
         return _Plan(head, tail, [rule.name for rule in chosen])
@@ -426,18 +514,32 @@ class _Plans:
         return [scope, b.max, b.low_ms, f"({b.end_ms}", "c", b.end_ms]
 
 
+def _command(*args: str | int) -> bytes:
+    """One RESP command."""
+    return b"*%d\r\n" % len(args) + b"".join(_bulk(a) for a in args)
+
+
 def _bulk(value: str | int) -> bytes:
     """One RESP bulk string."""
     data = value.encode() if isinstance(value, str) else b"%d" % value
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
-def _exchange(redis: Redis, packed: bytes, count: int) -> list[Any]:
-    """Send ``count`` packed commands at once and read their replies; an error reply is
-    returned in its place (the stream stays in step), a broken connection raises."""
+def _exchange(
+    redis: Redis, packed: bytes, count: int, *, guard: bytes, judge: Callable[[Any], None]
+) -> list[Any]:
+    """Run ``guard`` and let ``judge`` refuse (it raises), then send ``count`` packed commands
+    at once on the *same* connection, hence the same server, and read their replies; an error
+    reply is returned in its place (the stream stays in step), a broken connection raises."""
     pool = redis.connection_pool
     connection = pool.get_connection()
     try:
+        connection.send_packed_command([guard])  # type: ignore[no-untyped-call]
+        try:
+            verdict = connection.read_response()
+        except ResponseError as exc:
+            verdict = exc
+        judge(verdict)
         connection.send_packed_command([packed])  # type: ignore[no-untyped-call]
         replies: list[Any] = []
         for _ in range(count):
@@ -459,6 +561,10 @@ def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _glob_escape(text: str) -> str:
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
@@ -469,6 +575,7 @@ __all__ = [
     "CapStore",
     "CapsNeedRebuild",
     "CapsRebuildInterrupted",
+    "CapsUnsafe",
     "HeldReservation",
     "touch_key",
 ]

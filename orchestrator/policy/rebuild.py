@@ -1,9 +1,20 @@
 """Rebuild the caps in Redis from SQL, the source of truth.
 
 Redis holds nothing SQL cannot rebuild: a touch holds its cap reservation while it is
-``sending``, ``unknown``, ``sent`` or ``delivered``; its ``reserved_at`` is the business
-time of the reservation, its member key ``{enrollment_id}:{step_id}``. Test sends
-(``touches.test``) are never counted.
+``sending``, ``unknown``, ``sent`` or ``delivered`` (or ``failed`` as ``unknown_outcome``);
+its ``reserved_at`` is the business time of the reservation, its member key
+``{enrollment_id}:{step_id}``. Test sends (``touches.test``) are never counted.
+
+A touch still ``claimed`` with a ``reserved_at`` is being gated: the caps gate writes that
+mark before it reserves, so a rebuild running meanwhile sees it. Whether its check passed
+SQL cannot say, so it is loaded *provisionally*: it counts against the person's other
+touches, and is checked again when it reserves (``caps.lua``). Without the mark, a touch
+reserved just before the rebuild and frozen just after would hold a slot Redis no longer
+counts.
+
+Only reservations inside the longest window can refuse anything, so the engine rebuilds
+from ``since = now - horizon`` (an index on ``reserved_at`` serves it), in a task of its
+own, never inside a send.
 """
 
 from __future__ import annotations
@@ -18,12 +29,13 @@ from orchestrator.policy.caps import CapsRebuildInterrupted, CapStore, HeldReser
 from orchestrator.store.tables import TOUCHES as _TOUCHES
 
 HELD_STATUSES = ("sending", "unknown", "sent", "delivered")
+GATING = "claimed"  # with reserved_at: the caps gate is reserving it right now
 
 
 def _held_filter(since: datetime | None) -> list[sa.ColumnElement[bool]]:
     t = _TOUCHES.c
     # A touch whose outcome stayed unknown keeps its slot (it may have reached the person).
-    held = sa.or_(t.status.in_(HELD_STATUSES),
+    held = sa.or_(t.status.in_((*HELD_STATUSES, GATING)),
                   sa.and_(t.status == "failed", t.reason == "unknown_outcome"))
     where = [held, t.reserved_at.is_not(None), t.test.is_(False)]
     if since is not None:
@@ -36,13 +48,14 @@ def held_reservations(
 ) -> Iterator[HeldReservation]:
     """Every held reservation (reserved at or after ``since``), streamed in one query."""
     t = _TOUCHES.c
-    query = sa.select(t.user_id, t.channel, t.enrollment_id, t.step_id, t.reserved_at).where(
-        *_held_filter(since)
-    )
+    query = sa.select(
+        t.user_id, t.channel, t.enrollment_id, t.step_id, t.reserved_at, t.status
+    ).where(*_held_filter(since))
     with engine.connect() as conn:
         for row in conn.execute(query.execution_options(yield_per=5000)):
             key = touch_key(row.enrollment_id, row.step_id)
-            yield HeldReservation(row.user_id, row.channel, key, row.reserved_at)
+            yield HeldReservation(row.user_id, row.channel, key, row.reserved_at,
+                                  provisional=row.status == GATING)
 
 
 def count_held(engine: Engine, *, since: datetime | None = None) -> int:

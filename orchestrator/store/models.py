@@ -114,6 +114,7 @@ class Enrollment(SQLModel, table=True):
         ),
         Index("ix_enrollments_due", "state", "due_at"),
         Index("ix_enrollments_journey_user", "journey_id", "user_id", "entered_at"),
+        Index("ix_enrollments_lease", "lease_until"),  # every tick reclaims expired leases
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
@@ -134,16 +135,31 @@ class Enrollment(SQLModel, table=True):
 
 
 class SendBatch(SQLModel, table=True):
-    """Frozen before its first provider call; ``id`` is the provider idempotency key."""
+    """Frozen before its first provider call; ``id`` is the provider idempotency key.
+
+    The row carries the delivery state machine: ``state`` (``frozen``: nothing is in doubt,
+    send; ``unknown``: a call may have reached the provider, look it up first; ``sent`` /
+    ``failed``: done), the attempt counters and the next attempt time. Whoever holds the
+    lease (``lease_token`` until ``lease_until``, real time) drives it.
+    """
 
     __tablename__ = "send_batches"
+    __table_args__ = (
+        Index("ix_send_batches_due", "state", "next_attempt_at"),
+        Index("ix_send_batches_awaiting", "channel", "confirmed_at"),
+    )
 
     id: str = Field(primary_key=True, max_length=64)
     channel: str = Field(max_length=32)
     journey_id: str = Field(max_length=128)
     step_id: str = Field(max_length=64)
-    state: str = Field(default="frozen", max_length=16)  # frozen | sent | failed | unknown
-    attempts: int = 0
+    state: str = Field(default="frozen", max_length=16)  # frozen | unknown | sent | failed
+    attempts: int = 0  # provider calls started (sends and lookups)
+    unanswered: int = 0  # attempts in a row that left the outcome in doubt
+    next_attempt_at: datetime | None = _ts()  # real time; NULL: at once
+    lease_until: datetime | None = _ts()  # real time
+    lease_token: str | None = Field(default=None, max_length=32)
+    first_attempt_at: datetime | None = _ts()  # business time of the first provider call
     provider_ref: str | None = Field(default=None, max_length=128)
     sender: str | None = Field(default=None, max_length=128)  # WeCom staff member
     error: str | None = None
@@ -182,7 +198,9 @@ class Touch(SQLModel, table=True):
     claim_token: str | None = Field(default=None, max_length=32)
     attempts: int = 0
     batch_id: str | None = Field(default=None, index=True, max_length=64)
-    reserved_at: datetime | None = _ts()  # business time of the cap reservation
+    # Business time of the cap reservation. Set on a ``claimed`` touch just before the caps
+    # are checked, so that a rebuild of Redis from SQL sees reservations not yet frozen.
+    reserved_at: datetime | None = _ts(index=True)
     sent_at: datetime | None = _ts()
     delivered_at: datetime | None = _ts()
     clicked_at: datetime | None = _ts()

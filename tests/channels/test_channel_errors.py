@@ -46,6 +46,7 @@ WECHAT_ROWS = [
     (40037, "config", "invalid_template_id"),
     (40007, "stale_media", "invalid_media_id"),
     (45065, "duplicate", "clientmsgid_exists"),
+    (45066, "retryable", "clientmsgid_retry_too_fast"),
     (99999, "config", "unrecognised_error"),
 ]
 

@@ -6,6 +6,7 @@ import base64
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -78,9 +79,10 @@ def test_an_article_without_a_cover_is_refused_before_any_call(
     with pytest.raises(ChannelConfig, match=r"the article has no cover and WeChat refuses an "
                        r"article without one \(40007\); give the step a cover"):
         article.send(request("b-nocover", CHANNEL, messages(3), cover=False))
-    # A batch that could never be sent cannot have been: reconciling finds nothing, raises nothing.
+    # A batch that could never be sent cannot have been: the lookup finds it absent (the
+    # engine's send then fails it as the config error it is) and raises nothing.
     lost = article.reconcile(request("b-nocover", CHANNEL, messages(3), cover=False))
-    assert {r.status for r in lost} == {"unknown"}
+    assert {r.status for r in lost} == {"absent"}
     png = {"cover_jpeg_b64": base64.b64encode(jpeg(fmt="PNG")).decode()}
     with pytest.raises(ChannelConfig, match=r"the file is a PNG image, not a JPG"):
         article.send(request("b-png", CHANNEL, messages(3), options=png))
@@ -107,11 +109,17 @@ def test_the_same_batch_twice_is_one_send(
     first = article.send(batch)
     assert article.send(batch) == first  # answered from the ledger: no call at all
     assert len(calls(sandbox, "wechat", "/message/mass/send")) == 1
-    # Without the ledger, WeChat's own idempotency holds: 45065 with the same msg_id.
+    # Without the ledger, WeChat's own idempotency holds. Within a minute of the last call
+    # it answers 45066: retry after that minute...
     redis_client.delete(f"{key_prefix}:ledger:{CHANNEL}:b-twice")
+    with pytest.raises(ChannelRetryable, match="45066 clientmsgid_retry_too_fast") as caught:
+        article.send(batch)
+    assert caught.value.retry_after_s == 60.0
+    # ... and then 45065 with the same msg_id.
+    sandbox.state.configure({"wechat_clientmsgid_retry_interval_s": 0})
     assert article.send(batch) == first
     mass = calls(sandbox, "wechat", "/message/mass/send")
-    assert [m["outcome"] for m in mass] == ["accepted", "duplicate"]
+    assert [m["outcome"] for m in mass] == ["accepted", "too_fast", "duplicate"]
 
 
 def test_recipients_without_openid_fail_and_the_rest_is_sent(
@@ -201,6 +209,23 @@ def test_busy_and_rate_limit_are_retryable_and_the_retry_sends_once(
     assert outcomes == [f"fault:{kind}", "accepted"]
 
 
+def test_a_template_message_lookup_trusts_the_ledger_only_while_it_is_intact(
+    article: WeChatArticleChannel, sandbox: SandboxHandle, redis_client: redis.Redis,
+    key_prefix: str
+) -> None:
+    # Template messages have no lookup API: the ledger is all there is. A message it has no
+    # entry for was never called while the ledger is the one the calls were written to.
+    batch = request("b-tpl-look", CHANNEL, messages(3), options={**TEMPLATE, "mode": "template"})
+    first = replace(batch, messages=batch.messages[:1])
+    article.send(first)  # one message went out; the other two never left
+    looked = article.reconcile(batch)
+    assert [r.status for r in looked] == ["sent", "absent", "absent"]
+    # Redis lost the ledger (a restart, an eviction): nobody can say any more.
+    redis_client.delete(f"{key_prefix}:ledger:{CHANNEL}:b-tpl-look")
+    assert [r.status for r in article.reconcile(batch)] == ["unknown"] * 3
+    assert len(calls(sandbox, "wechat", "/message/template/send")) == 1
+
+
 def test_http_500_is_retryable(article: WeChatArticleChannel, sandbox: SandboxHandle) -> None:
     fault(sandbox, "http_500", "wechat", "/message/mass/send")
     with pytest.raises(ChannelRetryable, match=r"http_5xx"):
@@ -216,6 +241,7 @@ def test_a_lost_answer_is_unknown_and_reconcile_finds_the_send_without_resending
     fault(sandbox, kind, "wechat", "/message/mass/send")
     with pytest.raises(ChannelUnknown, match=r"reconcile, do not resend"):
         article.send(batch)
+    sandbox.state.configure({"wechat_clientmsgid_retry_interval_s": 0})  # a minute later
     reconciled = article.reconcile(batch)
     (msg_id,) = sent_ids(reconciled)
     mass = calls(sandbox, "wechat", "/message/mass/send")

@@ -216,13 +216,16 @@ def test_a_lost_answer_is_unknown_and_reconcile_finds_the_task_without_resending
     assert invite.send(batch) == results  # reconciled into the ledger
 
 
-def test_reconcile_without_a_task_leaves_the_touches_unknown(
+def test_reconcile_without_a_task_finds_the_touches_absent_and_a_send_may_follow(
     invite: WeComInviteChannel, sandbox: SandboxHandle
 ) -> None:
     invite.send(request("w-other", CHANNEL, messages(2), options=GROUP))
     never = request("w-never", CHANNEL, messages(2), options=GROUP, created_at=datetime.now(UTC))
-    assert {r.status for r in invite.reconcile(never)} == {"unknown"}
+    invite._ledger.mark_pending("w-never", ["sender:staff-a"])  # a call that never arrived
+    assert {(r.status, r.reason) for r in invite.reconcile(never)} == {("absent", "not_found")}
     assert len(tasks(sandbox)) == 1
+    assert {r.status for r in invite.send(never)} == {"sent"}  # the pending mark is gone
+    assert len(tasks(sandbox)) == 2
 
 
 def test_one_sender_lost_leaves_only_its_touches_unknown(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
 
 from orchestrator.clock import ManualClock
-from orchestrator.engine.delivery import deliver_batch, process_touches
-from orchestrator.engine.dispatch import TouchClaim
+from orchestrator.engine.delivery import drive_batch, process_touches
+from orchestrator.engine.dispatch import BatchClaim, TouchClaim
 from orchestrator.engine.enroll import enroll
 from orchestrator.engine.runner import run_until_idle, tick
 from orchestrator.engine.runtime import Runtime
@@ -136,8 +136,19 @@ def test_an_opt_out_between_claim_and_send_is_honoured(
         def touches(self, claim: TouchClaim) -> None:
             self.claimed.append(claim)
 
-        def reconcile(self, batch_id: str) -> None:
-            raise AssertionError("nothing is unknown here")
+        def deliver(self, claim: BatchClaim) -> None:
+            raise AssertionError("every batch is delivered by the task that froze it")
+
+        def refresh(self, now: datetime, fire: datetime) -> None:
+            pass
+
+        def poll_wecom(self, now: datetime) -> None:
+            pass
+
+        def rebuild_caps(self) -> None:
+            from orchestrator.engine.policy_gates import rebuild_caps
+
+            rebuild_caps(rt)
 
     claims = Claims()
     tick(rt, claims)  # cursors → touches scheduled
@@ -147,7 +158,7 @@ def test_an_opt_out_between_claim_and_send_is_honoured(
                    at=rt.clock.now())
     claim = claims.claimed[0]
     for batch_id in process_touches(rt, claim.touch_ids, claim.token):
-        deliver_batch(rt, batch_id)
+        drive_batch(rt, batch_id, claim.token)
     by_user = {t.user_id: (t.status, t.reason) for t in rows(rt)}
     assert by_user["u0001"] == ("suppressed", "opted_out:sms")
     assert "+8613800000001" not in sms_sent_to(sandbox)

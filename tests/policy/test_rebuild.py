@@ -126,12 +126,15 @@ def test_held_reservations_read_only_held_non_test_touches(db_engine: Engine) ->
             for n, status in enumerate(["sending", "unknown", "sent", "delivered", "failed",
                                         "suppressed", "cancelled", "claimed"])]  # fmt: skip
     rows.append(touch_row(50, "u1", "sms", "sent", reserved_at=T0, test=True))
+    rows.append(touch_row(51, "u1", "sms", "claimed"))  # claimed, not being reserved
     insert_touches(db_engine, rows)
     held = list(held_reservations(db_engine))
-    assert sorted((h.key, h.at) for h in held) == [
-        (f"{n}:sms", T0 + timedelta(days=n)) for n in range(4)
+    # A claimed touch with a reservation mark is being gated: loaded, provisionally.
+    assert sorted((h.key, h.at, h.provisional) for h in held) == [
+        *[(f"{n}:sms", T0 + timedelta(days=n), False) for n in range(4)],
+        ("7:sms", T0 + timedelta(days=7), True),
     ]
-    assert count_held(db_engine, since=T0 + timedelta(days=2)) == 2
+    assert count_held(db_engine, since=T0 + timedelta(days=2)) == 3
 
 
 def test_reset_drops_reservations_sql_does_not_hold(caps: CapStore) -> None:
