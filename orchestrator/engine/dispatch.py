@@ -217,10 +217,14 @@ class Tick:
     reclaimed: dict[str, int]
     skipped: bool = False  # another tick was running: this one did nothing
     unreserved: list[RowMapping] = field(default_factory=list)  # reclaimed, had a cap slot
+    blocked: bool = False  # touches were not claimed: caps unavailable (a rebuild pending)
 
     @property
     def empty(self) -> bool:
-        return not (self.skipped or self.cursors or self.touches or self.batches)
+        """Nothing claimed and nothing held back: a tick like it later would find as little
+        (unless new work falls due)."""
+        return not (self.skipped or self.blocked or self.cursors or self.touches
+                    or self.batches)
 
     @classmethod
     def dropped(cls) -> Tick:

@@ -114,6 +114,7 @@ def _tick(rt: Runtime, dispatcher: Dispatcher) -> Tick:
                    ("wechat_article", "wecom_group_invite", "sms")},
         touches=caps_ready and _room_for_claims(rt),
     )
+    claimed.blocked = not caps_ready
     release_caps(rt, claimed.unreserved)  # reserved by gates whose workers died
     chunk = rt.settings.claim_batch_size
     for start in range(0, len(claimed.cursors), chunk):
