@@ -46,7 +46,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check orchestrator workers tests bench
 	$(BIN)/mypy orchestrator workers
 
-# Figures, not tests: each script prints one JSON line per figure (SPEC §10). They need the
+# Figures, not tests: each script prints one JSON line per figure. They need the
 # production stack (PostgreSQL + Redis on 127.0.0.1, or RECALL_BENCH_* URLs).
 bench: $(STAMP)
 	$(BIN)/python bench/bench_caps.py

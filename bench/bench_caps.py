@@ -1,5 +1,5 @@
 """cap_checks_per_s: atomic cap check-and-reserve through ``CapStore.reserve_many`` against
-the same work as raw ``EVALSHA`` commands pipelined 1,000 deep (SPEC §10: >= 30,000/s and
+the same work as raw ``EVALSHA`` commands pipelined 1,000 deep (>= 30,000/s and
 >= 60 % of the raw figure).
 
 The baseline is as raw as it gets: the very same script, keys and arguments, packed into

@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     sms_rate_per_s: float = 1000.0
     sms_workers: int = 32
 
-    # Engine tuning (not in the SPEC contract; documented in docs/operations.md)
+    # Engine tuning (not in the public contract; documented in docs/operations.md)
     gather_window_s: int = 60
     claim_batch_size: int = 500
     claim_lease_s: int = 300

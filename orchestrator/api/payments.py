@@ -1,4 +1,4 @@
-"""Failed-payment webhooks → ``payment_failed`` events (SPEC §8).
+"""Failed-payment webhooks → ``payment_failed`` events.
 
 Each provider's payload is parsed into one ``FailedPayment`` (after its signature was
 checked), then ``accept_failed_payment`` makes it an event through the one ingest path,
@@ -62,7 +62,7 @@ class FailedPayment:
         return f"{self.source}:{self.external_id}"[:128]
 
     def event(self, user_id: str) -> dict[str, Any]:
-        """The SPEC-format event this failure becomes."""
+        """The documented event this failure becomes."""
         props = {
             "amount": self.amount,
             "currency": self.currency,

@@ -1,7 +1,7 @@
 """Signature checks for everything that reaches the API without an API key.
 
 Each check raises ``SignatureError`` (HTTP 400) with a message that says what was wrong;
-none of them touches the store. Payment webhooks (SPEC §8):
+none of them touches the store. Payment webhooks:
 
 - ``generic``: ``X-Recall-Signature: t=<unix>,v1=<hex>``, ``v1 = HMAC-SHA256(secret,
   f"{t}.{raw body}")``, 300 s tolerance either side of now.

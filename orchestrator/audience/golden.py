@@ -68,7 +68,7 @@ def detect(
     config: AudienceConfig,
     models_dir: Path | None = None,
 ) -> list[EventDict]:
-    """Every golden-window signal at ``at``, as SPEC event dicts ready for ingestion."""
+    """Every golden-window signal at ``at``, as event dicts ready for ingestion."""
     return signals_to_events(
         detect_signals(engine, at=at, config=config, models_dir=models_dir), config
     )
@@ -209,7 +209,7 @@ def churn_score_signals(
 
 
 def signals_to_events(signals: Sequence[Signal], config: AudienceConfig) -> list[EventDict]:
-    """SPEC §8 event dicts: ``ts`` in ISO 8601 with the policy timezone's offset."""
+    """Event dicts: ``ts`` in ISO 8601 with the policy timezone's offset."""
     return [
         {
             "event_id": s.event_id,

@@ -368,7 +368,7 @@ def _event_dicts(
 
 
 def write_users_csv(path: Path, users: Iterable[dict[str, Any]]) -> int:
-    """``users.csv`` as SPEC §8: the fixed columns, then attribute columns (sorted);
+    """``users.csv`` as the fixed columns, then attribute columns (sorted);
     booleans as ``true``/``false``, unknown as empty. Returns the number of rows."""
     rows = list(users)
     extra = sorted({k for row in rows for k in row} - set(USER_COLUMNS))
@@ -381,7 +381,7 @@ def write_users_csv(path: Path, users: Iterable[dict[str, Any]]) -> int:
 
 
 def write_events_jsonl(path: Path, events: Iterable[dict[str, Any]]) -> int:
-    """``events.jsonl`` as SPEC §8, one compact JSON object a line. Returns the count."""
+    """``events.jsonl`` in the documented format, one JSON object a line. Returns the count."""
     count = 0
     with path.open("w", encoding="utf-8") as handle:
         for event in events:

@@ -112,7 +112,7 @@ class JourneyBook:
         return tuple(sorted(stamps)), racy
 
     def _with_default_timezone(self, policy: Policy) -> Policy:
-        """A policy that names no timezone takes ``RECALL_TIMEZONE`` (SPEC §3: the user's
+        """A policy that names no timezone takes ``RECALL_TIMEZONE`` (the user's
         zone, else the policy's, else the setting)."""
         if self.default_timezone and "timezone" not in policy.model_fields_set:
             return policy.model_copy(update={"timezone": self.default_timezone})

@@ -39,7 +39,7 @@ OPT_OUT_CHANNELS = (*CHANNELS, ALL_CHANNELS)
 
 
 class EventIn(BaseModel):
-    """An event in the SPEC §8 format."""
+    """An event in the documented format."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -1,6 +1,6 @@
 """``recall preview``: every send step of a journey rendered for one user, before any send.
 
-The user comes from a users CSV (SPEC §8 format; works without a database) or, when the
+The user comes from a users CSV (documented format; works without a database) or, when the
 store is available, from the database.
 """
 

@@ -1,6 +1,6 @@
 """An audit of a run, independent of the engine: caps, quiet hours and consent, recomputed.
 
-``audit`` reads the rows of ``recall export touches`` (SPEC §8), the users and the opt-outs,
+``audit`` reads the rows of ``recall export touches``, the users and the opt-outs,
 and reports every send that broke the policy. It shares none of the engine's decision path
 (no Redis, no ``CapStore``/Lua, no ``next_send_time``/``HolidayWindows``, no
 ``suppressions``): windows are counted over sorted send times, send hours are read from
@@ -10,7 +10,7 @@ violation. It reuses only value types and settings (``CapRule``, ``PLATFORM_LIMI
 
 What counts as a send (it may have reached the person, and the engine holds its cap slot):
 status ``sent``, ``delivered``, ``sending`` and ``unknown``, and ``failed`` with reason
-``unknown_outcome`` (never confirmed, so perhaps delivered; SPEC §4: only a definite
+``unknown_outcome`` (never confirmed, so perhaps delivered; only a definite
 rejection releases a reservation). Any other ``failed`` was definitely not delivered and
 released its slot; ``scheduled``, ``claimed``, ``suppressed`` and ``cancelled`` never left.
 A row with a true ``test`` key (``audit_store`` adds it for ``touches.test``) is a test send:
@@ -211,7 +211,7 @@ def audit(
 ) -> list[Violation]:
     """Every cap, quiet-hour and consent violation among the sends of ``rows``, by time.
 
-    ``rows`` are export-touch dicts (SPEC §8); ``users`` by user id; ``journey_policies`` the
+    ``rows`` are export-touch dicts; ``users`` by user id; ``journey_policies`` the
     policy each journey ran under (``policy.tightened_by(journey.policy)``), else ``policy``.
 
     - **caps**, per ``user_id`` across journeys: each policy cap (``global`` counts every

@@ -1,4 +1,4 @@
-"""The report of one journey (SPEC §7, §8): per-arm recall rates and uplift, the per-step
+"""The report of one journey: per-arm recall rates and uplift, the per-step
 funnel, cost, incremental revenue and ROI, and the WeCom staff senders.
 
 Every number is a SQL aggregate over ``enrollments``, ``conversions``, ``touches`` and
@@ -31,7 +31,7 @@ Report = dict[str, Any]
 
 
 def journey_report(engine: Engine, journey: Journey, policy: Policy) -> Report:
-    """The SPEC §8 report of ``journey`` (all its versions), plus the documented extra keys
+    """The documented report of ``journey`` (all its versions), plus the documented extra keys
     ``journey_name``, ``arms.*.revenue``, ``sms_price_per_segment`` and ``wecom_senders``."""
     with engine.connect() as conn:
         counts = _arm_counts(conn, journey.id)
@@ -113,7 +113,7 @@ def reached_provider(t: Any) -> Any:
 
 
 def _live_touches(journey_id: str) -> Any:
-    # Test sends (journey test_recipients) are never counted (SPEC §3).
+    # Test sends (journey test_recipients) are never counted.
     return and_(TOUCHES.c.journey_id == journey_id, TOUCHES.c.test.is_(False))
 
 

@@ -1,4 +1,4 @@
-"""Treatment vs control: recall rates, uplift, its 95% CI and p-value (SPEC §7). Pure, no I/O.
+"""Treatment vs control: recall rates, uplift, its 95% CI and p-value. Pure, no I/O.
 
 * 95% CI of the absolute uplift: the **unpooled Wald** interval,
   ``d ± z·sqrt(p_t(1−p_t)/n_t + p_c(1−p_c)/n_c)`` with ``z = Φ⁻¹(0.975)``.

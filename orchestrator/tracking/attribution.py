@@ -1,4 +1,4 @@
-"""Which touch gets the credit for a conversion (SPEC §6). Pure: plain values in, an id out.
+"""Which touch gets the credit for a conversion. Pure: plain values in, an id out.
 
 The default model, ``LastTouch``, credits the last touch that was actually *sent*
 (status ``sent`` or ``delivered``, ``sent_at`` at or before the conversion) of the

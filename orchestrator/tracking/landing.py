@@ -1,4 +1,4 @@
-"""Fixed-link mode (SPEC §5): the message carries the same link for everyone, and the user
+"""Fixed-link mode: the message carries the same link for everyone, and the user
 is identified when they land.
 
 Some carriers reject per-recipient links, and a mass-sent article is identical for every

@@ -66,7 +66,7 @@ def row(
     reason: str | None = None,
     due: str | None = None,
 ) -> dict[str, Any]:
-    """An export-touches row (SPEC §8 columns) with a fresh enrollment id."""
+    """An export-touches row (documented columns) with a fresh enrollment id."""
     return {
         "journey_id": journey, "journey_version": "v1", "enrollment_id": next(_ids),
         "user_id": user, "arm": "treatment", "variant": None, "step_id": step,

@@ -1,4 +1,4 @@
-"""Provider callbacks (SPEC §8): Twilio status and inbound SMS, WeChat OA and WeCom pushes.
+"""Provider callbacks: Twilio status and inbound SMS, WeChat OA and WeCom pushes.
 
 Public, authenticated by the providers' signatures (400 when wrong, nothing changed).
 What a callback changes in the store is in ``orchestrator.tracking.callbacks``; opt-outs

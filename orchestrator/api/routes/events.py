@@ -17,7 +17,7 @@ router = APIRouter(prefix="/v1", tags=["events"], dependencies=[ApiKey])
 class EventsIn(BaseModel):
     events: list[Any] = Field(
         max_length=MAX_EVENTS,
-        description="Events in the SPEC format: event_id, user_id, name, ts (ISO 8601 with "
+        description="Events in the documented format: event_id, user_id, name, ts (ISO 8601 with "
         "offset), value, props. At most 10,000 per request.",
     )
 

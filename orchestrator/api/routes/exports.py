@@ -1,6 +1,6 @@
 """``GET /v1/exports/{touches|enrollments}``: the rows behind every report number, streamed.
 
-Same columns and formats as ``recall export`` (SPEC §8); times are ISO 8601 UTC.
+Same columns and formats as ``recall export``; times are ISO 8601 UTC.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ def list_journeys(services: ServicesDep) -> JourneysOut:
 
 @router.get("/journeys/{journey_id}/report")
 def journey_report(journey_id: str, services: ServicesDep) -> dict[str, Any]:
-    """The journey's report: SPEC §8 JSON (definitions in docs/reports.md); 404 if unknown."""
+    """The journey's report: documented JSON (definitions in docs/reports.md); 404 if unknown."""
     from orchestrator.errors import NotFoundError
     from orchestrator.reports.funnel import journey_report as build_report
 

@@ -1,4 +1,4 @@
-"""``POST /v1/webhooks/payments/{generic|stripe|wechatpay}`` (SPEC §8).
+"""``POST /v1/webhooks/payments/{generic|stripe|wechatpay}``.
 
 Public, authenticated by signature. Each route reads the raw body, checks the signature
 before anything else (nothing is stored on a wrong or stale one: 400), then lets
