@@ -39,8 +39,11 @@ demo: $(STAMP)
 	$(DEMO_ENV) $(BIN)/recall report winback-at-risk
 	$(DEMO_ENV) $(BIN)/recall report winback-at-risk --format html --out reports/demo.html
 
+# The suite, then a quick chaos run (which skips, loudly, without PostgreSQL or a
+# redis-server, and fails instead under CI=true).
 test: $(STAMP)
 	$(BIN)/python -m pytest
+	$(BIN)/python -m orchestrator.chaos --quick
 
 lint: $(STAMP)
 	$(BIN)/ruff check orchestrator workers tests bench
