@@ -601,6 +601,15 @@ class Policy(_Model):
     holidays: str | None = None
     """Holiday calendar (holidays package country code), e.g. CN."""
     sms: SmsPolicy
+    currency: str = "CNY"
+    """ISO 4217 code of every amount: the SMS price, costs, revenue (goal event values)."""
+
+    @field_validator("currency")
+    @classmethod
+    def _currency_code(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Z]{3}", value):
+            raise ValueError(f"bad currency {value!r}: a three-letter ISO 4217 code, e.g. CNY")
+        return value
 
     @field_validator("timezone")
     @classmethod

@@ -1,5 +1,5 @@
-"""The report of one journey: per-arm recall rates and uplift, the per-step
-funnel, cost, incremental revenue and ROI, and the WeCom staff senders.
+"""The report of one journey: per-arm recall rates and uplift, the per-step funnel, cost,
+incremental revenue and ROI, and the WeCom staff senders.
 
 Every number is a SQL aggregate over ``enrollments``, ``conversions``, ``touches`` and
 ``send_batches`` (a handful of grouped queries; no Python loop over touches). The
@@ -12,57 +12,69 @@ from __future__ import annotations
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, case, distinct, func, not_, or_, select
 
+from orchestrator.clock import as_utc, utcnow
 from orchestrator.journeys.model import Journey, Policy
-from orchestrator.reports.stats import ArmCount, compare
+from orchestrator.reports.stats import ArmCount, compare, wilson_interval
+from orchestrator.store.clock import StoredClock
 from orchestrator.store.tables import CONVERSIONS, ENROLLMENTS, TOUCHES
 from orchestrator.store.tables import SEND_BATCHES as BATCHES
 
 ARMS = ("control", "treatment")
 SENT = ("sent", "delivered")
 WECOM = "wecom_group_invite"
+# A mass-sent article's result event carries counts only: no per-touch delivery.
+AGGREGATE_DELIVERY = "wechat_article"
 DEFAULT_SENDER = "(default sender)"  # a task created without a named staff member
 NO_REASON = "unspecified"  # a suppressed touch whose reason was not recorded
 
 Report = dict[str, Any]
 
 
-def journey_report(engine: Engine, journey: Journey, policy: Policy) -> Report:
-    """The documented report of ``journey`` (all its versions), plus the documented extra keys
-    ``journey_name``, ``arms.*.revenue``, ``sms_price_per_segment`` and ``wecom_senders``."""
+def journey_report(engine: Engine, journey: Journey, policy: Policy, *,
+                   now: datetime | None = None) -> Report:
+    """The report of ``journey`` (all its versions) as of business time ``now`` (default:
+    the store's clock); every key is defined in ``docs/reports.md``."""
+    now = as_utc(now) if now is not None else StoredClock(engine).now()
     with engine.connect() as conn:
         counts = _arm_counts(conn, journey.id)
         revenue_by_arm = _revenue_by_arm(conn, journey.id)
         steps = _steps(conn, journey)
         senders = _wecom_senders(conn, journey.id)
+        first_entry = conn.execute(select(func.min(ENROLLMENTS.c.entered_at))
+                                   .where(ENROLLMENTS.c.journey_id == journey.id)).scalar()
     control, treatment = counts["control"], counts["treatment"]
-    uplift = compare(control, treatment)
     cost = sum(step["cost"] for step in steps)
     revenue = _incremental_revenue(control, treatment, revenue_by_arm)
     return {
         "journey_id": journey.id,
         "journey_name": journey.name,
-        "arms": {
-            arm: {"enrolled": counts[arm].enrolled, "converted": counts[arm].converted,
-                  "rate": counts[arm].rate, "revenue": revenue_by_arm[arm]}
-            for arm in ARMS
-        },
-        "uplift": {
-            "absolute": uplift.absolute,
-            "relative": uplift.relative,
-            "ci95": list(uplift.ci95) if uplift.ci95 is not None else None,
-            "p_value": uplift.p_value,
-        },
+        "arms": {arm: _arm(counts[arm], revenue_by_arm[arm]) for arm in ARMS},
+        "uplift": compare(control, treatment).as_dict(),
         "steps": steps,
         "cost": cost,
         "revenue": revenue,
+        "currency": policy.currency,
         "roi": (revenue - cost) / cost if revenue is not None and cost > 0 else None,
         "sms_price_per_segment": policy.sms.price_per_segment,
         "wecom_senders": senders,
+        "period": {"from": _iso(first_entry), "to": _iso(now)},
+        "generated_at": _iso(utcnow()),
     }
+
+
+def _arm(count: ArmCount, revenue: float) -> dict[str, Any]:
+    ci95 = wilson_interval(count)
+    return {"enrolled": count.enrolled, "converted": count.converted, "rate": count.rate,
+            "ci95": list(ci95) if ci95 is not None else None, "revenue": revenue}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else as_utc(value).isoformat().replace("+00:00", "Z")
 
 
 def _arm_counts(conn: Connection, journey_id: str) -> dict[str, ArmCount]:
@@ -148,7 +160,47 @@ def _steps(conn: Connection, journey: Journey) -> list[dict[str, Any]]:
         }
         for step_id, channel, eligible, sent, delivered, clicked, converted, cost in counted
     }
-    return [rows.get(key) or _empty_step(*key) for key in _step_order(journey, rows)]
+    reported = _mass_send_reports(conn, journey.id)
+    steps = [rows.get(key) or _empty_step(*key) for key in _step_order(journey, rows)]
+    for step in steps:
+        if step["channel"] == AGGREGATE_DELIVERY:
+            _aggregate_only(step, reported.get((step["step_id"], step["channel"])))
+    return steps
+
+
+def _mass_send_reports(conn: Connection, journey_id: str) -> dict[tuple[str, str], Counter[str]]:
+    """Per step and channel, WeChat's job reports (``MASSSENDJOBFINISH``) of the article
+    batches it accepted, added up: ``batches``, ``reported`` and the reported counts."""
+    b = BATCHES.c
+    found: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for step_id, channel, result in conn.execute(
+        select(b.step_id, b.channel, b.result)
+        .where(b.journey_id == journey_id, b.channel == AGGREGATE_DELIVERY, b.state == "sent")
+    ).all():
+        totals = found[(step_id, channel)]
+        totals["batches"] += 1
+        if (result or {}).get("sent_count") is not None:
+            totals["reported"] += 1
+            for key in ("total_count", "filter_count", "sent_count", "error_count"):
+                totals[key] += int(result.get(key) or 0)
+    return found
+
+
+def _aggregate_only(step: dict[str, Any], reported: Counter[str] | None) -> None:
+    """A mass-sent article has no per-touch delivery: ``delivered`` is ``None`` and the
+    step carries WeChat's own counts instead (``delivered_reported``) and says so."""
+    step["delivered"] = None
+    totals = reported or Counter()
+    step["delivered_reported"] = {key: int(totals[key]) for key in (
+        "batches", "reported", "total_count", "filter_count", "sent_count", "error_count")}
+    note = "WeChat reports a mass-sent article's delivery in aggregate only, not per touch"
+    if totals["reported"]:
+        note += (f": {totals['sent_count']:,} delivered, {totals['error_count']:,} failed, "
+                 f"{totals['filter_count']:,} filtered of {totals['total_count']:,}, "
+                 f"from {totals['reported']:,} of {totals['batches']:,} mass sends' reports")
+    elif totals["batches"]:
+        note += f": none of its {totals['batches']:,} mass sends has reported yet"
+    step["note"] = note
 
 
 def _count_if(condition: Any) -> Any:

@@ -44,8 +44,9 @@ def test_the_report_is_the_json_report(client: httpx.Client) -> None:
     assert response.status_code == 200
     report = response.json()
     assert report["journey_id"] == JOURNEY_ID
-    assert report["arms"]["control"] == {"enrolled": 4, "converted": 2, "rate": 0.5,
-                                         "revenue": 30.0}
+    assert report["arms"]["control"] | {"ci95": None} == {
+        "enrolled": 4, "converted": 2, "rate": 0.5, "revenue": 30.0, "ci95": None}
+    assert report["currency"] == "CNY"
     assert report["uplift"]["absolute"] == pytest.approx(0.125)
     assert len(report["uplift"]["ci95"]) == 2
     assert report["revenue"] == pytest.approx(60.0)

@@ -37,8 +37,9 @@ def test_json(store: None) -> None:
     result = runner.invoke(app, ["report", JOURNEY_ID, "--format", "json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["arms"]["treatment"] == {"enrolled": 8, "converted": 5, "rate": 0.625,
-                                           "revenue": 120.0}
+    treatment = report["arms"]["treatment"]
+    assert (treatment["enrolled"], treatment["converted"], treatment["rate"],
+            treatment["revenue"]) == (8, 5, 0.625, 120.0)
     assert [s["step_id"] for s in report["steps"]] == ["article", "invite", "sms", "sms"]
 
 
@@ -64,6 +65,10 @@ def test_html_to_a_file(store: None, tmp_path: Path) -> None:
     page = out.read_text(encoding="utf-8")
     assert page.startswith("<!doctype html>")
     assert page.count("<svg") == 5  # the uplift chart and one funnel per step row
+    # The same sections as the dashboard's journey page: one implementation.
+    assert 'aria-label="funnel article"' in page and "Small sample:" in page
+    assert "not measured per touch (aggregate-only)" in page
+    assert "0.22 CNY" in page and "60.0 min" in page
     assert "<script" not in page and "http://" not in page.replace(
         'xmlns="http://www.w3.org/2000/svg"', "")
     assert "报告演示" in page
@@ -72,8 +77,13 @@ def test_html_to_a_file(store: None, tmp_path: Path) -> None:
 def test_table(store: None) -> None:
     result = runner.invoke(app, ["report", JOURNEY_ID])
     assert result.exit_code == 0, result.output
-    assert "62.50%" in result.stdout and "cap:wechat_article 2" in result.stdout
-    assert "alice" in result.stdout and "60.0 min" in result.stdout
+    out = result.stdout
+    assert "62.50%" in out and "cap:wechat_article 2" in out
+    assert "alice" in out and "60.0 min" in out
+    assert "0.22 CNY" in out and "60.00 CNY" in out  # SMS cost; incremental revenue
+    assert "warning: too few users to judge (control 2/4, treatment 5/8)" in out
+    assert "period 2026-03-02 →" in out
+    assert "n/m" in out and "aggregate only" in out  # the article's delivered
 
 
 def test_an_unknown_journey_is_a_clear_error(store: None) -> None:

@@ -4,6 +4,7 @@ recomputed from the export rows."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,8 +12,10 @@ from sqlalchemy import insert
 
 from orchestrator.reports.export import rows
 from orchestrator.reports.funnel import journey_report
-from orchestrator.reports.stats import ArmCount, compare
-from tests.reports.conftest import JOURNEY_ID, T0, TOUCHES, Dataset, _touch
+from orchestrator.reports.stats import ArmCount, compare, wilson_interval
+from tests.reports.conftest import BATCHES, JOURNEY_ID, T0, TOUCHES, Dataset, _batch, _touch
+
+NOW = T0 + timedelta(days=20)
 
 
 def _step(step_id: str, channel: str, eligible: int, sent: int, delivered: int, clicked: int,
@@ -22,37 +25,52 @@ def _step(step_id: str, channel: str, eligible: int, sent: int, delivered: int, 
             "suppressed": suppressed, "cost": pytest.approx(cost)}
 
 
+def _aggregate(step: dict[str, Any], **reported: int) -> dict[str, Any]:
+    counts = {"batches": 0, "reported": 0, "total_count": 0, "filter_count": 0,
+              "sent_count": 0, "error_count": 0} | reported
+    return step | {"delivered": None, "delivered_reported": counts, "note":
+                   "WeChat reports a mass-sent article's delivery in aggregate only, not per touch"}
+
+
 def test_report_numbers_are_exact(dataset: Dataset) -> None:
     # A test send (test_recipients) is never counted.
     with dataset.engine.begin() as conn:
         conn.execute(insert(TOUCHES), [_touch(15, "t5", "sms", "sms", "delivered",
                                               test=True, cost=0.045)])
-    report = journey_report(dataset.engine, dataset.journey, dataset.policy)
+    report = journey_report(dataset.engine, dataset.journey, dataset.policy, now=NOW)
+    made = datetime.fromisoformat(report.pop("generated_at"))
+    assert abs(made - datetime.now(UTC)) < timedelta(minutes=5)
     expected_uplift = compare(ArmCount(4, 2), ArmCount(8, 5))
+    assert expected_uplift.warning is not None  # 4 and 8 users: no verdict
     assert report == {
         "journey_id": JOURNEY_ID,
         "journey_name": "报告演示",
         "arms": {
-            "control": {"enrolled": 4, "converted": 2, "rate": 0.5, "revenue": 30.0},
-            "treatment": {"enrolled": 8, "converted": 5, "rate": 0.625, "revenue": 120.0},
+            "control": {"enrolled": 4, "converted": 2, "rate": 0.5, "revenue": 30.0,
+                        "ci95": pytest.approx(list(wilson_interval(ArmCount(4, 2)) or ()))},
+            "treatment": {"enrolled": 8, "converted": 5, "rate": 0.625, "revenue": 120.0,
+                          "ci95": pytest.approx(list(wilson_interval(ArmCount(8, 5)) or ()))},
         },
         "uplift": {
             "absolute": pytest.approx(0.125), "relative": pytest.approx(0.25),
             "ci95": pytest.approx(list(expected_uplift.ci95 or ())),
             "p_value": pytest.approx(expected_uplift.p_value),
+            "significant": None, "warning": expected_uplift.warning,
         },
         "steps": [
-            _step("article", "wechat_article", 9, 4, 2, 2, 1,
-                  {"cap:wechat_article": 2, "no_consent": 1}, 0.0),
+            _aggregate(_step("article", "wechat_article", 9, 4, 2, 2, 1,
+                             {"cap:wechat_article": 2, "no_consent": 1}, 0.0)),
             _step("invite", "wecom_group_invite", 5, 2, 1, 1, 0, {"unspecified": 1}, 0.0),
             _step("sms", "sms", 5, 3, 2, 1, 2, {"sms_opt_out": 1}, 0.225),
-            _step("sms", "wechat_article", 1, 1, 0, 0, 0, {}, 0.0),
+            _aggregate(_step("sms", "wechat_article", 1, 1, 0, 0, 0, {}, 0.0)),
         ],
         "cost": pytest.approx(0.225),
         # (120/8 − 30/4) × 8 = 60 incremental; ROI = (60 − 0.225) / 0.225
         "revenue": pytest.approx(60.0),
+        "currency": "CNY",
         "roi": pytest.approx((60.0 - 0.225) / 0.225),
         "sms_price_per_segment": 0.045,
+        "period": {"from": "2026-03-02T02:00:00Z", "to": "2026-03-22T02:00:00Z"},
         "wecom_senders": [
             {"sender": "(default sender)", "created": 1, "confirmed": 0, "timed_out": 0,
              "pending": 1, "median_confirmation_s": None},
@@ -78,8 +96,11 @@ def test_every_number_is_recomputable_from_the_exports(dataset: Dataset) -> None
         assert step["eligible"] == len({t["enrollment_id"] for t in group
                                         if t["arm"] == "treatment"})
         assert step["sent"] == sum(t["status"] in ("sent", "delivered") for t in group)
-        assert step["delivered"] == sum(t["delivered_at"] is not None
-                                        or t["status"] == "delivered" for t in group)
+        if step["channel"] == "wechat_article":  # aggregate-only: never counted per touch
+            assert step["delivered"] is None
+        else:
+            assert step["delivered"] == sum(t["delivered_at"] is not None
+                                            or t["status"] == "delivered" for t in group)
         assert step["converted"] == sum(t["converted_at"] is not None for t in group)
         assert step["suppressed"] == dict(Counter(
             t["reason"] or "unspecified" for t in group if t["status"] == "suppressed"))
@@ -102,11 +123,13 @@ def test_a_journey_without_rows_reports_zeros_and_nones(dataset: Dataset) -> Non
     empty = dataset.journey.model_copy(update={"id": "never-ran"})
     report = journey_report(dataset.engine, empty, dataset.policy)
     assert report["arms"] == {
-        "control": {"enrolled": 0, "converted": 0, "rate": None, "revenue": 0.0},
-        "treatment": {"enrolled": 0, "converted": 0, "rate": None, "revenue": 0.0},
+        "control": {"enrolled": 0, "converted": 0, "rate": None, "revenue": 0.0, "ci95": None},
+        "treatment": {"enrolled": 0, "converted": 0, "rate": None, "revenue": 0.0,
+                      "ci95": None},
     }
     assert report["uplift"] == {"absolute": None, "relative": None, "ci95": None,
-                                "p_value": None}
+                                "p_value": None, "significant": None, "warning": None}
+    assert report["period"]["from"] is None
     assert [(s["step_id"], s["channel"], s["sent"]) for s in report["steps"]] == [
         ("article", "wechat_article", 0), ("invite", "wecom_group_invite", 0),
         ("sms", "sms", 0)]
@@ -128,3 +151,27 @@ def test_a_carrier_refusal_after_sending_still_counts_as_sent(dataset: Dataset) 
     steps = {s["step_id"]: s for s in journey_report(dataset.engine, later,
                                                      dataset.policy)["steps"]}
     assert (steps["sms"]["sent"], steps["invite"]["sent"]) == (1, 0)
+
+
+def test_an_article_step_shows_wechats_own_delivery_counts(dataset: Dataset) -> None:
+    """Mass sends report counts only: the step says so and adds up the job reports, instead
+    of showing 0 delivered."""
+    article = {**_batch("a1", None, "sent", T0, None), "channel": "wechat_article",
+               "step_id": "article"}
+    with dataset.engine.begin() as conn:
+        conn.execute(insert(BATCHES), [
+            {**article, "result": {"msg_data_id": 7, "status": "send success",
+                                   "total_count": 3, "filter_count": 1, "sent_count": 2,
+                                   "error_count": 0}},
+            {**article, "id": "a2", "result": {"msg_data_id": 8}},  # not reported yet
+            {**article, "id": "a3", "state": "failed",
+             "result": {"sent_count": 50}},  # refused: not a send
+        ])
+    report = journey_report(dataset.engine, dataset.journey, dataset.policy, now=NOW)
+    step = report["steps"][0]
+    assert step["delivered"] is None
+    assert step["delivered_reported"] == {"batches": 2, "reported": 1, "total_count": 3,
+                                          "filter_count": 1, "sent_count": 2, "error_count": 0}
+    assert step["note"] == (
+        "WeChat reports a mass-sent article's delivery in aggregate only, not per touch: "
+        "2 delivered, 0 failed, 1 filtered of 3, from 1 of 2 mass sends' reports")

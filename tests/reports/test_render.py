@@ -1,4 +1,5 @@
-"""Renderers on edge cases: no control group (nothing to compare), escaping in HTML."""
+"""Renderers on edge cases: no control group (nothing to compare), escaping in HTML, the
+standalone page being the dashboard's report sections."""
 
 from __future__ import annotations
 
@@ -13,14 +14,19 @@ from orchestrator.reports.render import CSV_COLUMNS, render
 def _report(**changes: Any) -> dict[str, Any]:
     report: dict[str, Any] = {
         "journey_id": "j", "journey_name": "<b>j</b>",
-        "arms": {"control": {"enrolled": 0, "converted": 0, "rate": None, "revenue": 0.0},
-                 "treatment": {"enrolled": 3, "converted": 1, "rate": 1 / 3, "revenue": 9.0}},
-        "uplift": {"absolute": None, "relative": None, "ci95": None, "p_value": None},
+        "arms": {"control": {"enrolled": 0, "converted": 0, "rate": None, "revenue": 0.0,
+                             "ci95": None},
+                 "treatment": {"enrolled": 3, "converted": 1, "rate": 1 / 3, "revenue": 9.0,
+                               "ci95": [0.06, 0.79]}},
+        "uplift": {"absolute": None, "relative": None, "ci95": None, "p_value": None,
+                   "significant": None, "warning": None},
         "steps": [{"step_id": "sms", "channel": "sms", "eligible": 0, "sent": 0,
                    "delivered": 0, "clicked": 0, "converted": 0, "suppressed": {},
                    "cost": 0.0}],
-        "cost": 0.0, "revenue": None, "roi": None, "sms_price_per_segment": 0.05,
-        "wecom_senders": [],
+        "cost": 0.0, "revenue": None, "currency": "CNY", "roi": None,
+        "sms_price_per_segment": 0.05, "wecom_senders": [],
+        "period": {"from": "2026-03-02T02:00:00Z", "to": "2026-03-16T02:00:00Z"},
+        "generated_at": "2026-03-17T08:30:00Z",
     }
     return report | changes
 
@@ -38,11 +44,28 @@ def test_undefined_numbers_render_as_blanks_and_dashes() -> None:
     assert "&lt;b&gt;j&lt;/b&gt;" in page and "<b>j</b>" not in page
 
 
-def test_uplift_chart_always_shows_zero() -> None:
+def test_page_states_period_and_time_made_and_renders_chinese() -> None:
+    page = render(_report(), "html")
+    assert "period 2026-03-02 → 2026-03-16 (UTC) · made 2026-03-17 08:30 UTC" in page
+    assert '"PingFang SC", "Microsoft YaHei", "Noto Sans CJK SC"' in page
+    table = render(_report(), "table")
+    assert "period 2026-03-02 → 2026-03-16 (UTC) · made 2026-03-17 08:30 UTC" in table
+
+
+def test_uplift_chart_labels_its_axes_and_values() -> None:
     report = _report(
-        arms={"control": {"enrolled": 10, "converted": 1, "rate": 0.1, "revenue": 0.0},
-              "treatment": {"enrolled": 10, "converted": 3, "rate": 0.3, "revenue": 0.0}},
-        uplift={"absolute": 0.2, "relative": 2.0, "ci95": [0.05, 0.35], "p_value": 0.2})
+        arms={"control": {"enrolled": 100, "converted": 10, "rate": 0.1, "revenue": 0.0,
+                          "ci95": [0.05, 0.17]},
+              "treatment": {"enrolled": 100, "converted": 30, "rate": 0.3, "revenue": 0.0,
+                            "ci95": [0.22, 0.4]}},
+        uplift={"absolute": 0.2, "relative": 2.0, "ci95": [0.05, 0.35], "p_value": 0.002,
+                "significant": True, "warning": None})
     page = render(report, "html")
     assert page.count("<svg") == 2
-    assert 'x1="40.0" y1="55" x2="40.0"' in page  # zero sits at the left edge of the scale
+    assert "recall rate (% of enrolled)" in page
+    assert "uplift, treatment − control (percentage points)" in page
+    assert ">10.00%<" in page and ">30.00%<" in page and ">+20.00 pp<" in page
+    assert "95% CI +5.00 pp to +35.00 pp" in page
+    # 0 is on the scale even though the whole interval is above it: the leftmost tick.
+    assert 'x1="90.0" y1="108" x2="90.0"' in page and ">+0.00 pp<" in page
+    assert "p = 0.002 ** — significant at 5%" in page

@@ -72,7 +72,7 @@ def index(request: Request, services: ServicesDep) -> Response:
     from orchestrator.reports.charts import forest_chart
     from orchestrator.reports.overview import overview
 
-    journeys = overview(services.engine, services.journeys.book())
+    journeys = overview(services.engine, services.journeys.book(), services.clock.now())
     forest = forest_chart([
         {"label": j["journey_id"], "uplift": j["headline"]["uplift"]}
         for j in journeys if j["headline"]
@@ -91,7 +91,7 @@ def journey_page(journey_id: str, request: Request, services: ServicesDep) -> Re
 
     try:
         state, report, touches = journey_detail(services.engine, services.journeys.book(),
-                                                journey_id)
+                                                journey_id, services.clock.now())
     except NotFoundError as exc:
         return _page("dashboard/missing.html.j2", 404, message=str(exc),
                      **_frame(request, services))

@@ -37,7 +37,7 @@ def list_journeys(services: ServicesDep) -> JourneysOut:
 
 @router.get("/journeys/{journey_id}/report")
 def journey_report(journey_id: str, services: ServicesDep) -> dict[str, Any]:
-    """The journey's report: documented JSON (definitions in docs/reports.md); 404 if unknown."""
+    """The journey's report as JSON (definitions in docs/reports.md); 404 if unknown."""
     from orchestrator.errors import NotFoundError
     from orchestrator.reports.funnel import journey_report as build_report
 
@@ -46,4 +46,5 @@ def journey_report(journey_id: str, services: ServicesDep) -> dict[str, Any]:
         raise NotFoundError(f"no journeys folder at {services.settings.journeys_dir}; "
                             "set RECALL_JOURNEYS_DIR")
     journey = book.latest(journey_id)
-    return build_report(services.engine, journey, book.policy_for(journey))
+    return build_report(services.engine, journey, book.policy_for(journey),
+                        now=services.clock.now())
