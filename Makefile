@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench chaos chaos-quick clean
+.PHONY: install demo test lint bench bench-quick chaos chaos-quick clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -49,11 +49,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check orchestrator workers tests bench
 	$(BIN)/mypy orchestrator workers
 
-# Figures, not tests: each script prints one JSON line per figure. They need the
-# production stack (PostgreSQL + Redis on 127.0.0.1, or RECALL_BENCH_* URLs).
+# Figures, not tests (docs/performance.md): one JSON line per figure, each with its baseline
+# measured in the same run, on PostgreSQL + Redis + real worker processes + the sandbox
+# (RECALL_BENCH_POSTGRES_URL, RECALL_BENCH_REDIS_URL: a Redis database the bench empties).
+# bench-quick: smaller runs, a few minutes.
 bench: $(STAMP)
-	$(BIN)/python bench/bench_caps.py
-	$(BIN)/python bench/bench_features.py
+	$(BIN)/python bench/run.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python bench/run.py --quick
 
 # Exactly-once under faults (docs/chaos.md): a real deployment on its own redis-server and
 # its own PostgreSQL database, workers SIGKILLed, Redis restarted empty, 10% of provider

@@ -10,7 +10,7 @@ Both start from an empty store under their own key prefix and see the same reque
 same business times, so they do the same Redis work (checked: equal grant counts).
 
 Runs against ``RECALL_BENCH_REDIS_URL`` (else ``RECALL_REDIS_URL``, else
-redis://127.0.0.1:6379/0) under a fresh ``recall:bench:*`` prefix that it deletes after.
+redis://127.0.0.1:6379/12) under a fresh ``recall:bench:*`` prefix that it deletes after.
 Prints one JSON object per line: ``{"name", "value", "unit", "baseline", "ratio"}``.
 """
 
@@ -124,7 +124,7 @@ def run_raw(client: redis.Redis, batches: list[Batch]) -> tuple[float, int]:
 
 def main() -> None:
     url = os.environ.get("RECALL_BENCH_REDIS_URL") or os.environ.get(
-        "RECALL_REDIS_URL", "redis://127.0.0.1:6379/0"
+        "RECALL_REDIS_URL", "redis://127.0.0.1:6379/12"
     )
     client = redis.Redis.from_url(url)
     batches = workload()
