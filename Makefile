@@ -14,30 +14,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The demo runs what exists today, end to end on the embedded defaults (SQLite, embedded
-# Redis, in-process sandbox): a synthetic campus with history, tiers, a churn model trained
-# on a time split, 14 virtual days of the journeys in journeys/ through the real stack, the
-# touches exported, an independent policy audit of every send, and the win-back journey's
-# report (terminal table and reports/demo.html).
-DEMO := .recall/demo
-DEMO_ENV := RECALL_STATE_DIR=$(DEMO)/state
-START := 2026-02-18T00:00:00+08:00
-
+# The demo: a synthetic campus, its churn model and tiers, the journeys in journeys/ run for
+# 14 virtual days on the real stack, then the story in the terminal and reports/demo.html
+# (`recall demo --help`; its data stays in .recall/demo).
 demo: $(STAMP)
-	rm -rf $(DEMO) && mkdir -p $(DEMO) reports
-	$(BIN)/recall validate journeys
-	$(BIN)/python -m orchestrator.audience.synth --users 3000 --days 58 --seed 7 \
-		--start 2026-01-05T00:00:00+08:00 --history-until $(START) --out $(DEMO)
-	$(DEMO_ENV) $(BIN)/recall import users $(DEMO)/users.csv
-	$(DEMO_ENV) $(BIN)/recall import events $(DEMO)/events-history.jsonl
-	$(DEMO_ENV) $(BIN)/recall churn train --cutoff 2026-01-21 --horizon 14d --model gbm
-	$(DEMO_ENV) $(BIN)/recall simulate --days 14 --start $(START) --users $(DEMO)/users.csv \
-		--events $(DEMO)/events.jsonl --seed 7
-	$(DEMO_ENV) $(BIN)/recall export touches --format csv --out reports/demo-touches.csv
-	$(DEMO_ENV) $(BIN)/recall export enrollments --format csv --out reports/demo-enrollments.csv
-	$(DEMO_ENV) $(BIN)/recall audit
-	$(DEMO_ENV) $(BIN)/recall report winback-at-risk
-	$(DEMO_ENV) $(BIN)/recall report winback-at-risk --format html --out reports/demo.html
+	$(BIN)/recall demo
 
 # The suite, then a quick chaos run (which skips, loudly, without PostgreSQL or a
 # redis-server, and fails instead under CI=true).

@@ -23,6 +23,7 @@ def _register_all() -> None:
     from orchestrator.sandbox.cli import register as _sandbox; _sandbox(app)  # noqa: E702, I001
     from orchestrator.api.cli import register as _api; _api(app)  # noqa: E702, I001
     from orchestrator.reports.cli import register as _reports; _reports(app)  # noqa: E702, I001
+    from orchestrator.demo.cli import register as _demo; _demo(app)  # noqa: E702, I001
     pass
 
 

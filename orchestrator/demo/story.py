@@ -1,0 +1,181 @@
+"""What the demo tells: the population by tier, the churn model, then per journey the
+recall rate per arm with its interval, the funnel of every touch, what caps and quiet hours
+held back, cost and ROI. In the terminal (``tell``) and as one HTML page (``write_html``).
+
+Every number comes from the journeys' reports (``reports.funnel``) or from the store, so
+the story, ``recall report`` and ``recall export`` agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.clock import utcnow
+from orchestrator.demo.run import DemoResult
+from orchestrator.reports import formatting as fmt
+
+FUNNEL = fmt.FUNNEL
+SENT = ("sent", "delivered")
+
+
+def tell(result: DemoResult, console: Console) -> None:
+    """The story in the terminal."""
+    o = result.options
+    console.print(f"\n[bold]Recall demo[/]: {result.users:,} students of a synthetic campus, "
+                  f"{o.days} virtual days from {result.start:%Y-%m-%d} (seed {o.seed}); "
+                  f"providers: {_providers(result)}", highlight=False)
+    console.print(_tiers_table(result))
+    c = result.churn
+    console.print(f"churn model {c['model']}: held-out AUC {c['auc']:.3f} (recency rule "
+                  f"{c['recency_auc']:.3f}), Brier {c['brier']:.3f}, top-decile lift "
+                  f"{c['lift']:.2f} on {c['n']:,} users", highlight=False)
+    sim = result.simulated
+    console.print(f"simulated {o.days} days in {sim.seconds:.1f}s: "
+                  f"{sim.events_replayed:,} events replayed "
+                  f"({result.future_events['payment_failed']:,} payment failures), "
+                  f"{sum(sim.actions.values()):,} simulated responses", highlight=False)
+    console.print(_journeys_table(result))
+    console.print(_arms_table(result))
+    for report in result.reports:
+        _print_uplift_notes(report, console)
+    console.print(_funnel_table(result))
+    for line in pacing_lines(result):
+        console.print(line, highlight=False)
+    console.print(_money_line(result), highlight=False)
+
+
+def _providers(result: DemoResult) -> str:
+    return ", ".join(f"{name} {where}" for name, where in result.providers.items())
+
+
+def _tiers_table(result: DemoResult) -> Table:
+    table = Table(title=f"population by tier at {result.start:%Y-%m-%d}")
+    for column in ("tier", "users", "share", "mean churn score"):
+        table.add_column(column, justify="left" if column == "tier" else "right")
+    total = sum(n for n, _ in result.tiers.values()) or 1
+    for tier, (n, score) in result.tiers.items():
+        table.add_row(tier, f"{n:,}", fmt.pct(n / total), fmt.num(score, 3))
+    return table
+
+
+def journey_figures(result: DemoResult, report: dict[str, Any]) -> dict[str, Any]:
+    """The per-journey counts the story prints (each can be recounted from the exports)."""
+    steps = report["steps"]
+    rows = result.counts.get(report["journey_id"], {})
+    return {
+        "enrollments": rows.get("enrollments", 0),
+        "touches": rows.get("touches", 0),
+        "sent": sum(step["sent"] for step in steps),
+        "converted": {arm: n["converted"] for arm, n in report["arms"].items()},
+    }
+
+
+def _journeys_table(result: DemoResult) -> Table:
+    table = Table(title="journeys")
+    for column in ("journey", "enrollments", "touches", "sent", "cost", "incremental revenue",
+                   "ROI"):
+        table.add_column(column, justify="left" if column == "journey" else "right")
+    for report in result.reports:
+        currency = report.get("currency", "")
+        figures = journey_figures(result, report)
+        table.add_row(report["journey_id"], _count(figures["enrollments"]),
+                      _count(figures["touches"]), f"{figures['sent']:,}",
+                      fmt.money(report["cost"], currency),
+                      fmt.money(report["revenue"], currency), fmt.num(report["roi"]))
+    return table
+
+
+def _count(value: int | None) -> str:
+    return "—" if value is None else f"{value:,}"
+
+
+def _arms_table(result: DemoResult) -> Table:
+    retention = sorted({w["window"] for r in result.reports for w in r.get("retention") or []})
+    table = Table(title="recall rate by arm (each user once, first entry; 95% CI)")
+    for column in ("journey", "arm", "users", "converted", "recall rate", "95% CI",
+                   *(f"retained {w}" for w in retention), "uplift vs holdout", "p"):
+        table.add_column(column, justify="left" if column in ("journey", "arm") else "right")
+    for report in result.reports:
+        uplift = report["uplift"]
+        windows = {w["window"]: w for w in report.get("retention") or []}
+        for arm, n in report["arms"].items():
+            treated = arm == "treatment"
+            table.add_row(
+                report["journey_id"] if not treated else "", arm, f"{n['enrolled']:,}",
+                f"{n['converted']:,}", fmt.pct(n["rate"]), _interval(n.get("ci95")),
+                *(fmt.pct(windows[w][arm]["rate"]) if w in windows else "—" for w in retention),
+                _uplift(uplift) if treated else "", _p(uplift) if treated else "",
+                end_section=treated)
+    return table
+
+
+def _interval(ci: Any) -> str:
+    return "—" if not ci else f"[{fmt.pct(ci[0])}, {fmt.pct(ci[1])}]"
+
+
+def _uplift(uplift: dict[str, Any]) -> str:
+    return f"{fmt.pp(uplift['absolute'])} {fmt.interval(uplift)}"
+
+
+def _p(uplift: dict[str, Any]) -> str:
+    return f"{fmt.p_value(uplift['p_value'])}{fmt.stars(uplift)}"
+
+
+def _print_uplift_notes(report: dict[str, Any], console: Console) -> None:
+    warning = report["uplift"].get("warning")
+    if warning:
+        console.print(f"{report['journey_id']}: small sample: {warning}", highlight=False)
+
+
+def _funnel_table(result: DemoResult) -> Table:
+    table = Table(title="funnel per touch (treatment)")
+    for column in ("journey", "step", "channel", *FUNNEL, "suppressed"):
+        left = column in ("journey", "step", "channel", "suppressed")
+        table.add_column(column, justify="left" if left else "right")
+    for report in result.reports:
+        for i, step in enumerate(report["steps"]):
+            suppressed = ", ".join(f"{r} {n:,}" for r, n in step["suppressed"].items()) or "—"
+            last = i == len(report["steps"]) - 1
+            table.add_row(report["journey_id"] if i == 0 else "", step["step_id"],
+                          step["channel"], *(fmt.count(step[k]) for k in FUNNEL), suppressed,
+                          end_section=last)
+    return table
+
+
+def pacing_lines(result: DemoResult) -> list[str]:
+    capped, deferred = result.pacing["capped"], result.pacing["deferred"]
+    audit = result.audit
+    kinds = audit.by_kind()
+    return [
+        "caps: " + (", ".join(f"{n:,} skipped by {r.removeprefix('capped:')}"
+                              for r, n in sorted(capped.items())) or "no touch capped"),
+        "deferred, then sent (quiet hours or a cap slot): " + (
+            ", ".join(f"{c} {n:,}" for c, n in sorted(deferred.items())) or "none"),
+        f"policy audit of {audit.sends:,} sends: " + ", ".join(
+            f"{n:,} {kind.replace('_', '-')} violations" for kind, n in kinds.items()),
+    ]
+
+
+def _money_line(result: DemoResult) -> str:
+    currency = str(next((r["currency"] for r in result.reports if r.get("currency")), ""))
+    cost = sum(r["cost"] for r in result.reports)
+    revenue = sum(r["revenue"] or 0.0 for r in result.reports)
+    roi = (revenue - cost) / cost if cost > 0 else None
+    return (f"all journeys: cost {fmt.money(cost, currency)} · incremental revenue "
+            f"{fmt.money(revenue, currency)} · ROI {fmt.num(roi)}")
+
+
+def write_html(result: DemoResult, path: Path) -> None:
+    """The story as one self-contained page: the population, then every journey's report."""
+    from orchestrator.reports.html import render_page
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_page(
+        "demo.html.j2", result=result, reports=result.reports, tiers=result.tiers,
+        figures={r["journey_id"]: journey_figures(result, r) for r in result.reports},
+        pacing=pacing_lines(result), money=_money_line(result), generated_at=utcnow(),
+    ), encoding="utf-8")
