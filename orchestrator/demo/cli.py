@@ -110,7 +110,7 @@ def demo_cmd(
     from orchestrator.demo.story import tell, write_html
 
     err = Console(stderr=True)
-    out = Console(width=None if Console().is_terminal else 132)
+    out = Console(width=None if Console().is_terminal else 150)
     began = time.monotonic()
     settings = get_settings()
     try:

@@ -40,9 +40,13 @@ def tell(result: DemoResult, console: Console) -> None:
                   f"{sum(sim.actions.values()):,} simulated responses", highlight=False)
     console.print(_journeys_table(result))
     console.print(_arms_table(result))
-    for report in result.reports:
-        _print_uplift_notes(report, console)
+    console.print(_uplift_table(result))
     console.print(_funnel_table(result))
+    for report in result.reports:
+        for step in report["steps"]:
+            if step.get("note") and step["sent"]:
+                console.print(f"{fmt.NOT_MEASURED} {report['journey_id']}/{step['step_id']}: "
+                              f"{step['note']}", highlight=False)
     for line in pacing_lines(result):
         console.print(line, highlight=False)
     console.print(_money_line(result), highlight=False)
@@ -78,7 +82,8 @@ def _journeys_table(result: DemoResult) -> Table:
     table = Table(title="journeys")
     for column in ("journey", "enrollments", "touches", "sent", "cost", "incremental revenue",
                    "ROI"):
-        table.add_column(column, justify="left" if column == "journey" else "right")
+        table.add_column(column, justify="left" if column == "journey" else "right",
+                         no_wrap=True)
     for report in result.reports:
         currency = report.get("currency", "")
         figures = journey_figures(result, report)
@@ -95,12 +100,12 @@ def _count(value: int | None) -> str:
 
 def _arms_table(result: DemoResult) -> Table:
     retention = sorted({w["window"] for r in result.reports for w in r.get("retention") or []})
-    table = Table(title="recall rate by arm (each user once, first entry; 95% CI)")
+    table = Table(title="recall rate by arm (each user once, first entry)")
     for column in ("journey", "arm", "users", "converted", "recall rate", "95% CI",
-                   *(f"retained {w}" for w in retention), "uplift vs holdout", "p"):
-        table.add_column(column, justify="left" if column in ("journey", "arm") else "right")
+                   *(f"retained {w}" for w in retention)):
+        table.add_column(column, justify="left" if column in ("journey", "arm") else "right",
+                         no_wrap=True)
     for report in result.reports:
-        uplift = report["uplift"]
         windows = {w["window"]: w for w in report.get("retention") or []}
         for arm, n in report["arms"].items():
             treated = arm == "treatment"
@@ -108,7 +113,6 @@ def _arms_table(result: DemoResult) -> Table:
                 report["journey_id"] if not treated else "", arm, f"{n['enrolled']:,}",
                 f"{n['converted']:,}", fmt.pct(n["rate"]), _interval(n.get("ci95")),
                 *(fmt.pct(windows[w][arm]["rate"]) if w in windows else "—" for w in retention),
-                _uplift(uplift) if treated else "", _p(uplift) if treated else "",
                 end_section=treated)
     return table
 
@@ -117,25 +121,26 @@ def _interval(ci: Any) -> str:
     return "—" if not ci else f"[{fmt.pct(ci[0])}, {fmt.pct(ci[1])}]"
 
 
-def _uplift(uplift: dict[str, Any]) -> str:
-    return f"{fmt.pp(uplift['absolute'])} {fmt.interval(uplift)}"
-
-
-def _p(uplift: dict[str, Any]) -> str:
-    return f"{fmt.p_value(uplift['p_value'])}{fmt.stars(uplift)}"
-
-
-def _print_uplift_notes(report: dict[str, Any], console: Console) -> None:
-    warning = report["uplift"].get("warning")
-    if warning:
-        console.print(f"{report['journey_id']}: small sample: {warning}", highlight=False)
+def _uplift_table(result: DemoResult) -> Table:
+    table = Table(title="uplift: treatment against the holdout")
+    for column in ("journey", "uplift", "95% CI", "p", "reading"):
+        table.add_column(column, justify="left" if column in ("journey", "reading") else "right",
+                         no_wrap=column != "reading")
+    for report in result.reports:
+        uplift = report["uplift"]
+        reading = ("too few users to judge: read the interval" if uplift.get("warning") else
+                   "—" if uplift.get("p_value") is None else fmt.verdict(uplift))
+        table.add_row(report["journey_id"], fmt.pp(uplift["absolute"]), fmt.interval(uplift),
+                      f"{fmt.p_value(uplift['p_value'])} {fmt.stars(uplift)}".strip(), reading)
+    return table
 
 
 def _funnel_table(result: DemoResult) -> Table:
     table = Table(title="funnel per touch (treatment)")
     for column in ("journey", "step", "channel", *FUNNEL, "suppressed"):
         left = column in ("journey", "step", "channel", "suppressed")
-        table.add_column(column, justify="left" if left else "right")
+        table.add_column(column, justify="left" if left else "right",
+                         no_wrap=column != "suppressed")
     for report in result.reports:
         for i, step in enumerate(report["steps"]):
             suppressed = ", ".join(f"{r} {n:,}" for r, n in step["suppressed"].items()) or "—"

@@ -78,7 +78,7 @@ def test_demo_prints_what_the_exports_hold(tmp_path: Path) -> None:
     # Payment failures were replayed as they happened, and enrolled people in the rescue.
     assert number(journeys["payment-rescue"][1]) > 0
 
-    arms = _arms(printed["recall rate by arm (each user once, first entry; 95% CI)"])
+    arms = _arms(printed["recall rate by arm (each user once, first entry)"])
     assert arms == _arms_from(enrollments, set(journeys))
     page = (tmp_path / "reports" / "demo.html").read_text(encoding="utf-8")
     assert all(f'id="{journey_id}"' in page for journey_id in journeys)
