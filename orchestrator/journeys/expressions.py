@@ -21,18 +21,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from jinja2 import (
-    FileSystemLoader,
-    StrictUndefined,
-    TemplateSyntaxError,
-    Undefined,
-    nodes,
-    select_autoescape,
-)
+from jinja2 import FileSystemLoader, TemplateSyntaxError, Undefined, nodes
 from jinja2.parser import Parser
-from jinja2.sandbox import SandboxedEnvironment
 
 from orchestrator.errors import JourneyError, Problem
+from orchestrator.journeys.bounded import SANDBOX, BoundedSandbox
 from orchestrator.journeys.suggest import did_you_mean
 
 # users.csv columns a template or expression may name directly (besides user_id).
@@ -54,22 +47,21 @@ STEP_FUNCTIONS = ("sent", "delivered", "clicked", "joined")
 BRANCH_FUNCTIONS = (*STEP_FUNCTIONS, "event")
 BRANCH_NAMES = SEGMENT_NAMES | frozenset(BRANCH_FUNCTIONS)
 
-EXPRESSION_ENV = SandboxedEnvironment(undefined=StrictUndefined)
-TEMPLATE_ENV = SandboxedEnvironment(
-    undefined=StrictUndefined,
-    autoescape=select_autoescape(
-        enabled_extensions=("html", "htm", "html.j2", "htm.j2"), default_for_string=False
-    ),
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+# One sandbox for everything (``orchestrator.journeys.bounded``): expressions, links, texts.
+EXPRESSION_ENV = TEMPLATE_ENV = SANDBOX
+TEMPLATE_CACHE_SIZE = 400
 
 
-@lru_cache(maxsize=16)
-def templates_env(templates_dir: Path) -> SandboxedEnvironment:
-    """``TEMPLATE_ENV`` reading from ``templates_dir`` (an overlay shares its configuration)."""
-    overlay = TEMPLATE_ENV.overlay(loader=FileSystemLoader(str(templates_dir)))
-    assert isinstance(overlay, SandboxedEnvironment)
+@lru_cache(maxsize=32)
+def templates_env(templates_dir: Path, *, html: bool = False) -> BoundedSandbox:
+    """The sandbox reading from ``templates_dir``; ``html``: autoescape on (article bodies
+    are HTML; SMS and invite texts are plain text and never escaped). Each overlay keeps its
+    own compiled templates: the same file compiles differently with and without escaping."""
+    overlay = SANDBOX.overlay(
+        loader=FileSystemLoader(str(templates_dir)), autoescape=html,
+        cache_size=TEMPLATE_CACHE_SIZE,
+    )
+    assert isinstance(overlay, BoundedSandbox)
     return overlay
 
 

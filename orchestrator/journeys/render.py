@@ -25,11 +25,13 @@ from typing import Any
 
 from jinja2 import Template, TemplateNotFound
 from jinja2.exceptions import SecurityError, UndefinedError
+from markupsafe import Markup
 
 from orchestrator.errors import ConfigError, InputError
 from orchestrator.journeys.expressions import TEMPLATE_ENV, USER_COLUMNS, templates_env
 from orchestrator.journeys.model import Journey, JourneySpec, SendStep
 
+HTML_CHANNELS = frozenset({"wechat_article"})  # bodies are HTML: autoescaped
 BASE_NAMES = frozenset(
     {"user_id", *USER_COLUMNS, "user", "attributes", "journey", "arm", "variant"}
 )
@@ -120,7 +122,8 @@ def render_touch(
     if link:
         data["link"] = link
     try:
-        module = templates_env(templates_dir).get_template(name).make_module(data)
+        env = templates_env(templates_dir, html=step.send in HTML_CHANNELS)
+        module = env.get_template(name).make_module(data)
     except TemplateNotFound:
         raise ConfigError(
             f"template {name!r} of step {step.id!r} not found in {templates_dir}: "
@@ -137,10 +140,15 @@ def render_touch(
         channel=step.send,
         template=name,
         variant=variant,
-        title=str(title) if title is not None else None,
+        title=_plain(title) if title is not None else None,
         text=str(module).strip(),
         link=link,
     )
+
+
+def _plain(value: object) -> str:
+    """The text of ``value``: an autoescaped title is markup, its reader sees plain text."""
+    return value.unescape() if isinstance(value, Markup) else str(value)
 
 
 @lru_cache(maxsize=256)
