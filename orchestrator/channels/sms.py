@@ -31,6 +31,7 @@ reaches what its own network reaches.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -246,7 +247,8 @@ class SmsChannel:
         try:
             found = self._find(message.recipient.phone, marker, since)
         except TwilioException as exc:
-            raise _rest_error(exc, "GET Messages.json", None)[1] from exc
+            retry_after = self._client().http_client.retry_after_s
+            raise _rest_error(exc, "GET Messages.json", retry_after)[1] from exc
         except requests.RequestException as exc:
             raise transport_error(
                 exc, provider=PROVIDER, action="GET Messages.json", sent=False
@@ -357,11 +359,25 @@ def _charged(
     )
 
 
+def _page_error(exc: TwilioException) -> tuple[int | None, int | None]:
+    """The error code and HTTP status of a list page Twilio refused (a 429 or a 5xx is the
+    provider being busy, not a configuration error)."""
+    response = exc.args[1] if len(exc.args) > 1 else None
+    status = getattr(response, "status_code", None)
+    try:
+        code = json.loads(getattr(response, "text", "") or "{}").get("code")
+    except (ValueError, AttributeError):
+        code = None
+    return (code if isinstance(code, int) else None), (status if isinstance(status, int) else None)
+
+
 def _rest_error(
     exc: TwilioException, action: str, retry_after_s: float | None
 ) -> tuple[Verdict, ChannelError]:
-    code = getattr(exc, "code", None)
-    verdict = classify_twilio(code, status=getattr(exc, "status", None))
+    code, status = getattr(exc, "code", None), getattr(exc, "status", None)
+    if status is None:  # a page Twilio would not list: TwilioException(message, response)
+        code, status = _page_error(exc)
+    verdict = classify_twilio(code, status=status)
     detail = getattr(exc, "msg", "") or getattr(exc, "detail", "") or str(code)
     error = to_channel_error(
         verdict,

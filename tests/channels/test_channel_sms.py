@@ -16,6 +16,7 @@ from orchestrator.channels.pacing import Backoff
 from orchestrator.channels.sms import sms_body
 from orchestrator.config import Settings
 from orchestrator.errors import ChannelConfig, ChannelRetryable, ChannelUnknown, ConfigError
+from orchestrator.sandbox.faults import FaultSpec
 from orchestrator.sandbox.server import SandboxHandle
 
 CHANNEL = "sms"
@@ -274,6 +275,22 @@ def test_reconcile_finds_a_message_twilio_never_got_absent(
     (result,) = sms.reconcile(request("s-never", CHANNEL, [lost], options=POLICY))
     assert (result.status, result.reason) == ("absent", "not_found")
     assert len(creates(sandbox)) == 1
+
+
+@pytest.mark.parametrize(("kind", "retry_after"), [("rate_limit", 30.0), ("http_500", None),
+                                                 ("busy", None)])
+def test_a_lookup_twilio_refuses_for_now_is_retryable_not_a_config_error(
+    sms: SmsChannel, sandbox: SandboxHandle, kind: str, retry_after: float | None
+) -> None:
+    # Twilio's list call answers 429/5xx as a page it could not fetch, not as a REST error;
+    # that is the provider being busy, not our settings being wrong.
+    sandbox.state.add_fault(FaultSpec(provider="twilio", path_contains=CREATE, method="GET",
+                                      kind=kind, retry_after=30 if retry_after else None))
+    batch = request("s-lookup-busy", CHANNEL, messages(1), options=POLICY)
+    with pytest.raises(ChannelRetryable, match=r"twilio GET Messages.json failed") as refused:
+        sms.reconcile(batch)
+    assert refused.value.retry_after_s == retry_after
+    assert creates(sandbox) == []  # a lookup never sends
 
 
 def test_a_batch_of_100_goes_out_concurrently_with_distinct_sids(
