@@ -52,6 +52,7 @@ from orchestrator.policy.rules import PLATFORM_LIMITS as _PLATFORM_RULES
 
 CHANNELS = ("wechat_article", "wecom_group_invite", "sms")
 CALENDAR_UNITS = ("day", "week", "month")
+MAX_RETENTION_WINDOWS = 6
 EXIT = "exit"
 
 ChannelName = Literal["wechat_article", "wecom_group_invite", "sms"]
@@ -727,6 +728,28 @@ class JourneySpec(_Model):
     """Stricter caps, quiet hours or deferral for this journey only."""
     pools: dict[PoolName, Pool] = {}
     """Coupon pools: one code drawn per enrollment, a template variable."""
+    retention: list[Duration] = Field(
+        default=[timedelta(days=7), timedelta(days=30)], max_length=MAX_RETENTION_WINDOWS,
+        json_schema_extra={"default": ["7d", "30d"]},
+    )
+    """Retention windows after entry, whole days, each starting where the one before ends
+    (7d, 30d: days 1-7 and 8-30); an activity event in a window counts the user retained."""
+
+    @field_validator("retention")
+    @classmethod
+    def _whole_increasing_days(cls, value: list[timedelta]) -> list[timedelta]:
+        previous = timedelta(0)
+        for index, window in enumerate(value):
+            text = format_duration(window)
+            if window <= timedelta(0) or window % timedelta(days=1):
+                raise located(f"retention window {text} is not a whole number of days: "
+                              "write e.g. [7d, 30d]", index)
+            if window <= previous:
+                raise located(f"retention window {text} is not longer than the one before it "
+                              f"({format_duration(previous)}): each window starts where the "
+                              "one before ends, e.g. [7d, 30d]", index)
+            previous = window
+        return value
 
     def send_steps(self) -> list[SendStep]:
         return [s for s in self.steps if isinstance(s, SendStep)]

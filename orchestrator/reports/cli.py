@@ -22,7 +22,9 @@ def report_cmd(
     out: Annotated[Path | None, typer.Option(
         "--out", help="Write to this file instead of standard output.")] = None,
 ) -> None:
-    """Funnel per step, recall rate by arm with uplift, 95% CI and p-value, cost and ROI."""
+    """Recall rate and retention by arm with uplift, 95% CI and p-value; funnel per step;
+    cost and ROI."""
+    from orchestrator.audience.config import load_audience_config
     from orchestrator.engine.book import JourneyBook
     from orchestrator.reports.funnel import journey_report
     from orchestrator.store.db import get_engine
@@ -35,7 +37,9 @@ def report_cmd(
         found = book.latest(journey)
         engine = get_engine(settings)
         upgrade(engine)
-        text = render(journey_report(engine, found, book.policy_for(found)), fmt)
+        active = load_audience_config(settings=settings).activity_events
+        text = render(journey_report(engine, found, book.policy_for(found),
+                                     activity_events=active), fmt)
     except RecallError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None

@@ -17,8 +17,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, case, distinct, func, not_, or_, select
 
+from orchestrator.audience.config import AudienceConfig
 from orchestrator.clock import as_utc, utcnow
 from orchestrator.journeys.model import Journey, Policy
+from orchestrator.reports.retention import by_arm as retention_by_arm
+from orchestrator.reports.retention import retention
 from orchestrator.reports.stats import ArmCount, compare, wilson_interval
 from orchestrator.store.clock import StoredClock
 from orchestrator.store.tables import CONVERSIONS, ENROLLMENTS, TOUCHES
@@ -36,25 +39,32 @@ Report = dict[str, Any]
 
 
 def journey_report(engine: Engine, journey: Journey, policy: Policy, *,
-                   now: datetime | None = None) -> Report:
+                   now: datetime | None = None,
+                   activity_events: Sequence[str] | None = None) -> Report:
     """The report of ``journey`` (all its versions) as of business time ``now`` (default:
-    the store's clock); every key is defined in ``docs/reports.md``."""
+    the store's clock); every key is defined in ``docs/reports.md``. ``activity_events``
+    (default: the audience defaults) are the events that count a user as retained."""
     now = as_utc(now) if now is not None else StoredClock(engine).now()
+    active = activity_events or AudienceConfig().activity_events
     with engine.connect() as conn:
         counts = _arm_counts(conn, journey.id)
         revenue_by_arm = _revenue_by_arm(conn, journey.id)
         steps = _steps(conn, journey)
         senders = _wecom_senders(conn, journey.id)
+        windows = retention(conn, journey.id, journey.retention, active, now)
         first_entry = conn.execute(select(func.min(ENROLLMENTS.c.entered_at))
                                    .where(ENROLLMENTS.c.journey_id == journey.id)).scalar()
     control, treatment = counts["control"], counts["treatment"]
     cost = sum(step["cost"] for step in steps)
     revenue = _incremental_revenue(control, treatment, revenue_by_arm)
+    retained = retention_by_arm(windows)
     return {
         "journey_id": journey.id,
         "journey_name": journey.name,
-        "arms": {arm: _arm(counts[arm], revenue_by_arm[arm]) for arm in ARMS},
+        "arms": {arm: _arm(counts[arm], revenue_by_arm[arm]) | {"retention": retained[arm]}
+                 for arm in ARMS},
         "uplift": compare(control, treatment).as_dict(),
+        "retention": windows,
         "steps": steps,
         "cost": cost,
         "revenue": revenue,

@@ -8,6 +8,7 @@ and ``recall report`` can never disagree.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -52,17 +53,18 @@ def journey_for(book: JourneyBook, engine: Engine, journey_id: str,
     return book.get(engine, journey_id, version)
 
 
-def overview(engine: Engine, book: JourneyBook | None,
-             now: datetime | None = None) -> list[dict[str, Any]]:
+def overview(engine: Engine, book: JourneyBook | None, now: datetime | None = None,
+             activity_events: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Every recorded journey with its state, name and ``headline`` numbers (``None``, with
-    the ``problem`` said, when its report cannot be made), as of business time ``now``."""
+    the ``problem`` said, when its report cannot be made), as of business time ``now``
+    (``now`` and ``activity_events`` as for ``journey_report``)."""
     with engine.connect() as conn:
         states = journey_states(conn)
     rows = []
     for state in states:
         row = {**state, "name": None, "headline": None, "problem": None}
         try:
-            report = _report(engine, book, state, now)
+            report = _report(engine, book, state, now, activity_events)
         except RecallError as exc:
             row["problem"] = str(exc)
         else:
@@ -72,7 +74,7 @@ def overview(engine: Engine, book: JourneyBook | None,
 
 
 def journey_detail(engine: Engine, book: JourneyBook | None, journey_id: str,
-                   now: datetime | None = None
+                   now: datetime | None = None, activity_events: Sequence[str] | None = None
                    ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
     """One journey's state row, report and recent touches; ``NotFoundError`` for a journey
     the engine has not recorded."""
@@ -82,15 +84,17 @@ def journey_detail(engine: Engine, book: JourneyBook | None, journey_id: str,
         known = ", ".join(sorted(states)) or "none yet"
         raise NotFoundError(f"no journey {journey_id!r}; known journeys: {known}")
     state = states[journey_id]
-    return state, _report(engine, book, state, now), recent_touches(engine, journey_id)
+    report = _report(engine, book, state, now, activity_events)
+    return state, report, recent_touches(engine, journey_id)
 
 
 def _report(engine: Engine, book: JourneyBook | None, state: dict[str, Any],
-            now: datetime | None) -> dict[str, Any]:
+            now: datetime | None, activity_events: Sequence[str] | None) -> dict[str, Any]:
     if book is None:
         raise NotFoundError("no journeys folder: set RECALL_JOURNEYS_DIR")
     journey = journey_for(book, engine, state["journey_id"], state["version"])
-    return journey_report(engine, journey, book.policy_for(journey), now=now)
+    return journey_report(engine, journey, book.policy_for(journey), now=now,
+                          activity_events=activity_events)
 
 
 def headline(report: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ CSV_COLUMNS = (
     "kind", "name", "channel", "eligible", "sent", "delivered", "clicked", "converted",
     "suppressed", "suppressed_by_reason", "cost", "enrolled", "rate", "revenue",
     "uplift_absolute", "uplift_relative", "ci95_low", "ci95_high", "p_value", "significant",
-    "warning", "roi", "currency", "note",
+    "warning", "roi", "currency", "note", "window", "retained",
 )
 
 
@@ -51,6 +51,15 @@ def to_csv(report: dict[str, Any]) -> str:
                          "converted": numbers["converted"], "rate": numbers["rate"],
                          "ci95_low": low, "ci95_high": high,
                          "revenue": numbers.get("revenue"), "currency": currency})
+    for window in report.get("retention", []):
+        for arm in ("control", "treatment"):
+            numbers = window[arm]
+            low, high = numbers.get("ci95") or (None, None)
+            writer.writerow({"kind": "retention", "name": arm, "window": window["window"],
+                             "eligible": numbers["eligible"], "retained": numbers["retained"],
+                             "rate": numbers["rate"], "ci95_low": low, "ci95_high": high})
+        writer.writerow({"kind": "retention_uplift", "name": window["window"],
+                         "window": window["window"], **_uplift_cells(window["uplift"])})
     for step in report["steps"]:
         writer.writerow({
             "kind": "step", "name": step["step_id"],
@@ -87,6 +96,11 @@ def to_table(report: dict[str, Any], width: int = 120) -> str:
     line(f"{report['journey_id']}: {fmt.period_line(report)}")
     console.print(_arms_table(report))
     line(fmt.uplift_line(report["uplift"], "recall uplift"))
+    if report.get("retention"):
+        console.print(_retention_table(report))
+        for window in report["retention"]:
+            if window["uplift"].get("warning"):
+                line(f"retention {window['window']}: warning: {window['uplift']['warning']}")
     console.print(_steps_table(report))
     for step in report["steps"]:
         if step.get("note"):
@@ -117,6 +131,24 @@ def _arms_table(report: dict[str, Any]) -> Table:
                       f"[{fmt.pct(ci[0])}, {fmt.pct(ci[1])}]" if ci else "—",
                       _money(report, n.get("revenue")))
     return table
+
+
+def _retention_table(report: dict[str, Any]) -> Table:
+    table = Table(title="retention by arm: active again in the window after entry (ITT, "
+                        "first entry, users whose window has passed)")
+    for column in ("window", "control", "treatment", "uplift", "95% CI", "p"):
+        table.add_column(column, justify="left" if column == "window" else "right")
+    for w in report["retention"]:
+        up = w["uplift"]
+        mark = fmt.stars(up)
+        table.add_row(fmt.window_label(w), *(_share(w[arm]) for arm in ("control", "treatment")),
+                      fmt.pp(up["absolute"]), fmt.interval(up),
+                      fmt.p_value(up["p_value"]) + (f" {mark}" if mark else ""))
+    return table
+
+
+def _share(numbers: dict[str, Any]) -> str:
+    return f"{numbers['retained']:,}/{numbers['eligible']:,} = {fmt.pct(numbers['rate'])}"
 
 
 def _steps_table(report: dict[str, Any]) -> Table:

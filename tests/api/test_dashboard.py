@@ -84,9 +84,15 @@ def test_journey_page_shows_report_sections_and_masked_touches(local: httpx.Clie
     page = local.get(f"/journeys/{JOURNEY_ID}")
     assert page.status_code == 200, page.text
     text = _text(page.text)
-    for heading in ("Recall rate by arm", "Funnel by step", "Cost and return",
-                    "WeCom tasks by staff sender", "Recent touches"):
+    for heading in ("Recall rate by arm", "Retention (active again after entry)",
+                    "Funnel by step", "Cost and return", "WeCom tasks by staff sender",
+                    "Recent touches"):
         assert heading in text
+    # Business time is T0 + 18 days: days 1-7 are over for everyone, days 8-30 for nobody.
+    assert "7d (days 1–7) 2/4 = 50.00% 3/8 = 37.50%" in text
+    assert "30d (days 8–30) 0/0 = — 0/0 = —" in text
+    assert "0.22 CNY" in text and "n/m" not in text  # the chart says it in words
+    assert "not measured per touch (aggregate-only)" in text
     assert page.text.count('aria-label="funnel ') == 4  # article, invite, sms, sms→article
     for sender in ("alice", "bob"):
         assert f"<td>{sender}</td>" in page.text

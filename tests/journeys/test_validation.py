@@ -133,6 +133,18 @@ CASES: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "retention window not in whole days",
+        VALID.replace("holdout: 10%", "holdout: 10%\nretention: [7d, 36h]"),
+        ["journeys/j.yaml:6:17: retention window 1d12h is not a whole number of days: write "
+         "e.g. [7d, 30d]"],
+    ),
+    (
+        "retention windows out of order",
+        VALID.replace("holdout: 10%", "holdout: 10%\nretention:\n  - 30d\n  - 7d"),
+        ["journeys/j.yaml:8:5: retention window 7d is not longer than the one before it "
+         "(30d): each window starts where the one before ends, e.g. [7d, 30d]"],
+    ),
+    (
         "duplicate step ids",
         VALID.replace("  - id: invite", "  - id: article"),
         [

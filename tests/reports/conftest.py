@@ -14,7 +14,7 @@ from sqlalchemy import Engine, insert
 
 from orchestrator.engine.book import JourneyBook
 from orchestrator.journeys.model import Journey, Policy
-from orchestrator.store.tables import CONVERSIONS, ENROLLMENTS, TOUCHES
+from orchestrator.store.tables import CONVERSIONS, ENROLLMENTS, EVENTS, TOUCHES
 from orchestrator.store.tables import SEND_BATCHES as BATCHES
 from tests.support import jpeg
 
@@ -170,9 +170,35 @@ BATCH_ROWS = [
 ]
 
 
+def _event(user: str, name: str, at: datetime) -> dict[str, Any]:
+    return {"event_id": f"{user}-{name}-{at.isoformat()}", "user_id": user, "name": name,
+            "ts": at, "value": None, "props": {}}
+
+
+DAY = timedelta(days=1)
+# Activity after entry (T0 for everyone's first entry): retention windows 7d and 30d are
+# days 1-7 (T0, T0 + 7d] and days 8-30 (T0 + 7d, T0 + 30d].
+EVENT_ROWS = [
+    _event("c1", "login", T0 + DAY),                  # window 1
+    _event("c2", "order_placed", T0 + 2 * DAY),       # window 1
+    _event("c2", "session", T0 + 8 * DAY),            # window 2
+    _event("c3", "login", T0 - DAY),                  # before entry: not retention
+    _event("c3", "payment_failed", T0 + 3 * DAY),     # not an activity event
+    _event("t1", "login", T0 + 7 * DAY),              # window 1 (its end is inside)
+    _event("t1", "login", T0 + 7 * DAY + timedelta(seconds=1)),  # window 2
+    _event("t2", "session", T0 + 20 * DAY),           # window 2
+    _event("t3", "login", T0),                        # at entry itself: not after it
+    _event("t4", "login", T0 + 6 * DAY),              # window 1
+    _event("t5", "session", T0 + 29 * DAY),           # window 2
+    _event("t6", "login", T0 + 31 * DAY),             # after the last window
+    _event("t8", "login", T0 + timedelta(hours=1)),   # window 1
+]
+
+
 def seed(engine: Engine) -> None:
     """Insert the dataset in bulk (SQLAlchemy Core, one statement per table)."""
     with engine.begin() as conn:
+        conn.execute(insert(EVENTS), EVENT_ROWS)
         conn.execute(insert(ENROLLMENTS), ENROLLMENT_ROWS)
         conn.execute(insert(CONVERSIONS), CONVERSION_ROWS)
         conn.execute(insert(TOUCHES), TOUCH_ROWS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -23,7 +24,7 @@ def client(dataset: Dataset, journey_dirs: tuple[Path, Path],
     journeys, templates = journey_dirs
     settings = Settings(api_keys=KEY, state_dir=tmp_path / "state", journeys_dir=journeys,
                         templates_dir=templates)
-    app = create_app(settings, engine=dataset.engine, clock=ManualClock(T0))
+    app = create_app(settings, engine=dataset.engine, clock=ManualClock(T0 + timedelta(days=40)))
     with serve_in_thread(app) as handle, httpx.Client(
         base_url=handle.base_url, trust_env=False, timeout=30
     ) as client:
@@ -45,7 +46,9 @@ def test_the_report_is_the_json_report(client: httpx.Client) -> None:
     report = response.json()
     assert report["journey_id"] == JOURNEY_ID
     assert report["arms"]["control"] | {"ci95": None} == {
-        "enrolled": 4, "converted": 2, "rate": 0.5, "revenue": 30.0, "ci95": None}
+        "enrolled": 4, "converted": 2, "rate": 0.5, "revenue": 30.0, "ci95": None,
+        "retention": {"7d": 0.5, "30d": 0.25}}  # as of the API's business time, T0 + 40d
+    assert report["period"]["to"] == "2026-04-11T02:00:00Z"
     assert report["currency"] == "CNY"
     assert report["uplift"]["absolute"] == pytest.approx(0.125)
     assert len(report["uplift"]["ci95"]) == 2

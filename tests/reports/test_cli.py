@@ -49,10 +49,13 @@ def test_csv_has_arm_step_and_total_rows(store: None) -> None:
     table = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [(r["kind"], r["name"], r["channel"]) for r in table] == [
         ("arm", "control", ""), ("arm", "treatment", ""),
+        *(row for window in ("7d", "30d") for row in (
+            ("retention", "control", ""), ("retention", "treatment", ""),
+            ("retention_uplift", window, ""))),
         ("step", "article", "wechat_article"), ("step", "invite", "wecom_group_invite"),
         ("step", "sms", "sms"), ("step", "sms", "wechat_article"), ("total", JOURNEY_ID, ""),
     ]
-    article = table[2]
+    article = table[8]
     assert (article["eligible"], article["sent"], article["suppressed"]) == ("9", "4", "3")
     assert article["suppressed_by_reason"] == "cap:wechat_article=2;no_consent=1"
     assert float(table[-1]["revenue"]) == pytest.approx(60.0)

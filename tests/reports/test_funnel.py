@@ -40,6 +40,7 @@ def test_report_numbers_are_exact(dataset: Dataset) -> None:
     report = journey_report(dataset.engine, dataset.journey, dataset.policy, now=NOW)
     made = datetime.fromisoformat(report.pop("generated_at"))
     assert abs(made - datetime.now(UTC)) < timedelta(minutes=5)
+    assert [w["window"] for w in report.pop("retention")] == ["7d", "30d"]  # test_retention
     expected_uplift = compare(ArmCount(4, 2), ArmCount(8, 5))
     assert expected_uplift.warning is not None  # 4 and 8 users: no verdict
     assert report == {
@@ -47,9 +48,11 @@ def test_report_numbers_are_exact(dataset: Dataset) -> None:
         "journey_name": "报告演示",
         "arms": {
             "control": {"enrolled": 4, "converted": 2, "rate": 0.5, "revenue": 30.0,
-                        "ci95": pytest.approx(list(wilson_interval(ArmCount(4, 2)) or ()))},
+                        "ci95": pytest.approx(list(wilson_interval(ArmCount(4, 2)) or ())),
+                        "retention": {"7d": 0.5, "30d": None}},  # days 8-30 not over yet
             "treatment": {"enrolled": 8, "converted": 5, "rate": 0.625, "revenue": 120.0,
-                          "ci95": pytest.approx(list(wilson_interval(ArmCount(8, 5)) or ()))},
+                          "ci95": pytest.approx(list(wilson_interval(ArmCount(8, 5)) or ())),
+                          "retention": {"7d": 0.375, "30d": None}},
         },
         "uplift": {
             "absolute": pytest.approx(0.125), "relative": pytest.approx(0.25),
@@ -122,10 +125,12 @@ def test_every_number_is_recomputable_from_the_exports(dataset: Dataset) -> None
 def test_a_journey_without_rows_reports_zeros_and_nones(dataset: Dataset) -> None:
     empty = dataset.journey.model_copy(update={"id": "never-ran"})
     report = journey_report(dataset.engine, empty, dataset.policy)
+    nothing = {"7d": None, "30d": None}
     assert report["arms"] == {
-        "control": {"enrolled": 0, "converted": 0, "rate": None, "revenue": 0.0, "ci95": None},
+        "control": {"enrolled": 0, "converted": 0, "rate": None, "revenue": 0.0, "ci95": None,
+                    "retention": nothing},
         "treatment": {"enrolled": 0, "converted": 0, "rate": None, "revenue": 0.0,
-                      "ci95": None},
+                      "ci95": None, "retention": nothing},
     }
     assert report["uplift"] == {"absolute": None, "relative": None, "ci95": None,
                                 "p_value": None, "significant": None, "warning": None}

@@ -59,6 +59,12 @@ def _gate(request: Request, services: Services) -> Response | None:
     return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
 
 
+def _activity_events(services: Services) -> tuple[str, ...]:
+    from orchestrator.audience.config import load_audience_config
+
+    return load_audience_config(settings=services.settings).activity_events
+
+
 def _frame(request: Request, services: Services) -> dict[str, Any]:
     return {"signed_in": not services.local_only and session.COOKIE in request.cookies,
             "generated_at": utcnow(), "now": services.clock.now()}
@@ -72,7 +78,8 @@ def index(request: Request, services: ServicesDep) -> Response:
     from orchestrator.reports.charts import forest_chart
     from orchestrator.reports.overview import overview
 
-    journeys = overview(services.engine, services.journeys.book(), services.clock.now())
+    journeys = overview(services.engine, services.journeys.book(), services.clock.now(),
+                        _activity_events(services))
     forest = forest_chart([
         {"label": j["journey_id"], "uplift": j["headline"]["uplift"]}
         for j in journeys if j["headline"]
@@ -91,7 +98,8 @@ def journey_page(journey_id: str, request: Request, services: ServicesDep) -> Re
 
     try:
         state, report, touches = journey_detail(services.engine, services.journeys.book(),
-                                                journey_id, services.clock.now())
+                                                journey_id, services.clock.now(),
+                                                _activity_events(services))
     except NotFoundError as exc:
         return _page("dashboard/missing.html.j2", 404, message=str(exc),
                      **_frame(request, services))

@@ -38,6 +38,7 @@ def list_journeys(services: ServicesDep) -> JourneysOut:
 @router.get("/journeys/{journey_id}/report")
 def journey_report(journey_id: str, services: ServicesDep) -> dict[str, Any]:
     """The journey's report as JSON (definitions in docs/reports.md); 404 if unknown."""
+    from orchestrator.audience.config import load_audience_config
     from orchestrator.errors import NotFoundError
     from orchestrator.reports.funnel import journey_report as build_report
 
@@ -47,4 +48,6 @@ def journey_report(journey_id: str, services: ServicesDep) -> dict[str, Any]:
                             "set RECALL_JOURNEYS_DIR")
     journey = book.latest(journey_id)
     return build_report(services.engine, journey, book.policy_for(journey),
-                        now=services.clock.now())
+                        now=services.clock.now(),
+                        activity_events=load_audience_config(
+                            settings=services.settings).activity_events)
