@@ -9,8 +9,25 @@ app = typer.Typer(
     help="Recall: win back slipping users with YAML journeys over WeChat, WeCom and SMS.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"recall {version('recall-orchestrator')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    pass
 
 
 def _register_all() -> None:
@@ -31,8 +48,14 @@ _register_all()
 
 
 def main() -> None:
+    import atexit
+    import gc
+
     from orchestrator.logs import configure_logging
 
+    # The interpreter's last garbage collections walk every object the imports made (seconds
+    # on a busy machine) only to free memory the exit frees anyway: skip them.
+    atexit.register(gc.freeze)
     configure_logging()
     app()
 

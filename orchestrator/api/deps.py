@@ -156,13 +156,23 @@ def require_api_key(
     """401 unless the request carries ``Authorization: Bearer <one of RECALL_API_KEYS>``.
 
     Every configured key is compared in constant time, so timing tells nothing about which
-    key is close. With no key configured, every request is refused.
+    key is close. With no key configured, every request is refused (and told why).
     """
     from orchestrator.api.session import matching_key
 
     presented = credentials.credentials if credentials else ""
-    if not matching_key(presented, services.settings.api_key_list):
-        raise HTTPException(401, "authentication required", {"WWW-Authenticate": "Bearer"})
+    keys = services.settings.api_key_list
+    if not matching_key(presented, keys):
+        raise HTTPException(401, UNAUTHORIZED if keys else NO_KEYS, {"WWW-Authenticate": "Bearer"})
+
+
+# What a 401 says: what to send, or, on an API without keys, what its operator must set. It
+# never says whether a presented key was close.
+UNAUTHORIZED = ("authentication required: send `Authorization: Bearer <key>` with one of the "
+                "keys in the server's RECALL_API_KEYS")
+NO_KEYS = ("authentication required, and this server has no keys (RECALL_API_KEYS is empty), "
+           "so it refuses every such request: set RECALL_API_KEYS=<key>[,<key>...] where it "
+           "runs, restart it, and send `Authorization: Bearer <key>`")
 
 
 ApiKey = Depends(require_api_key)

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import Engine
 
+from orchestrator import console
 from orchestrator.audience.config import AudienceConfig, load_audience_config
 from orchestrator.audience.features import refresh_features
 from orchestrator.audience.segments import tier_summary
@@ -29,8 +29,8 @@ if TYPE_CHECKING:  # scikit-learn loads only when a churn command runs
     from orchestrator.audience.churn import ChurnMetrics, TrainedModel
 
 churn_app = typer.Typer(help="Train and apply the churn model.", no_args_is_help=True)
-out = Console()
-err = Console(stderr=True)
+out = console.stdout()
+err = console.stderr()
 
 
 class ModelChoice(StrEnum):

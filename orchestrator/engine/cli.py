@@ -9,18 +9,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from orchestrator import console
 from orchestrator.config import Settings, get_settings
 from orchestrator.errors import RecallError
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-err = Console(stderr=True)
-out = Console()
+    from orchestrator.engine.stack import Stack
+
+err = console.stderr()
+out = console.stdout()
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -126,10 +128,12 @@ def enroll_cmd(
 def control_cmd(action: Literal["pause", "resume", "stop"]) -> Callable[[str], None]:
     def command(journey: Annotated[str, typer.Argument(help="journey id")]) -> None:
         from orchestrator.engine.control import change_state
+        from orchestrator.journeys.loader import journey_ids
 
         settings = get_settings()
         try:
-            counts = change_state(_db(settings), journey, action, now=_now(settings))
+            counts = change_state(_db(settings), journey, action, now=_now(settings),
+                                  defined=journey_ids(settings.journeys_dir))
         except RecallError as exc:
             raise _fail(exc) from None
         extra = ""
@@ -166,15 +170,32 @@ def export_cmd(
 
 
 def simulate_cmd(
-    days: Annotated[float, typer.Option(help="virtual days to run")],
-    start: Annotated[str | None, typer.Option(help="ISO start time (default: now)")] = None,
-    users: Annotated[Path | None, typer.Option(exists=True, dir_okay=False)] = None,
-    events: Annotated[Path | None, typer.Option(exists=True, dir_okay=False)] = None,
-    journeys: Annotated[Path | None, typer.Option(file_okay=False, exists=True)] = None,
-    responses: Annotated[Path | None, typer.Option(exists=True, dir_okay=False)] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    days: Annotated[float, typer.Option(help="virtual days to run (0.5 is half a day)")],
+    start: Annotated[str | None, typer.Option(
+        help="virtual start time, ISO 8601 (without an offset: UTC); default: now, to the "
+             "minute (give it for repeatable runs)")] = None,
+    users: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False,
+        help="users.csv imported at the start (known users are updated; a bad row stops "
+             "the run)")] = None,
+    events: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False,
+        help="events.jsonl: events at or before --start are history, later ones are "
+             "replayed as the clock reaches them")] = None,
+    journeys: Annotated[Path | None, typer.Option(
+        file_okay=False, exists=True,
+        help="journeys folder (default: RECALL_JOURNEYS_DIR)")] = None,
+    responses: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False,
+        help="responses.yaml: how simulated people open, click, join, convert and opt out "
+             "(default: the built-in values; docs/simulate.md)")] = None,
+    seed: Annotated[int, typer.Option(help="seed of every simulated response")] = 0,
 ) -> None:
-    """Run the real stack (store, Redis, Celery worker, API, sandbox) on a virtual clock."""
+    """Run the real stack (store, Redis, Celery worker, API, sandbox) on a virtual clock.
+
+    Results stay in the configured database. Ctrl-C or SIGTERM stops it and everything it
+    started."""
+    from orchestrator.engine.lifecycle import Stopped
     from orchestrator.engine.responses import load_responses
     from orchestrator.engine.simulate import simulate
 
@@ -193,6 +214,10 @@ def simulate_cmd(
             result = simulate(settings, days=days, start=begin, users=users, events=events,
                               responses=chosen, seed=seed,
                               progress=lambda f: bar.update(task, completed=f))
+    except Stopped as stop:
+        _say(f"simulate stopped before its end ({stop.signame}); what it did so far stays in "
+             "the database")
+        raise typer.Exit(stop.exit_code) from None
     except RecallError as exc:
         raise _fail(exc) from None
     sent = sum(n for s, n in result.touches.items() if s in ("sent", "delivered"))
@@ -213,26 +238,58 @@ def _celery(*args: str) -> list[str]:
 
 
 def run_cmd(port: Annotated[int, typer.Option(help="API port")] = 8000) -> None:
-    """API + worker + beat on the embedded defaults (SQLite, embedded Redis, sandbox)."""
-    import subprocess
+    """API + worker + beat on the embedded defaults (SQLite, embedded Redis, sandbox).
+
+    Ctrl-C or SIGTERM stops everything it started. One `recall run` per state directory."""
+    from orchestrator.engine.lifecycle import Stopped
+    from orchestrator.engine.stack import Stack
+
+    try:
+        with Stack(get_settings(), workers=1, api_port=port, beat=True, say=_say) as stack:
+            _say_running(stack)
+            ended = _wait_for_a_child(stack)
+            _say(f"{ended}; stopping {stack.parts()}")
+    except Stopped:
+        return  # asked to stop: a clean exit
+    except RecallError as exc:
+        raise _fail(exc) from None
+    raise typer.Exit(1)
+
+
+def _say(message: str) -> None:
+    err.print(message, soft_wrap=True, highlight=False, markup=False)
+
+
+def _say_running(stack: Stack) -> None:
+    from orchestrator.api.exposure import sandbox_secrets_allowed
+
+    s = stack.settings
+    sandbox = stack.sandbox.base_url if stack.sandbox else "off (real providers)"
+    _say(f"Recall running: API {s.public_base_url} (dashboard /, OpenAPI /docs), sandbox "
+         f"{sandbox}, state and logs in {Path(s.state_dir).resolve()}. Ctrl-C stops.")
+    if s.api_key_list:
+        _say(f"/v1 takes `Authorization: Bearer <key>` with one of the {len(s.api_key_list)} "
+             "keys in RECALL_API_KEYS.")
+        return
+    opened = ("; the dashboard is open without a key on this loopback stack"
+              if sandbox_secrets_allowed(s, "127.0.0.1") else "")
+    _say("/v1 needs `Authorization: Bearer <key>` and RECALL_API_KEYS is empty, so every /v1 "
+         "call is refused (401): set RECALL_API_KEYS=<key>[,<key>...] and restart. Webhooks, "
+         f"callbacks and short links need no key{opened}.")
+
+
+def _wait_for_a_child(stack: Stack) -> str:
+    """Until a child process exits (SIGINT/SIGTERM end this wait with ``Stopped``)."""
     import time
 
-    from orchestrator.engine.stack import Stack, stop_process, worker_env
-
-    with Stack(get_settings(), workers=1, api_port=port) as stack:
-        schedule = str(Path(stack.settings.state_dir) / "beat-schedule")
-        beat = subprocess.Popen(_celery("beat", "--loglevel=WARNING", "-s", schedule),
-                                env=worker_env(stack.settings))
-        sandbox = stack.sandbox.base_url if stack.sandbox else "off"
-        out.print(f"Recall running: API {stack.settings.public_base_url}, sandbox {sandbox}, "
-                  f"state in {stack.settings.state_dir}. Ctrl-C stops.")
-        try:
-            while all(p.poll() is None for p in [*stack.workers, beat]):
-                time.sleep(1)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            stop_process(beat)
+    logs = {**{p.pid: f"worker-w{n + 1}.log" for n, p in enumerate(stack.workers)},
+            **({stack.beat.pid: "beat.log"} if stack.beat else {})}
+    while True:
+        for proc in stack.children():
+            if proc.poll() is not None:
+                log = Path(stack.settings.state_dir).resolve() / logs[proc.pid]
+                return f"pid {proc.pid} exited with code {proc.returncode} (its log: {log})"
+        time.sleep(0.5)
 
 
 def worker_cmd(

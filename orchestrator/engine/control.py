@@ -7,12 +7,14 @@ goal events still convert enrollments inside their window.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, insert, select, update
 
 from orchestrator.errors import InputError, NotFoundError
+from orchestrator.journeys.suggest import did_you_mean
 from orchestrator.store.db import begin_write
 from orchestrator.store.tables import AUDIT_LOG as AUDIT
 from orchestrator.store.tables import ENROLLMENTS, TOUCHES
@@ -29,13 +31,14 @@ def audit(conn: Connection, *, at: datetime, actor: str, action: str, subject: s
 
 
 def change_state(engine: Engine, journey_id: str, action: Action, *, now: datetime,
-                 actor: str = "cli") -> dict[str, int]:
+                 actor: str = "cli", defined: Collection[str] = ()) -> dict[str, int]:
+    """Pause, resume or stop a journey that has run here. ``defined``: the journey ids of the
+    journeys folder, to tell a journey not launched yet from one that does not exist."""
     with begin_write(engine) as conn:
         current = conn.execute(select(STATES.c.state).where(STATES.c.journey_id == journey_id)
                                .with_for_update()).scalar()
         if current is None:
-            raise NotFoundError(f"journey {journey_id!r} has never run here; nothing to "
-                                f"{action} (see `recall enroll {journey_id}`)")
+            raise _unknown(conn, journey_id, action, defined)
         if current == "stopped" and action != "stop":
             raise InputError(f"journey {journey_id!r} is stopped; a stopped journey cannot be "
                              f"{TARGET[action]} (change its id to run it again)")
@@ -57,3 +60,13 @@ def change_state(engine: Engine, journey_id: str, action: Action, *, now: dateti
         audit(conn, at=now, actor=actor, action=action, subject=f"journey:{journey_id}",
               detail={"from": current, "to": TARGET[action], **counts})
     return counts
+
+
+def _unknown(conn: Connection, journey_id: str, action: Action,
+             defined: Collection[str]) -> NotFoundError:
+    if journey_id in defined:
+        return NotFoundError(f"journey {journey_id!r} has never run here; nothing to {action} "
+                             f"(launch it with `recall enroll {journey_id}`)")
+    ids = sorted({*defined, *conn.execute(select(STATES.c.journey_id)).scalars()})
+    return NotFoundError(f"no journey {journey_id!r}{did_you_mean(journey_id, ids)}; "
+                         f"journeys: {', '.join(ids) or 'none'}")

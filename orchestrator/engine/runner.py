@@ -144,7 +144,7 @@ def _caps_ready(rt: Runtime, dispatcher: Dispatcher) -> bool:
         _, reserved = release_all_claims(conn)
     release_caps(rt, reserved)
     if not rt.caps.rebuilding():
-        log.warning("caps need a rebuild (Redis lost its data): handing it to a task")
+        log.warning("caps need a rebuild (Redis is new or lost its data): handing it to a task")
         dispatcher.rebuild_caps()
     return rt.caps.check() == "ok"  # a dispatcher that rebuilt in this process is done
 

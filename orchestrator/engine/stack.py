@@ -14,11 +14,22 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from pydantic import SecretStr
 
 from orchestrator.config import Settings
+from orchestrator.engine.lifecycle import (
+    STOP_TIMEOUT_S,
+    Say,
+    StateLock,
+    Stopped,
+    StopSignals,
+    say_on_stderr,
+    spawn,
+    stop_processes,
+)
 from orchestrator.errors import ConfigError
 
 PROVIDER_BASES = ("wechat_api_base", "wecom_api_base", "twilio_api_base")
@@ -60,7 +71,7 @@ class ApiServer:
         app = create_app(self.settings,
                          allow_sandbox_secrets=sandbox_secrets_allowed(self.settings, "127.0.0.1"))
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="off")
+                                lifespan="off", timeout_graceful_shutdown=3)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="recall-api")
         self.thread.start()
@@ -70,9 +81,12 @@ class ApiServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 5.0) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.thread.join(timeout_s)
+        if self.thread.is_alive():  # a client holding a request open: stop waiting for it
+            self.server.force_exit = True
+            self.thread.join(timeout_s)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -105,51 +119,65 @@ def worker_env(settings: Settings) -> dict[str, str]:
 def start_worker(settings: Settings, *, concurrency: int = 1, pool: str = "prefork",
                  name: str = "w1") -> subprocess.Popen[bytes]:
     """A real Celery worker process (``celery -A workers.main worker``)."""
-    log = Path(settings.state_dir) / f"worker-{name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as sink:  # the child keeps its own descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.main", "worker", f"--pool={pool}",
-             f"--concurrency={concurrency}", "--loglevel=WARNING", f"--hostname={name}@%h",
-             "-Q", f"{settings.celery_queue},{settings.celery_queue}.tick",
-             "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            env=worker_env(settings), stdout=sink, stderr=subprocess.STDOUT,
-        )
+    return spawn(
+        [sys.executable, "-m", "celery", "-A", "workers.main", "worker", f"--pool={pool}",
+         f"--concurrency={concurrency}", "--loglevel=WARNING", f"--hostname={name}@%h",
+         "-Q", f"{settings.celery_queue},{settings.celery_queue}.tick",
+         "--without-gossip", "--without-mingle", "--without-heartbeat"],
+        env=worker_env(settings), log=Path(settings.state_dir) / f"worker-{name}.log")
 
 
-def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 15.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def start_beat(settings: Settings) -> subprocess.Popen[bytes]:
+    """The Celery beat (``celery -A workers.main beat``): it ticks the dispatcher."""
+    state_dir = Path(settings.state_dir)
+    return spawn(
+        [sys.executable, "-m", "celery", "-A", "workers.main", "beat", "--loglevel=WARNING",
+         "-s", str(state_dir / "beat-schedule")],
+        env=worker_env(settings), log=state_dir / "beat.log")
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    stop_processes([proc], timeout_s)
 
 
 class Stack:
-    """Start what the settings do not point at, and stop it again."""
+    """Start what the settings do not point at, and stop it again.
+
+    The stack owns its state directory (``StateLock``) while it runs. SIGINT and SIGTERM end
+    it as the end of the ``with`` block does (``Stopped`` is raised in the main thread), and
+    the stop is said through ``say``: beat and workers first, then the API, the sandbox and
+    the embedded Redis, whose ``redis.url`` is removed.
+    """
 
     def __init__(self, settings: Settings, *, workers: int = 1, api: bool = True,
-                 api_port: int | None = None) -> None:
+                 api_port: int | None = None, beat: bool = False,
+                 say: Say = say_on_stderr) -> None:
         self.settings = settings
         self.n_workers = workers
         self.with_api = api
+        self.with_beat = beat
         self.api_port = api_port
+        self.say = say
+        self.signals = StopSignals()
+        self._lock = StateLock(settings.state_dir)
         self._exit = ExitStack()
         self.sandbox: Any = None
         self.api: ApiServer | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.beat: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Stack:
         from orchestrator.store.db import get_engine
         from orchestrator.store.migrate import upgrade
         from orchestrator.store.redis import start_embedded, stop_embedded
 
+        self.signals.install()  # a signal from here on is held until everything is recorded
         try:
+            self._lock.acquire()
+            self._exit.callback(self._lock.release)
             if not self.settings.redis_url:
-                start_embedded(self.settings)
                 self._exit.callback(stop_embedded, self.settings)
+                start_embedded(self.settings)
             upgrade(get_engine(self.settings))
             self._start_sandbox()
             if self.with_api:
@@ -162,12 +190,14 @@ class Stack:
                 self.api = ApiServer(self.settings, port)
                 self._exit.callback(self.api.stop)
             self._configure_sandbox()
+            self._exit.callback(self._stop_children)
             for n in range(self.n_workers):
-                proc = start_worker(self.settings, name=f"w{n + 1}")
-                self.workers.append(proc)
-                self._exit.callback(stop_process, proc)
-        except BaseException:
-            self._exit.close()
+                self.workers.append(start_worker(self.settings, name=f"w{n + 1}"))
+            if self.with_beat:
+                self.beat = start_beat(self.settings)
+            self.signals.arm()
+        except BaseException as exc:
+            self._close(exc)
             raise
         return self
 
@@ -201,5 +231,35 @@ class Stack:
             "twilio_inbound_url": f"{self.api.base_url}/v1/callbacks/twilio",
         })
 
-    def __exit__(self, *exc: object) -> None:
-        self._exit.close()
+    def children(self) -> list[subprocess.Popen[bytes]]:
+        """The processes this stack started, beat first (it stops first)."""
+        return [*([self.beat] if self.beat else []), *self.workers]
+
+    def parts(self) -> str:
+        """What runs, in the order it stops."""
+        names = [*(["beat"] if self.beat else []),
+                 *(f"worker {n + 1}" for n in range(len(self.workers))),
+                 *(["API"] if self.api else []), *(["sandbox"] if self.sandbox else []),
+                 *([] if self.settings.redis_url else ["embedded Redis"])]
+        return ", ".join(names)
+
+    def _stop_children(self) -> None:
+        for proc in stop_processes(self.children()):
+            self.say(f"pid {proc.pid} did not stop within {STOP_TIMEOUT_S:.0f}s: killed")
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._close(exc)
+
+    def _close(self, exc: BaseException | None) -> None:
+        self.signals.disarm()
+        signum = exc.signum if isinstance(exc, Stopped) else self.signals.received
+        began = time.monotonic()
+        if signum is not None:
+            self.say(f"{Stopped(signum).signame} received: stopping {self.parts()}")
+        try:
+            self._exit.close()
+        finally:
+            self.signals.restore()
+        if signum is not None:
+            self.say(f"stopped in {time.monotonic() - began:.1f}s")

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from orchestrator import console
 from orchestrator.config import get_settings
 from orchestrator.errors import InputError, RecallError
 from orchestrator.journeys.assign import arm_for
@@ -35,11 +36,11 @@ def register(app: typer.Typer) -> None:
 
 
 def _out() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    return console.stdout()
 
 
 def _err() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return console.stderr()
 
 
 def validate(

@@ -38,6 +38,8 @@ class ValidationReport:
     journeys: list[Journey] = field(default_factory=list)
     policies: dict[Path, Policy] = field(default_factory=dict)
     templates: list[Path] = field(default_factory=list)
+    journey_files: list[Path] = field(default_factory=list)  # checked, valid or not
+    policy_files: list[Path] = field(default_factory=list)
 
     @property
     def errors(self) -> list[Problem]:
@@ -48,11 +50,13 @@ class ValidationReport:
         return sorted(p for p in set(self.problems) if p.severity != "error")
 
     def summary(self) -> str:
-        """``"3 journeys, 1 policy, 9 templates: valid"`` (plus error and warning counts)."""
+        """``"3 journeys, 1 policy, 9 templates: valid"``: every file checked, valid or not,
+        with how many of each are invalid, then the error and warning counts."""
+        bad = {p.file for p in self.errors}
         counts = [
-            _plural(len(self.journeys), "journey", "journeys"),
-            _plural(len(self.policies), "policy", "policies"),
-            _plural(len(self.templates), "template", "templates"),
+            _counted(self.journey_files, bad, "journey", "journeys"),
+            _counted(self.policy_files, bad, "policy", "policies"),
+            _counted(self.templates, bad, "template", "templates"),
         ]
         verdict = ["invalid" if self.errors else "valid"]
         if self.errors:
@@ -60,6 +64,11 @@ class ValidationReport:
         if self.warnings:
             verdict.append(_plural(len(self.warnings), "warning", "warnings"))
         return f"{', '.join(counts)}: {', '.join(verdict)}"
+
+
+def _counted(files: list[Path], bad: set[str], one: str, many: str) -> str:
+    invalid = sum(str(f) in bad for f in files)
+    return _plural(len(files), one, many) + (f" ({invalid} invalid)" if invalid else "")
 
 
 def load_policy(path: Path) -> Policy:
@@ -100,14 +109,7 @@ def find_journey(
     if candidate.suffix in JOURNEY_SUFFIXES and candidate.is_file():
         policy = load_policy(candidate.parent / POLICY_FILE)
         return load_journey(candidate, policy, templates_dir), policy
-    ids = {}
-    for path in _journey_files(journeys_dir):
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, OSError, UnicodeDecodeError):
-            continue
-        if isinstance(data, dict) and isinstance(data.get("id"), str):
-            ids[data["id"]] = path
+    ids = journey_ids(journeys_dir)
     if journey_id not in ids:
         raise NotFoundError(
             f"no journey {journey_id!r} in {journeys_dir}{did_you_mean(journey_id, ids)}; "
@@ -115,6 +117,19 @@ def find_journey(
         )
     policy = load_policy(journeys_dir / POLICY_FILE)
     return load_journey(ids[journey_id], policy, templates_dir), policy
+
+
+def journey_ids(journeys_dir: Path) -> dict[str, Path]:
+    """The id of every journey file in ``journeys_dir`` that has one (valid or not)."""
+    ids = {}
+    for path in _journey_files(journeys_dir) if journeys_dir.is_dir() else []:
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, OSError, UnicodeDecodeError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("id"), str):
+            ids[data["id"]] = path
+    return ids
 
 
 def check_paths(paths: Iterable[Path], templates_dir: Path) -> ValidationReport:
@@ -164,6 +179,8 @@ class _Run:
 
     def policy_of(self, folder: Path) -> Policy | None:
         if folder not in self.policies:
+            if (folder / POLICY_FILE).is_file():
+                self.report.policy_files.append(folder / POLICY_FILE)
             policy, problems = _policy_file(folder / POLICY_FILE)
             self.report.problems += problems
             self.policies[folder] = policy
@@ -172,6 +189,7 @@ class _Run:
         return self.policies[folder]
 
     def add_journey(self, path: Path) -> None:
+        self.report.journey_files.append(path)
         loaded = _journey_file(path, self.policy_of(path.parent), self.catalog)
         self.report.problems += loaded.problems
         journey = loaded.journey

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from orchestrator import console
 from orchestrator.errors import RecallError
 from orchestrator.policy.audit import AuditReport, iter_violation_lines
 
@@ -31,7 +31,7 @@ def audit_cmd(
     Sends are touches sent, delivered, sending, unknown, or failed as unknown_outcome
     (docs/policy.md, "Auditing a run").
     """
-    err = Console(stderr=True)
+    err = console.stderr()
     try:
         with err.status("auditing touches"):
             report = _run(journeys)

@@ -6,6 +6,7 @@ import json
 import sys
 
 import typer
+from redis import RedisError
 
 from orchestrator.errors import RecallError, RetryLater
 from orchestrator.policy.caps import CapStore
@@ -44,20 +45,30 @@ def rebuild(
 
 @caps_app.command("status")
 def status() -> None:
-    """Print the rebuild marker; exit 1 when Redis holds no caps (a rebuild is needed)."""
+    """Whether caps can be granted now: ready (prints the rebuild marker), rebuilding, or a
+    rebuild pending (the worker rebuilds them from SQL before it grants any reservation).
+
+    Exit 1 only for a real problem: Redis does not answer, or it may evict reservations.
+    """
     try:
         store = CapStore(get_redis())
-        marker = store.epoch()
-    except RecallError as exc:
+        state, marker, rebuilding = store.check(), store.epoch(), store.rebuilding()
+    except (RecallError, RedisError) as exc:
         typer.echo(f"recall caps status: {exc}", err=True)
         raise typer.Exit(1) from exc
-    if marker is None:
-        typer.echo(
-            f"caps need a rebuild: {store.epoch_key} is missing; run `recall caps rebuild`",
-            err=True,
-        )
-        raise typer.Exit(1)
-    typer.echo(json.dumps(marker))
+    if state == "ok":
+        typer.echo(f"caps ready: {json.dumps(marker)}")
+    elif rebuilding:
+        typer.echo("caps rebuilding: reservations are being loaded from SQL; none is granted "
+                   "until the load completes")
+    else:
+        why = ("Redis holds no caps yet (it started empty, restarted or was flushed)"
+               if marker is None else
+               "the rebuild marker names another Redis server (restored from a snapshot, "
+               "or failed over), so reservations made since may be missing")
+        typer.echo(f"caps rebuild pending: {why}; the worker rebuilds them from SQL before it "
+                   "grants any reservation, and touches wait until then (`recall caps "
+                   "rebuild` does it now)")
 
 
 def register(app: typer.Typer) -> None:

