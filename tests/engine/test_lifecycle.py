@@ -114,6 +114,7 @@ def assert_nothing_left(r: Recall, pids: list[int], socket: Path) -> None:
     assert left == [], [psutil.Process(pid).cmdline() for pid in left]
     assert not (r.state / "redis.url").exists()
     assert not socket.exists()
+    assert not (r.state / "redis.db").exists()  # the embedded Redis keeps nothing on disk
 
 
 def socket_of(r: Recall) -> Path:
