@@ -7,10 +7,11 @@ other processes read, the beat schedule). Three things keep that clean:
 - ``StateLock``: an ``flock`` on ``STATE_DIR/recall.lock``, so a second owner is refused
   (it would otherwise attach to the first one's Redis and run a second worker and beat on
   one SQLite file). The kernel drops the lock when its holder dies, however it dies.
-- ``StopSignals``: SIGINT (Ctrl-C) and SIGTERM (systemd, Docker, ``kill``) both become one
-  ``Stopped`` exception in the main thread, so every ``finally`` runs and every child is
-  stopped. While children are being started or stopped a signal is remembered, not raised,
-  so no child is ever started without being recorded for the stop.
+- ``StopSignals``: SIGINT (Ctrl-C), SIGTERM (systemd, Docker, ``kill``) and SIGHUP (the
+  terminal closed) become one ``Stopped`` exception in the main thread, so every
+  ``finally`` runs and every child is stopped. While children are being started or stopped
+  a signal is remembered, not raised, so no child is ever started without being recorded
+  for the stop.
 - ``stop_processes``: children live in sessions of their own (a terminal's Ctrl-C reaches
   only the parent, which stops them in order: beat, workers, then what they talk to); each
   gets SIGTERM, and whatever is left of its session after a bounded wait gets SIGKILL.
@@ -36,13 +37,14 @@ import psutil
 
 from orchestrator.errors import ConfigError
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP: the terminal closed. The children do not get it (they have sessions of their own).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STOP_TIMEOUT_S = 10.0  # a warm Celery shutdown finishes the task in hand; then it is killed
 
 
 class Stopped(KeyboardInterrupt):
-    """SIGINT or SIGTERM asked this process to stop (a ``KeyboardInterrupt``, so code that
-    already lets Ctrl-C through lets this through too)."""
+    """SIGINT, SIGTERM or SIGHUP asked this process to stop (a ``KeyboardInterrupt``, so
+    code that already lets Ctrl-C through lets this through too)."""
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
@@ -51,12 +53,12 @@ class Stopped(KeyboardInterrupt):
 
     @property
     def exit_code(self) -> int:
-        """What a shell reports for a process ended by this signal (130, 143)."""
+        """What a shell reports for a process ended by this signal (130, 143, 129)."""
         return 128 + self.signum
 
 
 class StopSignals:
-    """SIGINT and SIGTERM as ``Stopped`` in the main thread, raised only while ``armed``.
+    """The stop signals as ``Stopped`` in the main thread, raised only while ``armed``.
 
     Disarmed (starting or stopping children) the first signal is remembered and ``arm()``
     raises it; later ones only say that the stop is under way. Outside the main thread (a

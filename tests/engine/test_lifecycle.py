@@ -37,11 +37,20 @@ def wait_until(what: str, condition: Callable[[], object], timeout_s: float = DE
         time.sleep(0.05)
 
 
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+def processes_of(state: Path) -> dict[int, str]:
+    """Every live process anywhere started for ``state``: children inherit the environment
+    (``RECALL_STATE_DIR``), the embedded ``redis-server`` included, so nothing escapes by
+    being reparented to init. Zombies are already gone."""
+    found = {}
+    for proc in psutil.process_iter():
+        try:
+            theirs = proc.environ().get("RECALL_STATE_DIR")
+            if (theirs and Path(theirs).resolve() == state.resolve()
+                    and proc.status() != psutil.STATUS_ZOMBIE):
+                found[proc.pid] = " ".join(proc.cmdline())
+        except psutil.Error:  # gone meanwhile, or not ours to read
+            continue
+    return found
 
 
 @dataclass
@@ -55,17 +64,6 @@ class Recall:
     @property
     def stderr(self) -> str:
         return self.stderr_file.read_text()
-
-    def descendants(self) -> list[int]:
-        return [p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)]
-
-    def redis_pid(self) -> int:
-        url = (self.state / "redis.url").read_text().strip()
-        client = redis.Redis.from_url(url)
-        try:
-            return int(client.info("server")["process_id"])
-        finally:
-            client.close()
 
 
 @pytest.fixture
@@ -93,25 +91,40 @@ def recall(tmp_path: Path) -> Iterator[Callable[..., Recall]]:
             r.proc.wait()
 
 
-def running_stack(r: Recall) -> list[int]:
-    """Wait until the stack is up (worker with its pool child, beat, Redis); its pids."""
+def running_stack(r: Recall) -> None:
+    """Wait until the stack is up: worker with its pool process, beat, embedded Redis."""
     wait_until("recall run says it is running", lambda: "Ctrl-C stops." in r.stderr
                or r.proc.poll() is not None)
     assert r.proc.poll() is None, r.stderr
-
-    def worker_pool_started() -> bool:
-        return any(psutil.Process(pid).children() for pid in r.descendants()
-                   if "worker" in " ".join(psutil.Process(pid).cmdline()))
-
-    wait_until("the worker's pool process", worker_pool_started)
-    pids = [*r.descendants(), r.redis_pid()]
-    assert len(pids) == 4, pids  # worker, its pool child, beat; and the embedded Redis
-    return pids
+    wait_until("the worker's pool process", lambda: worker_pool_started(r))
+    started = [c for pid, c in processes_of(r.state).items() if pid != r.proc.pid]
+    assert sum(" beat " in c for c in started) == 1, started
 
 
-def assert_nothing_left(r: Recall, pids: list[int], socket: Path) -> None:
-    left = [pid for pid in pids if alive(pid)]
-    assert left == [], [psutil.Process(pid).cmdline() for pid in left]
+def worker_pool_started(r: Recall) -> bool:
+    return r.proc.poll() is None and sum(
+        " worker " in c for c in processes_of(r.state).values()) >= 2
+
+
+def redis_pid(r: Recall) -> int:
+    """The embedded Redis (its title overwrites its environment, so it is asked)."""
+    client = redis.Redis.from_url((r.state / "redis.url").read_text().strip())
+    try:
+        return int(client.info("server")["process_id"])
+    finally:
+        client.close()
+
+
+def alive(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def assert_nothing_left(r: Recall, redis_server: int, socket: Path) -> None:
+    assert processes_of(r.state) == {}
+    assert not alive(redis_server)
     assert not (r.state / "redis.url").exists()
     assert not socket.exists()
     assert not (r.state / "redis.db").exists()  # the embedded Redis keeps nothing on disk
@@ -125,7 +138,8 @@ def test_sigterm_stops_every_child_and_a_second_run_is_refused_meanwhile(
     recall: Callable[..., Recall],
 ) -> None:
     first = recall("run", "--port", str(free_port()))
-    pids = running_stack(first)
+    running_stack(first)
+    started = processes_of(first.state)
     url = (first.state / "redis.url").read_text()
 
     second = recall("run", "--port", str(free_port()), state=first.state)
@@ -135,25 +149,26 @@ def test_sigterm_stops_every_child_and_a_second_run_is_refused_meanwhile(
     assert f"stop that one first (Ctrl-C in its terminal, or `kill {first.proc.pid}`), or " \
            "give this one a state directory of its own: RECALL_STATE_DIR=<dir>" in second.stderr
     assert len(second.stderr.strip().splitlines()) == 1  # one line, however narrow the pipe
-    assert all(alive(pid) for pid in pids) and (first.state / "redis.url").read_text() == url
+    assert processes_of(first.state) == started  # the first run is untouched
+    assert (first.state / "redis.url").read_text() == url
 
-    socket = socket_of(first)
+    socket, redis_server = socket_of(first), redis_pid(first)
     first.proc.send_signal(signal.SIGTERM)
     assert first.proc.wait(timeout=DEADLINE_S) == 0
     assert "SIGTERM received: stopping beat, worker 1, API, sandbox, embedded Redis\n" \
            "stopped in " in first.stderr
-    assert_nothing_left(first, pids, socket)
+    assert_nothing_left(first, redis_server, socket)
 
 
 def test_ctrl_c_stops_every_child(recall: Callable[..., Recall]) -> None:
     r = recall("run", "--port", str(free_port()))
-    pids = running_stack(r)
-    socket = socket_of(r)
+    running_stack(r)
+    socket, redis_server = socket_of(r), redis_pid(r)
     os.killpg(r.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     assert r.proc.wait(timeout=DEADLINE_S) == 0
     assert "SIGINT received: stopping beat, worker 1, API, sandbox, embedded Redis\n" \
            "stopped in " in r.stderr
-    assert_nothing_left(r, pids, socket)
+    assert_nothing_left(r, redis_server, socket)
     # The state directory is free again: the next run starts.
     again = recall("run", "--port", str(free_port()), state=r.state)
     running_stack(again)
@@ -161,20 +176,18 @@ def test_ctrl_c_stops_every_child(recall: Callable[..., Recall]) -> None:
     assert again.proc.wait(timeout=DEADLINE_S) == 0
 
 
-def test_sigterm_stops_a_simulation_and_its_children(recall: Callable[..., Recall]) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])  # SIGHUP: terminal closed
+def test_a_signal_stops_a_simulation_and_its_children(
+    recall: Callable[..., Recall], signum: signal.Signals
+) -> None:
     r = recall("simulate", "--days", "3650", "--start", "2026-03-01T00:00:00+08:00")
 
-    def worker_pool_started() -> bool:
-        return r.proc.poll() is None and any(
-            p.children() for p in psutil.Process(r.proc.pid).children()
-            if "worker" in " ".join(p.cmdline()))
-
-    wait_until("simulate's worker and its pool process", worker_pool_started)
-    pids = [*r.descendants(), r.redis_pid()]
-    socket = socket_of(r)
-    r.proc.send_signal(signal.SIGTERM)
-    assert r.proc.wait(timeout=DEADLINE_S) == 128 + signal.SIGTERM
-    assert "SIGTERM received: stopping worker 1, API, sandbox, embedded Redis\n" in r.stderr
-    assert "simulate stopped before its end (SIGTERM); what it did so far stays in the " \
-           "database" in r.stderr
-    assert_nothing_left(r, pids, socket)
+    wait_until("simulate's worker and its pool process", lambda: worker_pool_started(r))
+    socket, redis_server = socket_of(r), redis_pid(r)
+    r.proc.send_signal(signum)
+    assert r.proc.wait(timeout=DEADLINE_S) == 128 + signum
+    assert f"{signum.name} received: stopping worker 1, API, sandbox, embedded Redis\n" \
+        in r.stderr
+    assert f"simulate stopped before its end ({signum.name}); what it did so far stays in " \
+           "the database" in r.stderr
+    assert_nothing_left(r, redis_server, socket)
