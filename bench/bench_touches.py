@@ -25,10 +25,14 @@ everything else. Prints one JSON line per figure.
 from __future__ import annotations
 
 import argparse
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -109,11 +113,45 @@ def measure_recall(stack: Stack, rt: Runtime, users: Users, journeys: Sequence[s
                    ) -> Run:
     per = n // len(journeys)
     recall_cohort(stack, rt, {j: users.take(WARM) for j in journeys}, timeout_s=600)
-    run = recall_cohort(stack, rt, {j: users.take(per) for j in journeys},
-                        timeout_s=120 + n / 20)
+    with Profiler(stack, f"{'+'.join(journeys)}-{n}"):
+        run = recall_cohort(stack, rt, {j: users.take(per) for j in journeys},
+                            timeout_s=120 + n / 20)
     if run.other:
         log(f"  {run.other:,} touches were not sent (see the touches table)")
     return run
+
+
+class Profiler:
+    """With ``--profile DIR``: py-spy samples every worker child and the sandbox while a
+    measured cohort runs (collapsed stacks, one file per process)."""
+
+    out: Path | None = None
+
+    def __init__(self, stack: Stack, label: str) -> None:
+        self.stack, self.label = stack, label
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> Profiler:
+        if self.out is None:
+            return self
+        spy = Path(sys.executable).with_name("py-spy")
+        for service in self.stack.services:
+            if not service.alive() or service.name == "beat":
+                continue
+            pids = [p for p in service.group() if p != service.pid] or [service.pid]
+            for pid in pids:
+                target = self.out / f"{self.label}-{service.name}-{pid}.txt"
+                self.procs.append(subprocess.Popen(
+                    [str(spy), "record", "--pid", str(pid), "--format", "raw", "--rate", "50",
+                     "--nonblocking", "-o", str(target)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in self.procs:
+            proc.wait(timeout=60)
 
 
 def start_recall(stack: Stack, workers: int, concurrency: int) -> list[Service]:
@@ -190,8 +228,6 @@ def naive_batched(n: int, start: int) -> list[tuple[str, tuple[Any, ...]]]:
 
 
 def _python() -> str:
-    import sys
-
     return sys.executable
 
 
@@ -200,8 +236,18 @@ def _python() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller cohorts")
+    parser.add_argument("--profile", type=Path, help="py-spy every worker child and the "
+                        "sandbox during the measured cohorts; collapsed stacks go here")
+    parser.add_argument("--only", choices=["sms", "batched"], help="one Recall figure, "
+                        "no baseline (for profiling)")
     args = parser.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        Profiler.out = args.profile.resolve()
     size = {k: v[1] if args.quick else v[0] for k, v in SIZES.items()}
+    if args.only:
+        only(args.only, size[args.only])
+        return
     lines = []
     with Stack("touches") as stack:
         total = size["sms"] + size["batched"] + 3 * size["scale"] + 10 * WARM
@@ -249,6 +295,22 @@ def main() -> None:
     lines.append(_figure("scaleout_sms_per_s", scale[2], scale[1]))
     emit("scaleout_duplicates", duplicates, "sends", None, None)
     del lines
+
+
+def only(kind: str, n: int) -> None:
+    """One Recall figure, without its baseline: for profiling and quick checks."""
+    with Stack(kind) as stack:
+        users = Users(stack.copy_users(n + 2 * WARM))
+        stack.start_sandbox()
+        rt = Runtime.from_settings(stack.settings())
+        rt.book.sync(rt.db, now=rt.clock.now())
+        services = start_recall(stack, 1, 2)
+        journeys = ["bench-sms"] if kind == "sms" else ["bench-article", "bench-invite"]
+        run = measure_recall(stack, rt, users, journeys, n)
+        log(f"recall {kind}: {run.touches:,} in {run.seconds:.1f}s = {run.rate:.0f}/s; "
+            f"load {load_average()}")
+        stop(services)
+        rt.close()
 
 
 def _figure(name: str, value: Run, baseline: Run) -> str:

@@ -10,6 +10,8 @@ from sqlmodel import select
 from orchestrator.store.clock import StoredClock
 from orchestrator.store.db import session_scope
 from orchestrator.store.models import Enrollment, Event
+from orchestrator.store.tables import EVENTS
+from orchestrator.store.types import among
 
 T0 = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
 
@@ -51,3 +53,24 @@ def test_stored_clock_is_shared_and_falls_back_to_wall_time(db_engine: Engine) -
     assert StoredClock(db_engine).now() == T0
     clock.set(T0 + timedelta(days=1))
     assert StoredClock(db_engine).now() == T0 + timedelta(days=1)
+
+
+LISTS = [[], ["e1"], ["e0", "e2", "e9", "nope"], [f"e{n}" for n in range(5000)]]
+
+
+@pytest.mark.parametrize("values", LISTS)
+def test_among_selects_what_in_selects_with_one_statement_text(db_engine: Engine,
+                                                               values: list[str]) -> None:
+    with db_engine.begin() as conn:
+        conn.execute(sa.insert(EVENTS), [{"event_id": f"e{n}", "user_id": f"u{n % 3}",
+                                          "name": "login", "ts": T0} for n in range(10)])
+        query = sa.select(EVENTS.c.event_id).order_by(EVENTS.c.event_id)
+        expected = conn.execute(query.where(EVENTS.c.event_id.in_(values))).scalars().all()
+        found = conn.execute(query.where(among(EVENTS.c.event_id, values))).scalars().all()
+        assert found == expected
+        users = conn.execute(sa.select(sa.func.count()).where(
+            among(EVENTS.c.user_id, {"u1", "u2"}))).scalar_one()
+        assert users == 6
+    one, many = (str(query.where(among(EVENTS.c.event_id, v)).compile(db_engine))
+                 for v in (["a"], values + ["b"]))
+    assert one == many  # the list is one parameter: the statement never grows with it

@@ -18,6 +18,7 @@ from orchestrator.journeys.assign import variant_for
 from orchestrator.journeys.model import Journey, SendStep
 from orchestrator.store.db import begin_write
 from orchestrator.store.tables import ENROLLMENTS, EVENTS, TOUCHES, USERS
+from orchestrator.store.types import among
 
 SENT = ("sent", "delivered")
 
@@ -39,7 +40,7 @@ def run_cursors(rt: Runtime, enrollment_ids: Sequence[int]) -> int:
     with begin_write(rt.db) as conn:
         rows = conn.execute(
             select(ENROLLMENTS).where(
-                ENROLLMENTS.c.id.in_(list(enrollment_ids)),
+                among(ENROLLMENTS.c.id, enrollment_ids),
                 ENROLLMENTS.c.state == "active",
                 ENROLLMENTS.c.due_at <= now,
             )
@@ -115,7 +116,7 @@ def _touch(row: RowMapping, journey: Journey, nxt: Next, priority: int) -> dict[
 
 
 def _users(conn: Connection, user_ids: set[str]) -> dict[str, dict[str, Any]]:
-    rows = conn.execute(select(USERS).where(USERS.c.user_id.in_(list(user_ids)))).mappings()
+    rows = conn.execute(select(USERS).where(among(USERS.c.user_id, user_ids))).mappings()
     return {r["user_id"]: dict(r) for r in rows}
 
 
@@ -126,7 +127,7 @@ def _facts(
     touched = conn.execute(
         select(TOUCHES.c.enrollment_id, TOUCHES.c.step_id, TOUCHES.c.status,
                TOUCHES.c.delivered_at, TOUCHES.c.clicked_at, TOUCHES.c.joined_at)
-        .where(TOUCHES.c.enrollment_id.in_([r["id"] for r in rows]))
+        .where(among(TOUCHES.c.enrollment_id, [r["id"] for r in rows]))
     ).all()
     for t in touched:
         s = sets[t.enrollment_id]

@@ -10,7 +10,8 @@
    WeChat's ``clientmsgid``) only what it definitely does not have. Attempts, the next
    attempt time and the lease live in the batch row (``attempts`` has the rules).
 3. ``settle`` moves each enrollment past a touch that reached a terminal state: the next
-   step's wait starts at that moment.
+   step's wait starts at that moment (written at once when nothing else decides it: the
+   journey's end, an exit, a plain wait; else a cursor pass runs now).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from orchestrator.engine.pipeline import Work, run_gates
 from orchestrator.engine.policy_gates import gates_for, release_caps
 from orchestrator.engine.runtime import Runtime
 from orchestrator.engine.step_options import step_options
+from orchestrator.engine.steps import Next, after_send
 from orchestrator.errors import ChannelConfig, ChannelRetryable, ChannelUnknown
 from orchestrator.journeys.model import SendStep
 from orchestrator.policy.consent import record_opt_out
@@ -48,6 +50,7 @@ from orchestrator.store.db import begin_write
 from orchestrator.store.tables import AUDIT_LOG as AUDIT
 from orchestrator.store.tables import ENROLLMENTS, LINKS, TOUCHES, USERS
 from orchestrator.store.tables import SEND_BATCHES as BATCHES
+from orchestrator.store.types import among
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ def process_touches(rt: Runtime, touch_ids: Sequence[int], token: str) -> list[s
 
 def _load_works(rt: Runtime, conn: Connection, ids: Sequence[int], token: str) -> list[Work]:
     touches = conn.execute(
-        select(TOUCHES).where(TOUCHES.c.id.in_(list(ids)), TOUCHES.c.status == "claimed",
+        select(TOUCHES).where(among(TOUCHES.c.id, ids), TOUCHES.c.status == "claimed",
                               TOUCHES.c.claim_token == token)
         .order_by(TOUCHES.c.id)
     ).mappings().all()
@@ -82,12 +85,12 @@ def _load_works(rt: Runtime, conn: Connection, ids: Sequence[int], token: str) -
     enrollments = {
         r["id"]: dict(r)
         for r in conn.execute(select(ENROLLMENTS).where(
-            ENROLLMENTS.c.id.in_([t["enrollment_id"] for t in touches]))).mappings()
+            among(ENROLLMENTS.c.id, {t["enrollment_id"] for t in touches}))).mappings()
     }
     users = {
         r["user_id"]: dict(r)
         for r in conn.execute(select(USERS).where(
-            USERS.c.user_id.in_({t["user_id"] for t in touches}))).mappings()
+            among(USERS.c.user_id, {t["user_id"] for t in touches}))).mappings()
     }
     works = []
     for t in touches:
@@ -128,7 +131,7 @@ def _record_decisions(
         if due_at is not None:
             values["due_at"] = due_at
         done = set(conn.execute(
-            update(TOUCHES).where(TOUCHES.c.id.in_([w.id for w in group]), _claimed(token))
+            update(TOUCHES).where(among(TOUCHES.c.id, [w.id for w in group]), _claimed(token))
             .values(**values).returning(TOUCHES.c.id)
         ).scalars())
         if status in ("suppressed", "failed"):
@@ -169,7 +172,7 @@ def _freeze_batch(conn: Connection, rt: Runtime, works: Sequence[Work], token: s
     batch_id = uuid.uuid4().hex  # 32 bytes: within clientmsgid's 64
     frozen = set(conn.execute(
         update(TOUCHES)
-        .where(TOUCHES.c.id.in_([w.id for w in works]), _claimed(token))
+        .where(among(TOUCHES.c.id, [w.id for w in works]), _claimed(token))
         .values(status="sending", batch_id=batch_id, reserved_at=now, claim_token=None,
                 lease_until=None, channel=channel)
         .returning(TOUCHES.c.id)
@@ -533,7 +536,7 @@ def _write_results(rt: Runtime, conn: Connection, results: Sequence[TouchResult]
         rows,
     )
     touches = list(conn.execute(select(TOUCHES).where(
-        TOUCHES.c.id.in_([r.touch_id for r in results]))).mappings())
+        among(TOUCHES.c.id, [r.touch_id for r in results]))).mappings())
     settle(rt, conn, [t for t in touches if t["status"] in TERMINAL], now)
     return touches
 
@@ -579,14 +582,17 @@ def rejected_touches(touches: Sequence[RowMapping],
 
 def settle(rt: Runtime, conn: Connection, touches: Sequence[Mapping[str, Any] | RowMapping],
            now: datetime) -> None:
-    """Each enrollment waiting on a now-terminal touch moves to its next step at ``now``."""
-    rows = [
-        {"b_id": t["enrollment_id"],
-         "b_cursor": rt.book.get(rt.db, t["journey_id"], t["journey_version"])
-         .step_index(t["step_id"]),
-         "due_at": now}
-        for t in touches if t["status"] != "cancelled"
-    ]
+    """Each enrollment waiting on a now-terminal touch moves past its step at ``now``: where
+    that alone decides what follows (the journey ends, an exit, a plain wait), it is written
+    here; otherwise the cursor is due at once and a cursor pass decides."""
+    rows = []
+    for t in touches:
+        if t["status"] == "cancelled":
+            continue
+        journey = rt.book.get(rt.db, t["journey_id"], t["journey_version"])
+        index = journey.step_index(t["step_id"])
+        rows.append({"b_id": t["enrollment_id"], "b_cursor": index,
+                     **_moved(after_send(journey, index + 1, now), index + 1, now)})
     if not rows:
         return
     conn.execute(
@@ -594,6 +600,19 @@ def settle(rt: Runtime, conn: Connection, touches: Sequence[Mapping[str, Any] | 
         .where(ENROLLMENTS.c.id == bindparam("b_id"),
                ENROLLMENTS.c.cursor == bindparam("b_cursor"),
                ENROLLMENTS.c.state == "active", ENROLLMENTS.c.due_at.is_(None))
-        .values(cursor=ENROLLMENTS.c.cursor + 1, due_at=bindparam("due_at")),
+        .values(cursor=bindparam("cursor"), due_at=bindparam("due_at"),
+                state=bindparam("state"), exit_reason=bindparam("exit_reason"),
+                exited_at=bindparam("exited_at")),
         rows,
     )
+
+
+def _moved(nxt: Next | None, cursor: int, now: datetime) -> dict[str, Any]:
+    if nxt is None:  # a cursor pass decides, now
+        return {"cursor": cursor, "due_at": now, "state": "active", "exit_reason": None,
+                "exited_at": None}
+    if nxt.kind == "wait":
+        return {"cursor": nxt.cursor, "due_at": nxt.due_at, "state": "active",
+                "exit_reason": None, "exited_at": None}
+    return {"cursor": nxt.cursor, "due_at": None, "state": "completed",
+            "exit_reason": nxt.exit_reason, "exited_at": now}

@@ -39,6 +39,7 @@ from orchestrator.store.db import session_scope
 from orchestrator.store.tables import ENROLLMENTS, TOUCHES
 from orchestrator.store.tables import JOURNEY_STATES as STATES
 from orchestrator.store.tables import SEND_BATCHES as BATCHES
+from orchestrator.store.types import among
 
 BATCHED = frozenset({"wechat_article", "wecom_group_invite"})
 _Columns = TypeVarTuple("_Columns")
@@ -121,7 +122,7 @@ def claim_cursors(
     ids = list(conn.execute(_lock(query, conn)).scalars())
     if ids:
         conn.execute(
-            update(ENROLLMENTS).where(ENROLLMENTS.c.id.in_(ids))
+            update(ENROLLMENTS).where(among(ENROLLMENTS.c.id, ids))
             .values(lease_until=real_now + lease)
         )
     return ids
@@ -172,7 +173,7 @@ def claim_touches(
             chunk = tuple(ids[start : start + size])
             token = secrets.token_hex(8)
             conn.execute(
-                update(TOUCHES).where(TOUCHES.c.id.in_(chunk))
+                update(TOUCHES).where(among(TOUCHES.c.id, chunk))
                 .values(status="claimed", claim_token=token, lease_until=real_now + lease)
             )
             claims.append(TouchClaim(token, channel, chunk))

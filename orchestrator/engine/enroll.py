@@ -20,6 +20,7 @@ from orchestrator.journeys.assign import arm_for
 from orchestrator.journeys.model import Journey
 from orchestrator.journeys.pools import read_codes
 from orchestrator.store.tables import ENROLLMENTS, KV
+from orchestrator.store.types import among
 
 CHUNK = 5_000
 
@@ -52,7 +53,7 @@ def eligible(
             func.max(ENROLLMENTS.c.entered_at),
             func.sum((ENROLLMENTS.c.state == "active").cast(ENROLLMENTS.c.cursor.type)),
         )
-        .where(ENROLLMENTS.c.journey_id == journey.id, ENROLLMENTS.c.user_id.in_(user_ids))
+        .where(ENROLLMENTS.c.journey_id == journey.id, among(ENROLLMENTS.c.user_id, user_ids))
         .group_by(ENROLLMENTS.c.user_id)
     ).all()
     active, blocked = set(), set()

@@ -50,6 +50,11 @@ class Work:
         return int(self.touch["id"])
 
     @property
+    def known_user(self) -> bool:
+        """The user's row was found (a stand-in has no ``erased`` column)."""
+        return "erased" in self.user
+
+    @property
     def key(self) -> str:
         return f"{self.touch['enrollment_id']}:{self.touch['step_id']}"
 

@@ -26,12 +26,13 @@ from orchestrator.policy.caps import (
     CapsUnsafe,
     touch_key,
 )
-from orchestrator.policy.consent import suppressions
+from orchestrator.policy.consent import suppressions_of
 from orchestrator.policy.quiet import HolidayCalendar, HolidayWindows, next_send_time
 from orchestrator.policy.rebuild import rebuild_from_store
 from orchestrator.policy.rules import CapRule
 from orchestrator.store.db import begin_write
 from orchestrator.store.tables import TOUCHES
+from orchestrator.store.types import among
 from orchestrator.tracking.links import new_code, short_url
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,9 @@ def consent_gate(rt: Runtime, works: Sequence[Work], now: datetime) -> None:
             by_channel[w.channel].append(w)
         pending = []
         for channel, group in by_channel.items():
-            blocked = suppressions(rt.db, [w.user["user_id"] for w in group], channel)
+            # The users were loaded with the touches: only their opt-outs are read here.
+            blocked = suppressions_of(rt.db, [w.user["user_id"] for w in group],
+                                      [w.user for w in group if w.known_user], channel)
             for w in group:
                 reason = blocked.get(w.user["user_id"])
                 if reason is None:
@@ -154,7 +157,7 @@ def _mark_reserving(rt: Runtime, works: Sequence[Work], now: datetime) -> None:
     with begin_write(rt.db) as conn:
         for channel, ids in by_channel.items():
             conn.execute(update(TOUCHES)
-                         .where(TOUCHES.c.id.in_(ids), TOUCHES.c.status == "claimed")
+                         .where(among(TOUCHES.c.id, ids), TOUCHES.c.status == "claimed")
                          .values(reserved_at=now, channel=channel))
 
 

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from orchestrator.journeys.durations import next_in_window
 from orchestrator.journeys.expressions import compile_expression
-from orchestrator.journeys.model import Journey
+from orchestrator.journeys.model import ExitStep, Journey, WaitStep
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,21 @@ def advance(journey: Journey, cursor: int, at: datetime, tz: ZoneInfo, facts: Fa
             return Next("done", len(steps), exit_reason="exit")
         i = journey.step_index(target)
     return Next("done", len(steps), exit_reason="completed")
+
+
+def after_send(journey: Journey, cursor: int, at: datetime) -> Next | None:
+    """What follows a send step whose touch reached its outcome at ``at``, when that needs
+    no facts and no time zone: the journey's end, an ``exit``, or a plain wait. None when
+    a cursor pass must decide (a branch, a wait with a window, another send)."""
+    steps = journey.steps
+    if cursor >= len(steps):
+        return Next("done", len(steps), exit_reason="completed")
+    step = steps[cursor]
+    if isinstance(step, ExitStep):
+        return Next("done", len(steps), exit_reason="exit")
+    if isinstance(step, WaitStep) and step.window is None:
+        return Next("wait", cursor + 1, at + step.wait)
+    return None
 
 
 @lru_cache(maxsize=1024)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +37,7 @@ from orchestrator.errors import InputError
 from orchestrator.store.db import begin_write
 from orchestrator.store.tables import OPT_OUTS as _OPT_OUTS
 from orchestrator.store.tables import USERS as _USERS
+from orchestrator.store.types import among
 
 CHANNELS = ("wechat_article", "wecom_group_invite", "sms")
 ALL_CHANNELS = "all"
@@ -61,7 +62,6 @@ SMS_OPT_OUT_KEYWORDS = frozenset(
     {"r", "td", "t", "n", "stop", "退订", "拒收", "stopall", "unsubscribe", "cancel", "end", "quit"}
 )
 _ADDRESS = {"sms": "phone", "wechat_article": "openid", "wecom_group_invite": "external_userid"}
-_CHUNK = 2000  # ids per query: well inside SQLite's and PostgreSQL's bound-parameter limits
 
 
 # ---------------------------------------------------------------- identities
@@ -109,67 +109,71 @@ def hashed_identity(identity: str) -> str:
 def suppressions(engine: Engine, user_ids: Sequence[str], channel: str) -> dict[str, str]:
     """The users of ``user_ids`` who must not get a ``channel`` touch now, with the reason.
 
-    Two queries per 2,000 users (users, then their opt-outs), no per-user round trip.
-    Users absent from the result may be sent to.
+    Two queries (users, then their opt-outs), no per-user round trip. Users absent from the
+    result may be sent to.
     """
     _check_channel(channel, allow_all=False)
-    found: dict[str, str] = {}
-    for chunk in _chunks(list(dict.fromkeys(user_ids)), _CHUNK):
-        found.update(_suppressions_chunk(engine, chunk, channel))
-    return found
-
-
-def _suppressions_chunk(engine: Engine, user_ids: list[str], channel: str) -> dict[str, str]:
-    u = _USERS.c
+    ids = list(dict.fromkeys(user_ids))
     with engine.connect() as conn:
-        users = conn.execute(sa.select(_USERS).where(u.user_id.in_(user_ids))).all()
+        users = conn.execute(sa.select(_USERS).where(among(_USERS.c.user_id, ids))
+                             ).mappings().all()
+    return suppressions_of(engine, ids, users, channel)
+
+
+def suppressions_of(engine: Engine, user_ids: Sequence[str],
+                    users: Sequence[Mapping[Any, Any]], channel: str) -> dict[str, str]:
+    """``suppressions`` for users whose rows the caller has already loaded (``users``, the
+    ``users`` table's rows of those of ``user_ids`` that exist): one query, the opt-outs."""
+    _check_channel(channel, allow_all=False)
+    with engine.connect() as conn:
         opt_outs = _opt_outs_of(conn, users, channel)
     found = {user_id: "unknown_user" for user_id in user_ids}
     for user in users:
-        reason = _reason(user, channel, opt_outs.get(user.user_id, []))
+        reason = _reason(user, channel, opt_outs.get(user["user_id"], []))
         if reason is None:
-            del found[user.user_id]
+            found.pop(user["user_id"], None)
         else:
-            found[user.user_id] = reason
+            found[user["user_id"]] = reason
     return found
 
 
-def _opt_outs_of(conn: sa.Connection, users: Sequence[Any], channel: str) -> dict[str, list[Any]]:
+def _opt_outs_of(conn: sa.Connection, users: Sequence[Mapping[Any, Any]],
+                 channel: str) -> dict[str, list[Any]]:
     """The opt-out rows for ``channel`` or ``all`` of each user, by user_id or identity."""
     owner = {
-        form: user.user_id
+        form: user["user_id"]
         for user in users for ident in identities_of(user)
         for form in (ident, hashed_identity(ident))
     }
     if not owner:
         return {}
     o = _OPT_OUTS.c
+    known = {user["user_id"] for user in users}
     query = sa.select(o.channel, o.identity, o.user_id, o.reason).where(
         o.channel.in_([channel, ALL_CHANNELS]),
-        sa.or_(o.user_id.in_([user.user_id for user in users]), o.identity.in_(list(owner))),
+        sa.or_(among(o.user_id, known), among(o.identity, owner)),
     )
     by_user: dict[str, list[Any]] = {}
-    known = {user.user_id for user in users}
     for row in conn.execute(query):
         for user_id in {row.user_id, owner.get(row.identity)} & known:
             by_user.setdefault(user_id, []).append(row)
     return by_user
 
 
-def _reason(user: Any, channel: str, opt_outs: list[Any]) -> str | None:
-    if user.erased or any(row.reason == FORGOTTEN for row in opt_outs):
+def _reason(user: Mapping[Any, Any], channel: str, opt_outs: list[Any]) -> str | None:
+    if user["erased"] or any(row.reason == FORGOTTEN for row in opt_outs):
         return "erased"
     if any(row.channel == ALL_CHANNELS for row in opt_outs):
         return "unsubscribed"
     if opt_outs:
         unfollowed = channel == "wechat_article" and all(r.reason == "unfollow" for r in opt_outs)
         return "not_following" if unfollowed else f"opted_out:{channel}"
-    if channel == "sms" and user.sms_opt_out:
+    if channel == "sms" and user["sms_opt_out"]:
         return "opted_out:sms"
-    if channel == "wechat_article" and user.wechat_followed is False:
+    if channel == "wechat_article" and user["wechat_followed"] is False:
         return "not_following"
     address = _ADDRESS[channel]
-    return None if getattr(user, address) else f"no_{address}"
+    return None if user[address] else f"no_{address}"
 
 
 # ---------------------------------------------------------------- recording
@@ -258,11 +262,6 @@ def _check_channel(channel: str, *, allow_all: bool) -> None:
     allowed = (*CHANNELS, ALL_CHANNELS) if allow_all else CHANNELS
     if channel not in allowed:
         raise InputError(f"unknown channel {channel!r}; use one of {', '.join(allowed)}")
-
-
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 # ---------------------------------------------------------------- inbound SMS

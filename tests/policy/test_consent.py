@@ -19,8 +19,10 @@ from orchestrator.policy.consent import (
     record_opt_out,
     sms_opt_out_keyword,
     suppressions,
+    suppressions_of,
 )
 from orchestrator.store.models import OptOut, User
+from orchestrator.store.tables import USERS
 
 AT = datetime(2026, 3, 2, 2, 0, tzinfo=UTC)
 
@@ -150,6 +152,18 @@ def test_suppressions_take_two_queries_per_batch(people: Engine) -> None:
         found = suppressions(people, ids, "sms")
     assert len(selects) == 2
     assert len(found) == 7
+
+
+def test_suppressions_of_loaded_users_read_only_the_opt_outs(people: Engine) -> None:
+    """The send pipeline has the users' rows already: the same answer, one query."""
+    with people.connect() as conn:
+        rows = conn.execute(sa.select(USERS).where(USERS.c.user_id.in_(EVERYONE))
+                            ).mappings().all()
+    for channel in ("sms", "wechat_article", "wecom_group_invite"):
+        with counting_selects(people) as selects:
+            found = suppressions_of(people, EVERYONE, rows, channel)
+        assert len(selects) == 1
+        assert found == suppressions(people, EVERYONE, channel)
 
 
 def test_record_opt_out_is_idempotent_and_resolves_the_user(people: Engine) -> None:
