@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from orchestrator.audience.config import AudienceConfig
-from orchestrator.audience.features import FeatureFrame, compute_features
+from orchestrator.audience.features import MEAL_HOURS, FeatureFrame, compute_features
 from orchestrator.audience.synth import simulate
 from orchestrator.store.db import make_engine
 from orchestrator.store.migrate import upgrade
@@ -126,8 +126,16 @@ def naive_features(engine: Engine, user_id: str, cutoff: datetime) -> dict[str, 
     out["weekend_share"] = (
         sum(1 for ts in habit if ts.weekday() >= 5) / len(habit) if habit else None
     )
+    meals = sum(1 for ts in habit if any(lo <= _hours(ts) < hi for lo, hi in MEAL_HOURS))
+    nights = sum(1 for ts in habit if not 5.0 <= _hours(ts) < 21.0)
+    out["meal_share"] = meals / len(habit) if habit else None
+    out["night_share"] = nights / len(habit) if habit else None
     out["payment_failures_30d"] = sum(1 for ts in fails if days_ago(ts) < 30)
     return out
+
+
+def _hours(ts: datetime) -> float:
+    return ts.hour + ts.minute / 60 + ts.second / 3600
 
 
 def check_same(frame: FeatureFrame, naive: dict[str, dict[str, float | None]]) -> None:

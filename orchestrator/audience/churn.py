@@ -1,20 +1,28 @@
 """Churn model: P(no activity in the next horizon), trained on the store's own history.
 
-Time split, never a random one: features at ``cutoff`` (events ``<= cutoff``), label =
-no activity event in ``(cutoff, cutoff + horizon]``; evaluation repeats the same at a
-later ``eval_cutoff >= cutoff + horizon``, so nothing the model was fitted on can tell it
-the evaluation labels. Models are scikit-learn pipelines saved as versioned joblib files
-under ``STATE_DIR/models`` with their metrics, feature list and a ``latest`` pointer.
-Without a model, scores come from the recency rule ``min(1, recency / churned_days)``.
+Time split, never a random one. A *window* at cutoff ``c`` is the users seen active by
+``c``, their features from events ``<= c`` and the label "no activity event in
+``(c, c + horizon]``". Training at ``cutoff`` stacks several windows (rolling origin):
+the base model is fitted on windows whose labels closed by ``cutoff`` (``cutoff -
+horizon``, then a week earlier each), so it sees users at every tenure and moment; a
+calibrator (isotonic, or Platt's logistic curve) is then fitted on the latest labelled
+window, ``cutoff`` itself, mapping the base model's scores to the churn rates of now.
+Evaluation repeats the window at a later ``eval_cutoff >= cutoff + horizon``, so
+nothing the model was fitted on can tell it the evaluation labels.
+
+Models are saved as versioned joblib files under ``STATE_DIR/models`` with their
+metrics, feature list and a ``latest`` pointer. Without a model, scores come from the
+recency rule ``min(1, recency / churned_days)``.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +31,7 @@ import joblib
 import numpy as np
 from numpy.typing import NDArray
 from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
@@ -39,7 +48,12 @@ from orchestrator.store.tables import EVENTS
 
 ModelKind = Literal["logreg", "gbm"]
 MODEL_KINDS: tuple[str, ...] = ("logreg", "gbm")
-ARTIFACT_FORMAT = 1
+CALIBRATIONS: tuple[str, ...] = ("isotonic", "platt")
+DEFAULT_ORIGINS = 4  # base windows stacked under the calibration window
+ORIGIN_STEP = timedelta(days=7)
+CALIBRATION_WINDOWS = 2  # recalibration stacks the latest labelled window and the week before
+MIN_WINDOW_ROWS = 50  # a window with fewer users (or one label only) teaches nothing
+ARTIFACT_FORMAT = 2
 LATEST = "latest"
 PARALLEL_ROWS = 200_000
 FloatArray = NDArray[np.float64]
@@ -83,6 +97,8 @@ def model_matrix(frame: FeatureFrame) -> tuple[FloatArray, list[str]]:
     cols["log_hours_since_payment_failure"] = np.log1p(hours)
     cols["top_hour_share"] = np.nan_to_num(frame["top_hour_share"], nan=0.0)
     cols["weekend_share"] = np.nan_to_num(frame["weekend_share"], nan=0.0)
+    cols["meal_share"] = np.nan_to_num(frame["meal_share"], nan=0.0)
+    cols["night_share"] = np.nan_to_num(frame["night_share"], nan=0.0)
     names = list(cols)
     return np.column_stack([cols[n] for n in names]), names
 
@@ -135,11 +151,13 @@ class ChurnMetrics:
     base_rate: float
     auc: float
     brier: float
+    ece: float  # expected calibration error over the calibration table's deciles
     top_decile_lift: float
     calibration: list[CalibrationRow]
     recency_auc: float  # recency in days used as the score
+    recency_rule_auc: float  # the no-model fallback score min(1, recency / churned_days)
     rule_auc: float  # "no activity for at_risk_days" as a yes/no score
-    rule_brier: float  # the no-model fallback score min(1, recency / churned_days)
+    rule_brier: float  # the no-model fallback score
     truth_auc: float | None = None  # filled by callers who know the true probabilities
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,6 +179,13 @@ def calibration_table(y: NDArray[np.bool_], p: FloatArray, bins: int = 10) -> li
     return rows
 
 
+def expected_calibration_error(rows: list[CalibrationRow]) -> float:
+    """Mean |predicted - observed| over the groups of a calibration table, weighted by
+    their sizes (equal-count bins: every group holds a tenth of the users)."""
+    total = sum(row.n for row in rows)
+    return sum(row.n * abs(row.mean_predicted - row.observed_rate) for row in rows) / total
+
+
 def top_decile_lift(y: NDArray[np.bool_], p: FloatArray) -> float:
     top = np.argsort(-p, kind="stable")[: max(1, int(np.ceil(len(p) / 10)))]
     return float(y[top].mean() / y.mean())
@@ -178,36 +203,101 @@ def evaluate(
     recency = np.nan_to_num(frame["recency_days"], nan=np.inf)
     finite_recency = np.minimum(recency, np.finfo(np.float64).max)
     rule = recency >= config.tiers.at_risk_days
+    fallback = recency_rule(frame, config)
+    calibration = calibration_table(y, p)
     return ChurnMetrics(
         n=len(y),
         positives=int(y.sum()),
         base_rate=float(y.mean()),
         auc=float(roc_auc_score(y, p)),
         brier=float(brier_score_loss(y, p)),
+        ece=expected_calibration_error(calibration),
         top_decile_lift=top_decile_lift(y, p),
-        calibration=calibration_table(y, p),
+        calibration=calibration,
         recency_auc=float(roc_auc_score(y, finite_recency)),
+        recency_rule_auc=float(roc_auc_score(y, fallback)),
         rule_auc=float(roc_auc_score(y, rule.astype(np.float64))),
-        rule_brier=float(brier_score_loss(y, recency_rule(frame, config))),
+        rule_brier=float(brier_score_loss(y, fallback)),
     )
 
 
 # ------------------------------------------------------------------------------ models
 
 
+class CalibratedModel:
+    """A base pipeline and a calibrator fitted after it, on a later window: the base
+    model ranks users, the calibrator turns its scores into the churn rates observed in
+    the latest labelled window (isotonic: a monotone step curve; Platt: a logistic curve
+    over the base score's log-odds)."""
+
+    def __init__(self, base: Pipeline, method: str) -> None:
+        if method not in CALIBRATIONS:
+            raise InputError(
+                f"unknown calibration {method!r}; use one of {', '.join(CALIBRATIONS)}",
+                field="calibration",
+            )
+        self.base = base
+        self.method = method
+        self.curve: IsotonicRegression | LogisticRegression | None = None
+        self.rows = 0
+
+    def fit(self, x: FloatArray, y: NDArray[np.bool_]) -> None:
+        self.base.fit(x, y)
+
+    def calibrate(self, x: FloatArray, y: NDArray[np.bool_]) -> None:
+        """Fit (or refit) the calibrator on a window the base model scores."""
+        self.rows = len(y)
+        raw = self._raw(x)
+        if self.method == "isotonic":
+            curve: IsotonicRegression | LogisticRegression = IsotonicRegression(
+                y_min=0.0, y_max=1.0, out_of_bounds="clip"
+            )
+            curve.fit(raw, y)
+        else:
+            curve = LogisticRegression(C=1e6, max_iter=1000).fit(_log_odds(raw), y)
+        self.curve = curve
+
+    def predict_proba(self, x: FloatArray) -> FloatArray:
+        """Columns (P(stays), P(churns)), like a scikit-learn classifier."""
+        raw = self._raw(x)
+        if isinstance(self.curve, IsotonicRegression):
+            p = self.curve.predict(raw)
+        elif isinstance(self.curve, LogisticRegression):
+            p = self.curve.predict_proba(_log_odds(raw))[:, 1]
+        else:
+            p = raw
+        p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+        return np.column_stack([1.0 - p, p])
+
+    def _raw(self, x: FloatArray) -> FloatArray:
+        return np.asarray(self.base.predict_proba(x)[:, 1], dtype=np.float64)
+
+
+def _log_odds(p: FloatArray) -> FloatArray:
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(q / (1 - q)).reshape(-1, 1)
+
+
 @dataclass
 class TrainedModel:
     kind: str
-    pipeline: Pipeline
+    pipeline: CalibratedModel
     feature_names: list[str]
-    cutoff: datetime
+    cutoff: datetime  # the latest training window's
     horizon: timedelta
     eval_cutoff: datetime
     metrics: ChurnMetrics
     config: AudienceConfig
-    train_rows: int
+    train_rows: int  # rows of the stacked training windows
+    calibrated_at: datetime  # cutoff of the calibrator's window
+    origins: list[datetime] = field(default_factory=list)  # training cutoffs, latest first
+    calibration_rows: int = 0
     trained_at: datetime = field(default_factory=utcnow)
     path: Path | None = None
+
+    @property
+    def calibration(self) -> str:
+        return self.pipeline.method
 
     def predict(self, frame: FeatureFrame) -> FloatArray:
         """P(churn) per row; never-active users get the recency rule (1.0)."""
@@ -253,38 +343,46 @@ def train(
     cutoff: datetime,
     horizon: timedelta,
     model: str = "logreg",
+    calibration: str = "isotonic",
+    origins: int = DEFAULT_ORIGINS,
     eval_cutoff: datetime | None = None,
     config: AudienceConfig | None = None,
     data_end: datetime | None = None,
     models_dir: Path | None = None,
     save: bool = True,
 ) -> TrainedModel:
-    """Fit on features at ``cutoff`` / labels in ``(cutoff, cutoff + horizon]``; evaluate
-    at ``eval_cutoff`` (default ``cutoff + horizon``), whose label window must end by
-    ``data_end`` (default: the end of the local day of the last activity event).
+    """Fit the model on up to ``origins`` windows (``cutoff``, a week earlier, ...; none
+    before the first activity event), calibrate it on the latest labelled window (the one
+    at ``cutoff``), evaluate it at ``eval_cutoff`` (default ``cutoff + horizon``) as it
+    would score then, whose label window must end by ``data_end`` (default: the end of
+    the local day of the last activity event).
 
     Saves the artifact under ``models_dir`` (default ``STATE_DIR/models``) unless
     ``save=False``. Raises ``InputError`` when the windows do not fit in the data.
     """
     config = config or AudienceConfig()
-    pipeline = make_pipeline(model)
+    pipeline = CalibratedModel(make_pipeline(model), calibration)
     cutoff = as_utc(cutoff)
     eval_cutoff = as_utc(eval_cutoff) if eval_cutoff else cutoff + horizon
     data_end = as_utc(data_end) if data_end else last_data_day_end(engine, config)
     _check_windows(cutoff, horizon, eval_cutoff, data_end)
+    if origins < 1:
+        raise InputError(f"origins must be at least 1, got {origins}", field="origins")
 
-    x, y, names, _ = _dataset(engine, cutoff, horizon, config)
-    if y.all() or not y.any():
-        raise InputError(
-            f"all {len(y)} users at cutoff {cutoff.isoformat()} have the same label; "
-            "pick another cutoff or horizon"
-        )
+    starts = base_cutoffs(cutoff, origins, first_activity(engine, config))
+    windows = [_dataset(engine, start, horizon, config) for start in starts]
+    x = np.vstack([window[0] for window in windows])
+    y = np.concatenate([window[1] for window in windows])
+    need_both_labels(y, f"the training windows at {_dates(starts)}")
     with _threads(len(y)):
         pipeline.fit(x, y)
+        latest_x, latest_y = windows[0][0], windows[0][1]
+        pipeline.calibrate(latest_x, latest_y)
     trained = TrainedModel(
-        kind=model, pipeline=pipeline, feature_names=names, cutoff=cutoff, horizon=horizon,
-        eval_cutoff=eval_cutoff, metrics=_placeholder_metrics(), config=config,
-        train_rows=len(y),
+        kind=model, pipeline=pipeline, feature_names=windows[0][2], cutoff=cutoff,
+        horizon=horizon, eval_cutoff=eval_cutoff, metrics=_placeholder_metrics(),
+        config=config, train_rows=len(y), origins=starts, calibrated_at=cutoff,
+        calibration_rows=len(latest_y),
     )
     trained.metrics = evaluate_model(engine, trained, eval_cutoff)
     if save:
@@ -292,10 +390,91 @@ def train(
     return trained
 
 
+def base_cutoffs(cutoff: datetime, origins: int, first: datetime) -> list[datetime]:
+    """Cutoffs of the stacked training windows, latest first: ``cutoff`` and then a week
+    earlier each, none at or before the first activity ``first``."""
+    starts = [cutoff - k * ORIGIN_STEP for k in range(origins)]
+    kept = [start for start in starts if start > first]
+    if not kept:
+        raise InputError(
+            f"no activity before the cutoff {cutoff.isoformat()}; pick a later cutoff",
+            field="cutoff",
+        )
+    return kept
+
+
+def need_both_labels(y: NDArray[np.bool_], where: str) -> None:
+    """Refuse a window too small to learn from, or where everyone has the same label."""
+    if len(y) < MIN_WINDOW_ROWS:
+        raise InputError(
+            f"{where}: only {len(y)} rows of active users; need at least {MIN_WINDOW_ROWS}; "
+            "pick a later cutoff"
+        )
+    if y.all() or not y.any():
+        raise InputError(
+            f"{where}: all {len(y)} rows have the same label "
+            f"({'churned' if y.all() else 'active'}); pick another cutoff or horizon"
+        )
+
+
+def _dates(moments: list[datetime]) -> str:
+    return ", ".join(m.isoformat() for m in moments)
+
+
+# -------------------------------------------------------------------------- calibration
+
+_RECALIBRATED: dict[tuple[str, str, datetime], CalibratedModel] = {}
+_RECALIBRATED_KEEP = 8
+
+
+def calibrated_for(engine: Engine, model: TrainedModel, at: datetime) -> TrainedModel:
+    """``model`` with its calibrator refitted on the latest window whose labels are known
+    at ``at``: cutoff at the local midnight on or before ``at - horizon``. The model's own
+    calibration stands when that window is not newer than it, or too small to fit.
+
+    Churn rates drift (the population ages, cohorts differ) while the base model's
+    ranking holds up, so scores stay calibrated without a retrain. Refits are kept in
+    memory per (store, model, window): a day's scores share one.
+    """
+    window = _local_midnight(as_utc(at) - model.horizon, model.config)
+    if window <= model.calibrated_at:
+        return model
+    key = (engine.url.render_as_string(), f"{model.path or id(model)}:{model.trained_at}", window)
+    pipeline = _RECALIBRATED.get(key)
+    if pipeline is None:
+        try:
+            parts = [
+                _dataset(engine, window - k * ORIGIN_STEP, model.horizon, model.config)
+                for k in range(CALIBRATION_WINDOWS)
+            ]
+            x = np.vstack([part[0] for part in parts])
+            y = np.concatenate([part[1] for part in parts])
+            need_both_labels(y, "calibration window")
+        except InputError:
+            return model
+        pipeline = copy.copy(model.pipeline)
+        with _threads(len(y)):
+            pipeline.calibrate(x, y)
+        while len(_RECALIBRATED) >= _RECALIBRATED_KEEP:
+            _RECALIBRATED.pop(next(iter(_RECALIBRATED)))
+        _RECALIBRATED[key] = pipeline
+        rows = len(y)
+    else:
+        rows = pipeline.rows
+    return replace(model, pipeline=pipeline, calibrated_at=window, calibration_rows=rows)
+
+
+def _local_midnight(moment: datetime, config: AudienceConfig) -> datetime:
+    local = moment.astimezone(config.zone)
+    return as_utc(datetime.combine(local.date(), time(0), tzinfo=config.zone))
+
+
 def evaluate_model(engine: Engine, model: TrainedModel, eval_cutoff: datetime) -> ChurnMetrics:
-    """The model's metrics on users active before ``eval_cutoff``, labels after it."""
+    """The model's metrics on users active before ``eval_cutoff``, labels after it, scored
+    as they would be then (calibrated on the latest window labelled by ``eval_cutoff``)."""
     _, y, _, frame = _dataset(engine, eval_cutoff, model.horizon, model.config)
-    return evaluate(y, model.predict(frame), frame, model.config)
+    scorer = calibrated_for(engine, model, eval_cutoff)
+    return evaluate(y, scorer.predict(frame), frame, model.config)
 
 
 def _dataset(
@@ -309,6 +488,18 @@ def _dataset(
     x, names = model_matrix(frame)
     y = churn_labels(engine, cutoff=cutoff, horizon=horizon, user_ids=frame.user_ids, config=config)
     return x, y, names, frame
+
+
+def first_activity(engine: Engine, config: AudienceConfig) -> datetime:
+    """When the first activity event in the store happened."""
+    e = EVENTS.c
+    with engine.connect() as conn:
+        first = conn.execute(
+            select(func.min(e.ts)).where(e.name.in_(config.activity_events))
+        ).scalar()
+    if first is None:
+        raise InputError("no activity events in the store; import events first")
+    return as_utc(first)
 
 
 def last_data_day_end(engine: Engine, config: AudienceConfig) -> datetime:
@@ -350,7 +541,7 @@ def _check_windows(
 
 def _placeholder_metrics() -> ChurnMetrics:
     nan = float("nan")
-    return ChurnMetrics(0, 0, nan, nan, nan, nan, [], nan, nan, nan)
+    return ChurnMetrics(0, 0, nan, nan, nan, nan, nan, [], nan, nan, nan, nan)
 
 
 # --------------------------------------------------------------------------- artifacts
@@ -407,6 +598,10 @@ def _describe(model: TrainedModel) -> dict[str, Any]:
         "eval_cutoff": model.eval_cutoff.isoformat(),
         "config": model.config.model_dump(mode="json"),
         "train_rows": model.train_rows,
+        "origins": [origin.isoformat() for origin in model.origins],
+        "calibration": model.calibration,
+        "calibrated_at": model.calibrated_at.isoformat(),
+        "calibration_rows": model.calibration_rows,
         "trained_at": model.trained_at.isoformat(),
     }
 
@@ -426,6 +621,9 @@ def _from_artifact(artifact: dict[str, Any], path: Path) -> TrainedModel:
         metrics=ChurnMetrics.from_dict(artifact["metrics"]),
         config=AudienceConfig.model_validate(artifact["config"]),
         train_rows=int(artifact["train_rows"]),
+        origins=[datetime.fromisoformat(origin) for origin in artifact["origins"]],
+        calibrated_at=datetime.fromisoformat(artifact["calibrated_at"]),
+        calibration_rows=int(artifact["calibration_rows"]),
         trained_at=datetime.fromisoformat(artifact["trained_at"]),
         path=path,
     )
@@ -472,6 +670,8 @@ def score_users(
     """Scores at ``at`` with ``model`` (features computed with the configuration it was
     trained with), or with the recency rule under ``config`` when ``model`` is None."""
     config = model.config if model is not None else config
+    if model is not None:
+        model = calibrated_for(engine, model, at)
     frame = compute_features(engine, cutoff=at, config=config, user_ids=user_ids)
     scores = score_frame(frame, model, config)
     return dict(zip(frame.user_ids.tolist(), scores.tolist(), strict=True))

@@ -38,6 +38,11 @@ class ModelChoice(StrEnum):
     gbm = "gbm"
 
 
+class CalibrationChoice(StrEnum):
+    isotonic = "isotonic"
+    platt = "platt"
+
+
 def parse_when(text: str, config: AudienceConfig) -> datetime:
     """``2026-03-01`` (local midnight in the policy timezone) or an ISO datetime (naive
     ones are local too) → aware UTC."""
@@ -116,9 +121,19 @@ def churn_train(
         str | None,
         typer.Option("--eval-cutoff", help="Held-out evaluation cutoff; default cutoff + horizon."),
     ] = None,
+    calibration: Annotated[
+        CalibrationChoice,
+        typer.Option("--calibration", help="Calibrator fitted on the latest labelled window."),
+    ] = CalibrationChoice.isotonic,
+    origins: Annotated[
+        int,
+        typer.Option("--origins", min=1, help="Training windows stacked: the cutoff, then "
+                     "a week earlier each."),
+    ] = 4,
 ) -> None:
-    """Train on (cutoff, horizon]; report AUC, Brier, calibration and lift on a later
-    held-out cutoff beside the recency rule; save a versioned model as the latest."""
+    """Train on windows at the cutoff and the weeks before it (labels up to cutoff +
+    horizon), calibrate on the latest; report AUC, Brier, ECE, calibration and lift on a
+    later held-out cutoff beside the recency rule; save a versioned model as the latest."""
     try:
         settings = get_settings()
         config = load_audience_config(settings=settings)
@@ -128,7 +143,8 @@ def churn_train(
 
             trained = train(
                 engine, cutoff=parse_when(cutoff, config), horizon=parse_duration(horizon),
-                model=model.value, config=config,
+                model=model.value, config=config, calibration=calibration.value,
+                origins=origins,
                 eval_cutoff=parse_when(eval_cutoff, config) if eval_cutoff else None,
             )
     except RecallError as exc:
@@ -168,10 +184,16 @@ def churn_score(
 def print_report(trained: TrainedModel) -> None:
     zone = trained.config.zone
     m = trained.metrics
+    cutoffs = ", ".join(f"{c.astimezone(zone):%Y-%m-%d}" for c in trained.origins)
     out.print(
         f"churn model [bold]{trained.kind}[/]: trained at cutoff "
-        f"{trained.cutoff.astimezone(zone):%Y-%m-%d %H:%M} on {trained.train_rows:,} users, "
-        f"horizon {format_duration(trained.horizon)}"
+        f"{trained.cutoff.astimezone(zone):%Y-%m-%d %H:%M}, horizon "
+        f"{format_duration(trained.horizon)}"
+    )
+    out.print(f"training windows: {cutoffs} ({trained.train_rows:,} rows)")
+    out.print(
+        f"{trained.calibration} calibration on the latest window: "
+        f"{trained.calibration_rows:,} users"
     )
     out.print(
         f"held out at {trained.eval_cutoff.astimezone(zone):%Y-%m-%d %H:%M}: {m.n:,} users, "
@@ -186,16 +208,18 @@ def print_report(trained: TrainedModel) -> None:
 
 def metrics_table(trained: TrainedModel, m: ChurnMetrics) -> Table:
     table = Table(title="held-out scores")
-    for name, justify in (("score", "left"), ("AUC", "right"), ("Brier", "right")):
+    for name, justify in (("score", "left"), ("AUC", "right"), ("Brier", "right"),
+                          ("ECE", "right")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    table.add_row(f"model ({trained.kind})", f"{m.auc:.4f}", f"{m.brier:.4f}")
+    table.add_row(f"model ({trained.kind})", f"{m.auc:.4f}", f"{m.brier:.4f}", f"{m.ece:.4f}")
     churned = trained.config.tiers.churned_days
     table.add_row(
-        f"recency rule: min(1, recency / {churned:g}d)", f"{m.recency_auc:.4f}",
-        f"{m.rule_brier:.4f}",
+        f"recency rule: min(1, recency / {churned:g}d)", f"{m.recency_rule_auc:.4f}",
+        f"{m.rule_brier:.4f}", "-",
     )
+    table.add_row("recency in days", f"{m.recency_auc:.4f}", "-", "-")
     at_risk = trained.config.tiers.at_risk_days
-    table.add_row(f"no activity for {at_risk:g}d (yes/no)", f"{m.rule_auc:.4f}", "-")
+    table.add_row(f"no activity for {at_risk:g}d (yes/no)", f"{m.rule_auc:.4f}", "-", "-")
     return table
 
 

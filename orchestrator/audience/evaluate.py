@@ -26,7 +26,13 @@ from rich.table import Table
 from sklearn.metrics import brier_score_loss, roc_auc_score
 from sqlalchemy import Engine
 
-from orchestrator.audience.churn import churn_labels, top_decile_lift, train
+from orchestrator.audience.churn import (
+    calibration_table,
+    churn_labels,
+    expected_calibration_error,
+    top_decile_lift,
+    train,
+)
 from orchestrator.audience.config import AudienceConfig
 from orchestrator.audience.features import compute_features
 from orchestrator.audience.synth import USER_COLUMNS, Population, simulate
@@ -44,6 +50,7 @@ class Row:
     auc: float
     brier: float | None
     lift: float | None
+    ece: float | None = None
 
 
 def run(
@@ -52,21 +59,25 @@ def run(
     *,
     cutoff_day: int,
     horizon_days: int,
+    eval_day: int | None = None,
 ) -> tuple[list[Row], dict[str, Any]]:
     """Train both models on ``engine`` (already holding ``population``) and compare."""
     config = AudienceConfig()
     cutoff = population.start + timedelta(days=cutoff_day)
     horizon = timedelta(days=horizon_days)
+    eval_cutoff = population.start + timedelta(days=eval_day) if eval_day is not None else None
     rows: list[Row] = []
     info: dict[str, Any] = {}
     for kind in ("logreg", "gbm"):
         began = time.perf_counter()
         model = train(engine, cutoff=cutoff, horizon=horizon, model=kind, config=config,
-                      save=False)
+                      save=False, eval_cutoff=eval_cutoff)
         m = model.metrics
-        rows.append(Row(f"model: {kind}", m.auc, m.brier, m.top_decile_lift))
+        rows.append(Row(f"model: {kind}", m.auc, m.brier, m.top_decile_lift, m.ece))
         info[kind] = {"train_rows": model.train_rows, "seconds": time.perf_counter() - began}
-    rows.append(Row("recency rule: min(1, recency / 30d)", m.recency_auc, m.rule_brier, None))
+    rows.append(Row("recency rule: min(1, recency / 30d)", m.recency_rule_auc, m.rule_brier,
+                    None))
+    rows.append(Row("recency in days", m.recency_auc, None, None))
     rows.append(Row("no activity for 7d (yes/no)", m.rule_auc, None, None))
     rows.append(_truth_row(engine, population, model.eval_cutoff, horizon, config))
     info.update(eval_cutoff=model.eval_cutoff.isoformat(), eval_users=m.n,
@@ -88,7 +99,8 @@ def _truth_row(
     truth = population.truth_at(eval_cutoff, horizon.days)
     p = np.array([truth[u] for u in frame.user_ids.tolist()])
     return Row("true probability (generator)", float(roc_auc_score(y, p)),
-               float(brier_score_loss(y, p)), top_decile_lift(y, p))
+               float(brier_score_loss(y, p)), top_decile_lift(y, p),
+               expected_calibration_error(calibration_table(y, p)))
 
 
 def load(engine: Engine, population: Population, *, chunk: int = 20_000) -> None:
@@ -110,10 +122,11 @@ def load(engine: Engine, population: Population, *, chunk: int = 20_000) -> None
 def _table(rows: list[Row]) -> Table:
     table = Table(title="held-out churn scores")
     table.add_column("score")
-    for name in ("AUC", "Brier", "top-decile lift"):
+    for name in ("AUC", "Brier", "ECE", "top-decile lift"):
         table.add_column(name, justify="right")
     for row in rows:
-        table.add_row(row.score, f"{row.auc:.4f}", _fmt(row.brier), _fmt(row.lift, 2))
+        table.add_row(row.score, f"{row.auc:.4f}", _fmt(row.brier), _fmt(row.ece),
+                      _fmt(row.lift, 2))
     return table
 
 
@@ -128,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--cutoff-day", type=int, default=32)
     parser.add_argument("--horizon-days", type=int, default=14)
+    parser.add_argument("--eval-day", type=int, default=None,
+                        help="held-out evaluation day; default cutoff day + horizon")
     parser.add_argument("--database-url", help="an empty database; default: temporary SQLite")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
@@ -139,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         upgrade(engine)
         load(engine, population)
         rows, info = run(engine, population, cutoff_day=args.cutoff_day,
-                         horizon_days=args.horizon_days)
+                         horizon_days=args.horizon_days, eval_day=args.eval_day)
         engine.dispose()
     info.update(users=args.users, days=args.days, seed=args.seed, events=len(population.events))
     if args.json:

@@ -38,6 +38,9 @@ HABIT_DAYS = 90  # hour-of-day and weekday habits look this far back
 PAYMENT_WINDOW_DAYS = 30
 RESPONSE_WINDOW_DAYS = 30
 CHUNK = 2_000  # user ids per IN (...) query
+# Local times of day, as [start, end) in hours: campus meals, and the late-night snack.
+MEAL_HOURS = ((6.5, 9.5), (10.5, 13.5), (16.5, 19.5))
+NIGHT_HOURS = (21.0, 29.0)  # 21:00 to 05:00 the next morning
 
 
 FloatArray = NDArray[np.float64]
@@ -212,7 +215,8 @@ def _daily_statement(spec: _Spec, user_ids: list[str] | None) -> sa.Subquery:
     # exactly 7 such days wherever the cutoff falls in the local day.
     day = ((spec.cutoff_epoch - epoch) // DAY_S).label("day")
     local_day = (epoch + spec.offset_s) // DAY_S
-    bucket = ((epoch + spec.offset_s) % DAY_S) // (DAY_S // HOUR_BUCKETS)
+    of_day = (epoch + spec.offset_s) % DAY_S
+    bucket = of_day // (DAY_S // HOUR_BUCKETS)
     is_act, is_order, is_fail = r.is_act == 1, r.is_order == 1, r.is_fail == 1
     columns: list[ColumnElement[Any]] = [
         func.sum(r.is_act).label("act"),
@@ -225,9 +229,26 @@ def _daily_statement(spec: _Spec, user_ids: list[str] | None) -> sa.Subquery:
         func.max(case((is_order, epoch))).label("last_order"),
         func.max(case((is_fail, epoch))).label("last_fail"),
         _count_if(is_act & ((local_day + 3) % 7 >= 5)).label("weekend"),  # 1970-01-01: Thu
+        _count_if(is_act & _within_hours(of_day, MEAL_HOURS)).label("meal"),
+        _count_if(is_act & _within_hours(of_day, (NIGHT_HOURS,))).label("night"),
     ]
     columns += [_count_if(is_act & (bucket == b)).label(f"b{b}") for b in range(HOUR_BUCKETS)]
     return select(r.user_id, day, *columns).group_by(r.user_id, day).subquery("daily")
+
+
+def _within_hours(
+    of_day: ColumnElement[Any], spans: Sequence[tuple[float, float]]
+) -> ColumnElement[bool]:
+    """Seconds into the local day inside any ``[start, end)`` span of hours (an end past
+    24 wraps into the next morning)."""
+    parts: list[ColumnElement[bool]] = []
+    for start, end in spans:
+        lo, hi = int(start * 3600), int(end * 3600)
+        if hi <= DAY_S:
+            parts.append((of_day >= lo) & (of_day < hi))
+        else:
+            parts.append((of_day >= lo) | (of_day < hi - DAY_S))
+    return sa.or_(*parts)
 
 
 def _event_statement(spec: _Spec, user_ids: list[str] | None) -> sa.Select[Any]:
@@ -258,6 +279,8 @@ def _event_statement(spec: _Spec, user_ids: list[str] | None) -> sa.Select[Any]:
         _count_if(within(baseline, active) & (d.day >= recent)).label("baseline_active_days"),
         total(d.act, within(HABIT_DAYS)).label("habit_events"),
         total(d.weekend, within(HABIT_DAYS)).label("weekend_events"),
+        total(d.meal, within(HABIT_DAYS)).label("meal_events"),
+        total(d.night, within(HABIT_DAYS)).label("night_events"),
     ]
     columns += [
         total(d[f"b{b}"], within(HABIT_DAYS)).label(f"hour_b{b}") for b in range(HOUR_BUCKETS)
@@ -392,6 +415,8 @@ def _derive(raw: dict[str, FloatArray], spec: _Spec) -> dict[str, FloatArray]:
         ),
         "top_hour_share": _safe_div(top_bucket, habit, habit > 0),
         "weekend_share": _safe_div(zero("weekend_events"), habit, habit > 0),
+        "meal_share": _safe_div(zero("meal_events"), habit, habit > 0),
+        "night_share": _safe_div(zero("night_events"), habit, habit > 0),
         "orders_total": orders_total,
         "monetary_total": zero("monetary_total"),
         "avg_order_value": _safe_div(zero("monetary_total"), orders_total, orders_total > 0),

@@ -33,7 +33,12 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from orchestrator.audience.churn import default_models_dir, load_model, score_frame
+from orchestrator.audience.churn import (
+    calibrated_for,
+    default_models_dir,
+    load_model,
+    score_frame,
+)
 from orchestrator.audience.config import AudienceConfig
 from orchestrator.audience.features import FeatureFrame, FloatArray, compute_features
 from orchestrator.clock import as_utc
@@ -99,6 +104,8 @@ def detect_signals(
         signals += payment_failure_signals(engine, at=at, config=config)
     if golden.churn_score.enabled:
         model = load_model(models_dir=models_dir or default_models_dir())
+        if model is not None:  # both moments scored by the calibration of now
+            model = calibrated_for(engine, model, at)
         scoring = model.config if model is not None else config  # the model's own features
         now, before = frame(at, scoring), frame(previous, scoring)
         signals += churn_score_signals(

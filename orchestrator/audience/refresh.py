@@ -14,7 +14,13 @@ from sqlalchemy import Engine
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from orchestrator.audience.churn import TrainedModel, default_models_dir, load_model, score_frame
+from orchestrator.audience.churn import (
+    TrainedModel,
+    calibrated_for,
+    default_models_dir,
+    load_model,
+    score_frame,
+)
 from orchestrator.audience.config import AudienceConfig, load_audience_config
 from orchestrator.audience.features import FeatureFrame, FloatArray, compute_features
 from orchestrator.clock import as_utc
@@ -54,6 +60,8 @@ def refresh(
 def _scores(
     engine: Engine, frame: FeatureFrame, model: TrainedModel | None, config: AudienceConfig
 ) -> FloatArray:
+    if model is not None:
+        model = calibrated_for(engine, model, frame.cutoff)
     if model is None or model.config == config:
         return score_frame(frame, model, config)
     # The model's features were defined under another configuration: score with that one.

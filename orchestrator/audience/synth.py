@@ -2,10 +2,18 @@
 
 Each student follows a hidden day-by-day process (days counted from ``start``):
 
-* while *alive*, the student is active on day ``d`` with probability
-  ``p(d) = p0 · exp(-decay · d)`` (heavy, regular and sparse users; about a third fade);
+* the student arrives on day ``a`` (two thirds are there from the start, the others
+  sign up at a steady rate through the history) and, while *alive*, is active on day
+  ``d >= a`` with probability ``p(d) = p0 · exp(-decay · (d - a))`` (heavy, regular and
+  sparse users; about a third fade with tenure);
 * after each day an alive student leaves for good with hazard ``q`` — five times higher
-  after a day whose payment failed and was never retried successfully.
+  after a day whose payment failed and was never retried successfully. ``q`` is higher
+  for late-night eaters and for students who come at irregular hours, lower for those
+  whose visits keep to meal times.
+
+The population drifts: later cohorts hold more sparse users, and the mix of tenures
+widens as the history goes on, so a model fitted at one moment and applied weeks later
+faces other people than it was fitted on.
 
 An active day is a visit: ``login``, one or more ``session``, and sometimes an
 ``order_placed`` (value in CNY), possibly preceded by ``payment_failed``. Because the
@@ -38,7 +46,12 @@ USER_COLUMNS = (
     "timezone", "sms_opt_out", "wechat_followed",
 )
 GROUPS = ("heavy", "regular", "sparse")
-GROUP_SHARES = (0.15, 0.40, 0.45)
+GROUP_SHARES = (0.15, 0.40, 0.45)  # of the students there from the start
+LAST_COHORT_SHARES = (0.07, 0.30, 0.63)  # of the last to arrive: acquisition drifts sparse
+PRESENT_AT_START = 0.65
+HABIT_HOURS = (8.0, 12.0, 18.0, 22.0)  # breakfast, lunch, dinner, late night
+HABIT_SHARES = (0.15, 0.35, 0.35, 0.15)
+NIGHT_HAZARD_FACTOR = 2.0  # late-night eaters leave sooner
 FAILURE_HAZARD_FACTOR = 5.0
 RETRY_SUCCESS_P = 0.6  # a failed payment is retried successfully the same visit
 DAY_S = 86_400
@@ -57,15 +70,23 @@ class Params:
     """The hidden per-user process (arrays of length n_users)."""
 
     group: IntArray  # index into GROUPS
-    p0: FloatArray  # daily visit probability at day 0
-    decay: FloatArray  # per-day decay of the visit probability
-    q: FloatArray  # daily hazard of leaving for good
+    arrival: IntArray  # first day the student can visit
+    p0: FloatArray  # daily visit probability on the arrival day
+    decay: FloatArray  # per-day (of tenure) decay of the visit probability
+    q: FloatArray  # daily hazard of leaving for good, once arrived
     order_p: FloatArray  # P(order attempt | visit)
     fail_p: FloatArray  # P(payment fails | order attempt)
     basket: FloatArray  # typical order value, CNY
+    habit_hour: FloatArray  # local hour the student's visits cluster around
+    irregular: FloatArray  # share of visits at a random hour instead
 
     def visit_p(self, day: int) -> FloatArray:
-        return self.p0 * np.exp(-self.decay * day)
+        tenure = day - self.arrival
+        return np.where(tenure >= 0, self.p0 * np.exp(-self.decay * np.maximum(tenure, 0)), 0.0)
+
+    def hazard(self, day: int) -> FloatArray:
+        """P(leaving for good at the end of ``day``), for a student alive then."""
+        return np.where(day >= self.arrival, self.q, 0.0)
 
 
 @dataclass(frozen=True)
@@ -118,7 +139,7 @@ def simulate(n_users: int, *, days_of_history: int, start: datetime, seed: int) 
     if n_users < 1 or days_of_history < 1:
         raise InputError("n_users and days_of_history must be at least 1")
     rng = np.random.default_rng(seed)
-    params = _draw_params(rng, n_users)
+    params = _draw_params(rng, n_users, days_of_history)
     active, failed, visits = _play(rng, params, days_of_history)
     users = _users(rng, n_users, seed)
     events = _events(rng, params, visits, users, start, seed)
@@ -131,8 +152,10 @@ def simulate(n_users: int, *, days_of_history: int, start: datetime, seed: int) 
 # ---------------------------------------------------------------------- hidden process
 
 
-def _draw_params(rng: np.random.Generator, n: int) -> Params:
-    group = rng.choice(len(GROUPS), size=n, p=GROUP_SHARES)
+def _draw_params(rng: np.random.Generator, n: int, days: int) -> Params:
+    late = rng.random(n) >= PRESENT_AT_START
+    arrival = np.where(late, rng.integers(1, max(days, 2), n), 0).astype(np.int64)
+    group = _groups(rng, arrival / max(days, 1))
     p0 = np.select(
         [group == 0, group == 1],
         [rng.beta(6, 4, n), rng.beta(2, 8, n)],
@@ -140,13 +163,29 @@ def _draw_params(rng: np.random.Generator, n: int) -> Params:
     )
     fading = rng.random(n) < 0.35
     decay = np.where(fading, rng.uniform(0.01, 0.06, n), 0.0)
-    q = np.clip(np.exp(rng.normal(np.log(0.007), 0.9, n)) * np.where(group == 2, 1.5, 1.0),
-                0.0005, 0.25)
+    habit_hour = rng.choice(HABIT_HOURS, size=n, p=HABIT_SHARES)
+    irregular = rng.beta(2, 6, n)  # mean 0.25
+    rhythm = np.where(habit_hour == HABIT_HOURS[-1], NIGHT_HAZARD_FACTOR, 1.0)
+    rhythm = rhythm * np.exp(3.0 * (irregular - 0.25))
+    q = np.clip(
+        np.exp(rng.normal(np.log(0.004), 0.5, n)) * np.where(group == 2, 1.5, 1.0) * rhythm,
+        0.0005, 0.25,
+    )
     order_p = np.where(group == 2, rng.beta(6, 3, n), rng.beta(3, 4, n))
     bad_card = rng.random(n) < 0.05
     fail_p = np.where(bad_card, rng.uniform(0.2, 0.5, n), rng.beta(1, 40, n))
     basket = np.exp(rng.normal(np.log(22.0), 0.3, n))
-    return Params(group, p0, decay, q, order_p, fail_p, basket)
+    return Params(group, arrival, p0, decay, q, order_p, fail_p, basket, habit_hour, irregular)
+
+
+def _groups(rng: np.random.Generator, arrived_at: FloatArray) -> IntArray:
+    """Heavy/regular/sparse, the mix sliding from ``GROUP_SHARES`` (there at the start)
+    to ``LAST_COHORT_SHARES`` (arriving at the end of the history)."""
+    first, last = np.array(GROUP_SHARES), np.array(LAST_COHORT_SHARES)
+    shares = first + np.outer(arrived_at, last - first)
+    draw = rng.random(len(arrived_at))
+    group: IntArray = (draw[:, None] >= np.cumsum(shares, axis=1)[:, :-1]).sum(axis=1)
+    return group.astype(np.int64)
 
 
 @dataclass
@@ -171,7 +210,7 @@ def _play(
         attempted[:, day] = active[:, day] & (rng.random(n) < params.order_p)
         failed[:, day] = attempted[:, day] & (rng.random(n) < params.fail_p)
         unrecovered[:, day] = failed[:, day] & (rng.random(n) >= RETRY_SUCCESS_P)
-        hazard = np.where(unrecovered[:, day], failure_hazard, params.q)
+        hazard = np.where(unrecovered[:, day], failure_hazard, params.hazard(day))
         alive &= rng.random(n) >= hazard
     users, days_ = np.nonzero(active)
     visits = _Visits(
@@ -203,7 +242,7 @@ def _no_activity_probability(
     alive_mass, dead_mass = np.ones(n), np.zeros(n)
     for day in range(cutoff_day + 1):
         after = day > last
-        hazard = np.where(day == last + 1, q_after_last, params.q)
+        hazard = np.where(day == last + 1, q_after_last, params.hazard(day - 1))
         dead_mass = np.where(after, dead_mass + alive_mass * hazard, dead_mass)
         alive_mass = np.where(after, alive_mass * (1 - hazard), alive_mass)
         if day < cutoff_day:
@@ -218,8 +257,9 @@ def _silent_if_alive(params: Params, first_day: int, horizon: int) -> FloatArray
     for offset in range(horizon):
         alive = alive * (1 - params.visit_p(first_day + offset))
         if offset < horizon - 1:
-            left = left + alive * params.q
-            alive = alive * (1 - params.q)
+            hazard = params.hazard(first_day + offset)
+            left = left + alive * hazard
+            alive = alive * (1 - hazard)
     return alive + left
 
 
@@ -306,9 +346,8 @@ def _events(
     seed: int,
 ) -> list[dict[str, Any]]:
     n_visits = len(visits.user)
-    habit = rng.choice([8.0, 12.0, 18.0, 22.0], size=len(params.p0), p=[0.15, 0.35, 0.35, 0.15])
-    hour = habit[visits.user] + rng.normal(0.0, 1.2, n_visits)
-    irregular = rng.random(n_visits) < 0.25
+    hour = params.habit_hour[visits.user] + rng.normal(0.0, 1.2, n_visits)
+    irregular = rng.random(n_visits) < params.irregular[visits.user]
     hour = np.where(irregular, rng.uniform(7.0, 24.0, n_visits), hour)
     visit_s = (np.clip(hour, 0.05, 23.4) * 3600).astype(np.int64)
 

@@ -198,10 +198,12 @@ def _churn(result: DemoResult, engine: Engine) -> str:
     m = trained.metrics
     result.churn = {"model": trained.kind, "cutoff": trained.cutoff,
                     "eval_cutoff": trained.eval_cutoff, "train_rows": trained.train_rows,
-                    "auc": m.auc, "brier": m.brier, "recency_auc": m.recency_auc,
-                    "lift": m.top_decile_lift, "n": m.n, "base_rate": m.base_rate}
-    return (f"{trained.kind} on {trained.train_rows:,} users: held-out AUC {m.auc:.3f} "
-            f"(recency rule {m.recency_auc:.3f}), top-decile lift {m.top_decile_lift:.2f}")
+                    "auc": m.auc, "brier": m.brier, "ece": m.ece,
+                    "recency_auc": m.recency_rule_auc, "lift": m.top_decile_lift, "n": m.n,
+                    "base_rate": m.base_rate}
+    return (f"{trained.kind} on {trained.train_rows:,} rows: held-out AUC {m.auc:.3f} "
+            f"(recency rule {m.recency_rule_auc:.3f}), ECE {m.ece:.3f}, top-decile lift "
+            f"{m.top_decile_lift:.2f}")
 
 
 # --- 4. tiers --------------------------------------------------------------------------

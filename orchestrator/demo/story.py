@@ -31,7 +31,8 @@ def tell(result: DemoResult, console: Console) -> None:
     console.print(_tiers_table(result))
     c = result.churn
     console.print(f"churn model {c['model']}: held-out AUC {c['auc']:.3f} (recency rule "
-                  f"{c['recency_auc']:.3f}), Brier {c['brier']:.3f}, top-decile lift "
+                  f"{c['recency_auc']:.3f}), Brier {c['brier']:.3f}, ECE {c['ece']:.3f}, "
+                  f"top-decile lift "
                   f"{c['lift']:.2f} on {c['n']:,} users", highlight=False)
     sim = result.simulated
     console.print(f"simulated {o.days} days in {sim.seconds:.1f}s: "

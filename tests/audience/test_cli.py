@@ -56,7 +56,9 @@ def test_segment_train_and_score(store: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     for text in ("churn model gbm", "horizon 10d", "held out at 2026-02-01 00:00", "AUC",
-                 "Brier", "recency rule", "no activity for 7d", "calibration", "top-decile lift",
+                 "Brier", "ECE", "recency rule", "recency in days", "no activity for 7d",
+                 "training windows: 2026-01-22, 2026-01-15, 2026-01-08",
+                 "isotonic calibration on the latest window", "top-decile lift",
                  "now the latest"):
         assert text in result.stdout, text
     assert len(list((store / "state" / "models").glob("churn-*-gbm-*.joblib"))) == 1

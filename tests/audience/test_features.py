@@ -73,6 +73,8 @@ def test_hand_made_features_are_exact(hand_made: Engine) -> None:
         "activity_trend": 2 / (1 * 7 / 28),
         "top_hour_share": 0.8,  # 4 of 5 visits in 20:00-24:00
         "weekend_share": 0.4,
+        "meal_share": 0.2,  # 12:00 of 12:00, 21:30, 22:00, 23:00, 23:00
+        "night_share": 0.8,  # 21:00-05:00
         "orders_total": 3, "monetary_total": 100.0, "avg_order_value": 100 / 3,
         "payment_failures_30d": 1, "hours_since_payment_failure": 48.0,
         "touches_30d": 1, "clicks_30d": 1,
@@ -90,7 +92,9 @@ def test_sparse_and_silent_users_have_defined_or_missing_values(hand_made: Engin
     assert bob["activity_trend"] == 0.0 and bob["hours_since_payment_failure"] is None
     assert (bob["rfm_r"], bob["rfm_f"], bob["rfm_m"]) == (2, 2, 2)
     assert carol["recency_days"] is None and carol["frequency"] == 0
+    assert (bob["meal_share"], bob["night_share"]) == (0.0, 1.0)  # midnight is night
     assert carol["top_hour_share"] is None and carol["activity_trend"] is None
+    assert carol["meal_share"] is None and carol["night_share"] is None
     assert (carol["rfm_r"], carol["rfm_f"], carol["rfm_m"]) == (1, 1, 1)
     assert frame.tiers.tolist() == ["low_frequency", "at_risk", "churned"]
 
