@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, RowMapping, bindparam, select, update
 
 from orchestrator.clock import as_utc
+from orchestrator.engine.besthour import BestHour, schedule_best_hours
 from orchestrator.engine.book import upsert
 from orchestrator.engine.runtime import Runtime
 from orchestrator.engine.steps import Facts, Next, advance
@@ -51,6 +52,7 @@ def run_cursors(rt: Runtime, enrollment_ids: Sequence[int]) -> int:
         facts = _facts(conn, rows, users)
         touches: list[dict[str, Any]] = []
         moves: list[dict[str, Any]] = []
+        timed: list[BestHour] = []
         for row in rows:
             journey = rt.book.get(rt.db, row["journey_id"], row["journey_version"])
             at = as_utc(row["due_at"])
@@ -59,6 +61,10 @@ def run_cursors(rt: Runtime, enrollment_ids: Sequence[int]) -> int:
             moves.append(_move(row, nxt))
             if nxt.kind == "send":
                 touches.append(_touch(row, journey, nxt, journey.priority))
+                if _step_at(journey, nxt.cursor) == "best_hour":
+                    timed.append(BestHour(touches[-1], journey, nxt.cursor, tz))
+        if timed:
+            schedule_best_hours(rt, conn, timed, now=now)
         if touches:
             conn.execute(upsert(conn.engine)(TOUCHES).on_conflict_do_nothing(), touches)
         conn.execute(
@@ -75,6 +81,11 @@ def run_cursors(rt: Runtime, enrollment_ids: Sequence[int]) -> int:
             moves,
         )
     return len(touches)
+
+
+def _step_at(journey: Journey, index: int) -> str | None:
+    step = journey.steps[index]
+    return step.at if isinstance(step, SendStep) else None
 
 
 def _move(row: RowMapping, nxt: Next) -> dict[str, Any]:

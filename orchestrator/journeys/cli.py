@@ -15,6 +15,7 @@ from orchestrator.config import get_settings
 from orchestrator.errors import InputError, RecallError
 from orchestrator.journeys.assign import arm_for
 from orchestrator.journeys.loader import check_paths, find_journey
+from orchestrator.journeys.model import Journey, Policy
 from orchestrator.journeys.preview import (
     TouchPreview,
     preview_journey,
@@ -96,6 +97,7 @@ def preview(
         touches = preview_journey(
             loaded, policy, person, templates_dir=templates_dir, event_props=props
         )
+        times = _best_hours(loaded, policy, person)
     except RecallError as exc:
         _err().print(escape(f"error: {exc}"))
         raise typer.Exit(1) from None
@@ -108,12 +110,43 @@ def preview(
     if arm == "control":
         out.print("[yellow]this user is in the holdout: no touch would be sent[/yellow]")
     for touch in touches:
-        _print_touch(out, touch)
+        _print_touch(out, touch, times.get(touch.step_id))
 
 
-def _print_touch(out: Console, preview: TouchPreview) -> None:
+def _best_hours(journey: Journey, policy: Policy, user: dict[str, Any]) -> dict[str, str]:
+    """``at: best_hour`` steps: when each would go if it came due now (business time),
+    from the user's activity in the store; a line saying why not without a store."""
+    steps = [s.id for s in journey.send_steps() if s.at == "best_hour"]
+    if not steps:
+        return {}
+    try:
+        from orchestrator.audience.config import load_audience_config
+        from orchestrator.engine.besthour import preview_times
+        from orchestrator.store.clock import StoredClock
+        from orchestrator.store.db import get_engine
+
+        settings = get_settings()
+        db = get_engine(settings)
+        now = StoredClock(db).now()
+        activity = load_audience_config(settings=settings).activity_events
+        found = preview_times(db, journey, policy, user, now=now, activity_events=activity)
+    except Exception as exc:  # no store, or not migrated: the text preview still stands
+        reason = f"{exc.__class__.__name__}: {exc}".splitlines()[0]
+        return {s: f"best hour (unknown without the activity store: {reason})" for s in steps}
+    return {
+        step: (
+            f"best hour: {at.astimezone(tz):%Y-%m-%d %H:%M %Z} if due now "
+            f"({now.astimezone(tz):%Y-%m-%d %H:%M %Z}); profile: {source}"
+        )
+        for step, (at, tz, source) in found.items()
+    }
+
+
+def _print_touch(out: Console, preview: TouchPreview, send_at: str | None = None) -> None:
     touch = preview.touch
     out.rule(f"step {preview.step_id} · {touch.channel}")
+    if send_at is not None:
+        out.print(f"send at:  {escape(send_at)}")
     out.print(f"template: {escape(touch.template)}")
     out.print(f"variant:  {escape(touch.variant or '-')}")
     if touch.title is not None:

@@ -312,6 +312,22 @@ class InviteCard(_Model):
     """Picture URL, at most 2048 bytes; default the group's QR code."""
 
 
+def _send_at_in(value: Any) -> str:
+    if value != "best_hour":
+        raise ValueError(
+            f"bad at {value!r}: write at: best_hour (the user's most active local hour), "
+            "or leave it out to send when due"
+        )
+    return "best_hour"
+
+
+SendAt = Annotated[
+    Literal["best_hour"],
+    PlainValidator(_send_at_in),
+    WithJsonSchema({"type": "string", "enum": ["best_hour"]}),
+]
+
+
 class SendStep(_Model):
     """One touch on one channel. ``link`` is a Jinja2 template of the URL to track."""
 
@@ -341,6 +357,8 @@ class SendStep(_Model):
     """wechat_article: the author shown on the article (at most 16 characters)."""
     card: InviteCard | None = None
     """wecom_group_invite: the link card's title, description and picture."""
+    at: SendAt | None = None
+    """best_hour: go at the user's most active local hour, at most 24 h after due."""
 
     @property
     def kind(self) -> Literal["send"]:
@@ -786,6 +804,16 @@ class Journey(JourneySpec):
             if step.id == step_id:
                 return index
         raise KeyError(f"journey {self.id!r} has no step {step_id!r}")
+
+    def window_before(self, index: int) -> LocalWindow | None:
+        """The window of the wait that leads to step ``index``: the nearest wait above it
+        with no send step between them (``None`` when there is none or it has no window)."""
+        for step in reversed(self.steps[:index]):
+            if isinstance(step, SendStep):
+                return None
+            if isinstance(step, WaitStep):
+                return step.window
+        return None
 
     def send_step(self, step_id: str) -> SendStep:
         step = self.steps[self.step_index(step_id)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jsonschema
@@ -21,8 +21,10 @@ from orchestrator.config import get_settings
 from orchestrator.journeys.assign import variant_for
 from orchestrator.journeys.cli import register
 from orchestrator.journeys.loader import load_all
+from orchestrator.store.clock import StoredClock
 from orchestrator.store.db import dispose_engines
 from orchestrator.store.models import User, UserFeatures
+from tests.audience.helpers import add_events, ev
 
 REPO = Path(__file__).resolve().parents[2]
 USERS_CSV = (
@@ -253,3 +255,47 @@ def test_preview_without_users_file_or_store_says_what_to_do(
     assert result.exit_code == 1
     assert result.stderr.startswith("error: cannot read user 'u1' from the database")
     assert result.stderr.rstrip().endswith("pass --users users.csv")
+
+
+TIMED = """\
+id: timed
+name: 按活跃时段发送
+entry: { segment: "true" }
+steps:
+  - wait: 1d
+    window: "09:00-20:00"
+  - id: sms
+    send: sms
+    template: sms.j2
+    at: best_hour
+"""
+
+
+def test_preview_shows_the_best_hour(
+    app: typer.Typer, store_url: str, sqlite_engine: Engine, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    journeys, templates = tmp_path / "journeys", tmp_path / "templates"
+    journeys.mkdir()
+    templates.mkdir()
+    policy = yaml.safe_load((REPO / "journeys" / "policy.yaml").read_text(encoding="utf-8"))
+    (journeys / "policy.yaml").write_text(yaml.safe_dump(policy, allow_unicode=True))
+    (journeys / "timed.yaml").write_text(TIMED, encoding="utf-8")
+    (templates / "sms.j2").write_text("好久不见", encoding="utf-8")
+    monkeypatch.setenv("RECALL_JOURNEYS_DIR", str(journeys))
+    monkeypatch.setenv("RECALL_TEMPLATES_DIR", str(templates))
+    get_settings.cache_clear()
+    now = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # Monday 09:00 in Shanghai
+    StoredClock(sqlite_engine).set(now)
+    with Session(sqlite_engine) as session:
+        session.add(User(user_id="u9", phone="+8613800000009"))
+        session.commit()
+    # Evenings at 20:xx (outside the step's window) and a weaker 18:xx habit.
+    add_events(sqlite_engine, [
+        *(ev("u9", "login", now - timedelta(days=d, hours=-11.5)) for d in range(1, 9)),
+        *(ev("u9", "login", now - timedelta(days=d, hours=-9.5)) for d in range(1, 4)),
+    ])
+    result = CliRunner().invoke(app, ["preview", "timed", "--user", "u9"])
+    assert result.exit_code == 0, result.output
+    assert ("send at:  best hour: 2026-03-02 18:00 CST if due now (2026-03-02 09:00 CST); "
+            "profile: own") in result.stdout

@@ -110,6 +110,14 @@ CASES: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "bad send time",
+        VALID.replace('    link: "https://m', '    at: noon\n    link: "https://m'),
+        [
+            "journeys/j.yaml:25:9: bad at 'noon': write at: best_hour (the user's most active "
+            "local hour), or leave it out to send when due"
+        ],
+    ),
+    (
         "variant weights",
         VALID.replace(
             "    template: sms.j2\n",
