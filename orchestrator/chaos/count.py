@@ -20,6 +20,12 @@ The counts (each one a list of findings, so a failing run says *which* person an
 - **unexpected_suppressions**: touches the store suppressed although the run's population
   and policy leave no legitimate reason to (no opt-outs, no quiet hours, exactly the
   caps' worth of touches): a leaked cap reservation shows up here.
+
+A *capped* step (``Expectation.capped``) is one the caps must always refuse: it goes to
+people who already had every touch a cap allows. Its touch must end ``suppressed`` by a cap
+(or ``cancelled``). One the provider sent counts against the caps over the provider's send
+times (not as a second send of the journey's step); one it did not send but the store did
+not refuse either (sent, failed, waiting) is a cap violation of its own.
 """
 
 from __future__ import annotations
@@ -136,6 +142,7 @@ class Expectation:
     caps: Sequence[CapRule]
     timezone: ZoneInfo
     suppressions_expected: bool = False
+    capped: frozenset[str] = frozenset()  # step ids the caps must refuse, whoever gets them
 
     def step_of(self, channel: str) -> str | None:
         return next((s for s, c in self.steps.items() if c == channel), None)
@@ -161,6 +168,7 @@ def tally(
                        f"({send.channel} {send.recipient}, record #{send.seq})")
             continue
         got[(user, step)].append(send)
+    _capped_steps(result, got, touches, expect)
     refused = {(owner.get((r.channel, r.recipient)), expect.step_of(r.channel)) for r in refusals}
     by_key = {(t.enrollment_id, t.step_id): t for t in touches}
     expected: set[tuple[str, str]] = set()
@@ -173,16 +181,38 @@ def tally(
             _judge(result, enrollment.user_id, step, touch,
                    got.get((enrollment.user_id, step), []), (enrollment.user_id, step) in refused)
     for (user, step), received in sorted(got.items()):
-        if (user, step) not in expected:
+        if (user, step) not in expected and step not in expect.capped:
             result.add("mismatches", user, step, f"provider sent to someone not in the "
                        f"treatment arm; records {_seqs(received)}", n=len(received))
     if not expect.suppressions_expected:
         for t in touches:
-            if t.status == "suppressed":
+            if t.status == "suppressed" and t.step_id not in expect.capped:
                 result.add("unexpected_suppressions", t.user_id, t.step_id,
                            f"suppressed: {t.reason}")
     _cap_violations(result, got, expect)
     return result
+
+
+def _capped_steps(result: Tally, got: dict[tuple[str, str], list[ProviderSend]],
+                  touches: Iterable[StoreTouch], expect: Expectation) -> None:
+    """Each touch of a capped step the caps did not refuse is a violation. Its provider send
+    (found by the provider id the store holds) is filed under the capped step, so that it
+    counts against the caps and not as a second send of the journey's step."""
+    for t in touches:
+        if t.step_id not in expect.capped:
+            continue
+        if t.status == "cancelled" or (
+                t.status == "suppressed" and (t.reason or "").startswith("capped:")):
+            continue
+        step = expect.step_of(t.channel)
+        sends = got.get((t.user_id, step), []) if step else []
+        mine = [s for s in sends if t.provider_message_id and s.ref == t.provider_message_id]
+        if mine and step:  # counted over the provider's send times, with the others
+            got[(t.user_id, step)] = [s for s in sends if s not in mine]
+            got[(t.user_id, t.step_id)] += mine
+        else:
+            result.add("cap_violations", t.user_id, t.step_id,
+                       f"{t.status}/{t.reason or '-'}: the caps should have refused it")
 
 
 def _owners(people: Iterable[Person]) -> dict[tuple[str, str], str]:

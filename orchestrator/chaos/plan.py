@@ -17,21 +17,23 @@ class Options:
     waves: int = 20  # enrollments arrive in this many waves...
     wave_every_s: float = 6.0  # ...this far apart
     workers: int = 3
-    concurrency: int = 1  # worker child processes per `recall worker`
+    concurrency: int = 2  # worker child processes per `recall worker` (a tick finds a free
+    # one while another holds a send the sandbox keeps waiting)
     kills: int = 8  # SIGKILLs at random moments
     aimed_kills: int = 6  # SIGKILLs of the process whose provider call is being held
     fault_rate: float = 0.10  # share of provider calls the sandbox disturbs
     lease_s: int = 20  # RECALL_CLAIM_LEASE_S: above the 15 s provider read timeout
     retry_after_s: int = 30  # a 429's Retry-After: longer than the lease
     tail_s: float = 70.0  # chaos after the last wave: its journey's waits and sends
-    storm_max_s: float = 180.0  # then faults go on until all reached the last step, this long
+    storm_max_s: float = 420.0  # then faults go on until every last touch is on its way,
+    # at most this long
     settle_s: float = 300.0  # bound on the calm after the chaos
     seed: int = 1
 
     @classmethod
     def quick(cls, **changes: int | None) -> Options:
         base = cls(users=2_000, waves=8, wave_every_s=5.0, kills=4, aimed_kills=3,
-                   tail_s=60.0, storm_max_s=60.0, settle_s=120.0)
+                   tail_s=60.0, storm_max_s=120.0, settle_s=120.0)
         return _replace(base, changes)
 
     @classmethod

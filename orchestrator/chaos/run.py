@@ -6,8 +6,9 @@
 2. **Chaos** for ``Options.chaos_s``: users arrive in waves (``recall import events
    --trigger``) while the sandbox disturbs ``fault_rate`` of all provider calls, workers
    are SIGKILLed (at random, and aimed at a call the sandbox holds), Redis is restarted
-   empty once and a second beat runs through the middle; then the faults go on until every
-   treatment enrollment has reached the last step (bounded by ``Options.storm_max_s``).
+   empty once and a second beat runs through the middle; every tenth person who has had all
+   three touches is nudged (``chaos-nudge``: the caps must refuse it). Then the faults go on
+   until every treatment enrollment's last touch is on its way (``Options.storm_max_s``).
 3. **Settle**: the faults stop; the run waits (bounded) until no treatment enrollment is
    active and no touch is waiting, claimed, sending or unknown.
 4. **Count**: the sandbox's record, ``recall export touches|enrollments`` and ``recall
@@ -56,8 +57,12 @@ from orchestrator.chaos.services import (
 from orchestrator.engine.stack import free_port, wait_for_port
 
 PACKAGE = Path(__file__).parent
+JOURNEY = "chaos-winback"
 STEPS = {"article": "wechat_article", "invite": "wecom_group_invite", "sms": "sms"}
 LAST_STEP = "sms"
+NUDGE = "nudge"  # the step of chaos-nudge.yaml: the caps must refuse every one
+NUDGE_ONE_IN = 10  # every 10th person is nudged once they had all three touches...
+NUDGE_EVERY_S = 5.0  # ...looked for this often while the faults last
 SEND_PATHS = ("/message/mass/send", "/externalcontact/add_msg_template", "/Messages.json")
 SENDERS = ("staff-a", "staff-b", "staff-c")
 # How the disturbed share of calls splits between kinds (they add up to 1).
@@ -94,6 +99,7 @@ class Weather:
     second_beat_s: float = 0.0
     unplanned_exits: int = 0
     waves: int = 0
+    nudged: int = 0
 
 
 class ChaosRun:
@@ -117,6 +123,9 @@ class ChaosRun:
         self._aims: list[Aim] = []
         self.calm_from = 0  # the first record entry after the faults stopped
         self._beat2_since: float | None = None
+        self._nudged: set[str] = set()
+        self._next_nudge = 0.0
+        self._watch_engine: sa.Engine | None = None
 
     # --- lifecycle --------------------------------------------------------------------
     def __enter__(self) -> ChaosRun:
@@ -271,16 +280,12 @@ class ChaosRun:
         self._storm_until_last_step()
 
     def _storm_until_last_step(self) -> None:
-        """Keep the faults on until every treatment enrollment reached its last step (the
-        machine's pace varies), bounded by ``Options.storm_max_s``."""
-        engine = _engine(self.db.url)
+        """Keep the faults on until every treatment enrollment's last touch has been frozen
+        for sending (the machine's pace varies), bounded by ``Options.storm_max_s``."""
         deadline = time.monotonic() + self.options.storm_max_s
-        try:
-            while time.monotonic() < deadline and (behind := _behind(engine, LAST_STEP)):
-                log(f"{behind:,} enrollments have not reached {LAST_STEP!r} yet; faults go on")
-                self._idle_until(time.monotonic() + 5.0)
-        finally:
-            engine.dispose()
+        while time.monotonic() < deadline and (behind := _behind(self._watch(), LAST_STEP)):
+            log(f"{behind:,} enrollments have not sent {LAST_STEP!r} yet; faults go on")
+            self._idle_until(time.monotonic() + 5.0)
         while self._aims:
             self._idle_until(time.monotonic() + 0.5)
 
@@ -303,9 +308,47 @@ class ChaosRun:
             self._control("POST", "/_sandbox/faults", json=spec)
 
     def _idle_until(self, moment: float) -> None:
+        """Supervise and nudge (the faults are on) until ``moment``."""
         while (now := time.monotonic()) < moment:
             self._supervise()
+            if now >= self._next_nudge:
+                self._next_nudge = now + NUDGE_EVERY_S
+                self._nudge()
             time.sleep(min(0.25, moment - now))
+
+    def _nudge(self) -> None:
+        """Trigger ``chaos-nudge`` for the chosen people who have had all three touches:
+        their caps are full, so each nudge must be refused, before and after Redis lost
+        its data."""
+        with self._watch().connect() as conn:
+            done = conn.execute(sa.text(
+                "SELECT e.user_id FROM enrollments e WHERE e.journey_id = :journey AND "
+                "e.arm = 'treatment' AND (SELECT count(*) FROM touches t WHERE "
+                "t.enrollment_id = e.id AND t.status IN ('sent', 'delivered')) = :steps"),
+                {"journey": JOURNEY, "steps": len(STEPS)}).scalars().all()
+        chosen = sorted(u for u in done
+                        if int(u[1:]) % NUDGE_ONE_IN == 0 and u not in self._nudged)
+        if not chosen:
+            return
+        self._nudged.update(chosen)
+        path = self.dir / f"nudge-{self.weather.nudged}.jsonl"
+        with path.open("w") as fh:
+            for user_id in chosen:
+                fh.write(json.dumps({"event_id": f"nudge-{user_id}", "user_id": user_id,
+                                     "name": "nudge", "ts": datetime.now(UTC).isoformat(),
+                                     "value": None, "props": {}}) + "\n")
+        name = f"nudge{len(self.imports)}"
+        self.imports.append(self._service(name, ["import", "events", str(path),
+                                                 "--trigger"]).start())
+        self.weather.nudged += len(chosen)
+        log(f"nudging {len(chosen)} people whose caps are full")
+
+    def _watch(self) -> sa.Engine:
+        """The run's own connection to the database, to watch progress."""
+        if self._watch_engine is None:
+            self._watch_engine = _engine(self.db.url)
+            self._exit.callback(self._watch_engine.dispose)
+        return self._watch_engine
 
     def _supervise(self) -> None:
         """Fire aimed kills whose call arrived; replace killed workers when due, and any
@@ -462,11 +505,15 @@ class ChaosRun:
                 raise RuntimeError(f"recall {' '.join(export.args)} failed:\n{export.stderr}")
         touches = list(store_touches(json_lines((self.dir / "touches.jsonl").read_text())))
         enrollments = list(store_enrollments(
-            json_lines((self.dir / "enrollments.jsonl").read_text())))
-        expect = Expectation(steps=STEPS, caps=_caps(), timezone=ZoneInfo("Asia/Shanghai"))
+            row for row in json_lines((self.dir / "enrollments.jsonl").read_text())
+            if row["journey_id"] == JOURNEY))
+        expect = Expectation(steps=STEPS, caps=_caps(), timezone=ZoneInfo("Asia/Shanghai"),
+                             capped=frozenset({NUDGE}))
         result = tally(self.people, enrollments, touches, view.sends, view.refusals, expect)
         self._write_stories(result, record)
-        store = {"touches": dict(Counter(f"{t.status}" for t in touches)),
+        store = {"touches": dict(Counter(t.status for t in touches if t.step_id != NUDGE)),
+                 "nudges": dict(Counter(f"{t.status}/{t.reason or '-'}" for t in touches
+                                        if t.step_id == NUDGE)),
                  "enrollments": dict(Counter(e.arm for e in enrollments)),
                  "audit": _audit_counts(audit.stdout), "audit_exit": audit.returncode}
         return result, view, store
@@ -533,12 +580,15 @@ def _sigkill(pids: list[int]) -> None:
 
 
 def _behind(engine: sa.Engine, step: str) -> int:
-    """Treatment enrollments with no touch for ``step`` yet."""
+    """Treatment enrollments of the win-back journey whose ``step`` touch has not been
+    frozen for sending yet (none yet, or still scheduled or claimed)."""
     with engine.connect() as conn:
         return int(conn.execute(sa.text(
-            "SELECT count(*) FROM enrollments e WHERE e.arm = 'treatment' AND NOT EXISTS "
-            "(SELECT 1 FROM touches t WHERE t.enrollment_id = e.id AND t.step_id = :step)"),
-            {"step": step}).scalar_one())
+            "SELECT count(*) FROM enrollments e WHERE e.journey_id = :journey AND "
+            "e.arm = 'treatment' AND NOT EXISTS (SELECT 1 FROM touches t WHERE "
+            "t.enrollment_id = e.id AND t.step_id = :step AND "
+            "t.status NOT IN ('scheduled', 'claimed'))"),
+            {"journey": JOURNEY, "step": step}).scalar_one())
 
 
 def _waiting(engine: sa.Engine) -> dict[str, int]:
@@ -601,6 +651,7 @@ def report(out: TextIO, options: Options, weather: Weather, result: Tally, view:
         {"name": "run", "users": options.users, "workers": options.workers,
          "waves": weather.waves, "unplanned_exits": weather.unplanned_exits,
          "touches": store["touches"], "enrollments": store["enrollments"],
+         "nudged": weather.nudged, "nudges": store["nudges"],
          "provider_sends": len(view.sends), "wall_s": round(wall_s, 1), "seed": options.seed},
     ]
     failed = any(result.totals().values()) or audit_caps or not ok

@@ -172,6 +172,42 @@ def test_calendar_and_rolling_caps_count_each_send_beyond() -> None:
     assert not spaced.of("cap_violations")  # never more than 2 within any 7 days
 
 
+NUDGED = Expectation(steps=STEPS, caps=CAPS, timezone=EXPECT.timezone,
+                     capped=frozenset({"nudge"}))
+
+
+def nudge(n: int, status: str, reason: str | None = None, ref: str | None = None
+          ) -> StoreTouch:
+    return StoreTouch(100 + n, f"u{n}", "treatment", "nudge", "sms", status, reason, ref)
+
+
+def test_a_capped_step_the_caps_refused_counts_nothing() -> None:
+    touches, sends = healthy(1)
+    refused = [*touches, nudge(1, "suppressed", "capped:global")]
+    assert tally([person(1)], enrolled(1), refused, sends, [], NUDGED).totals() == dict.fromkeys(
+        ("duplicates", "lost", "cap_violations", "mismatches", "unexpected_suppressions"), 0)
+
+
+def test_a_capped_step_sent_is_a_cap_violation_not_a_duplicate() -> None:
+    touches, sends = healthy(1)
+    leaked = [*touches, nudge(1, "sent", ref="ref-nudge")]
+    extra = send(1, "sms", seq=90, at=T0 + timedelta(minutes=9), ref="ref-nudge")
+    result = tally([person(1)], enrolled(1), leaked, [*sends, extra], [], NUDGED)
+    assert [f.detail for f in result.of("cap_violations")] == [
+        "cap global (3 per 604800s): 4 sends"]
+    assert result.total("duplicates") == result.total("mismatches") == 0
+
+
+def test_a_capped_step_the_caps_let_through_counts_even_unsent() -> None:
+    touches, sends = healthy(1)
+    for status, reason in (("failed", "invalid_number"), ("suppressed", "opted_out"),
+                           ("sent", None)):  # a send the provider has no record of
+        result = tally([person(1)], enrolled(1), [*touches, nudge(1, status, reason)], sends,
+                       [], NUDGED)
+        assert [f.detail for f in result.of("cap_violations")] == [
+            f"{status}/{reason or '-'}: the caps should have refused it"]
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(min_value=0, max_value=3), min_size=1, max_size=8))
 def test_duplicates_and_losses_add_up(sends_per_person: list[int]) -> None:
