@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import beat_init, worker_init, worker_process_init
 
 from orchestrator.config import get_settings
 from orchestrator.logs import configure_logging
@@ -75,3 +75,14 @@ def _after_fork(**_: Any) -> None:
 # Connected by a call rather than as a decorator: Celery ships no type hints, and an untyped
 # decorator would leave the receiver untyped for mypy. The effect is the same.
 worker_process_init.connect(_after_fork)
+
+
+def _watch_owner(**_: Any) -> None:
+    """A worker or beat started by ``recall run|simulate`` stops when that process is gone."""
+    from orchestrator.engine.lifecycle import watch_owner
+
+    watch_owner()
+
+
+worker_init.connect(_watch_owner)
+beat_init.connect(_watch_owner)

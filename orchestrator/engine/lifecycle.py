@@ -15,6 +15,9 @@ other processes read, the beat schedule). Three things keep that clean:
 - ``stop_processes``: children live in sessions of their own (a terminal's Ctrl-C reaches
   only the parent, which stops them in order: beat, workers, then what they talk to); each
   gets SIGTERM, and whatever is left of its session after a bounded wait gets SIGKILL.
+- ``watch_owner``: a child whose owner was killed outright (SIGKILL: no chance to stop
+  anything) stops itself; the next owner of the state directory stops a leftover
+  embedded Redis (``orchestrator.store.redis``).
 """
 
 from __future__ import annotations
@@ -162,11 +165,34 @@ def _command_line() -> list[str]:
 
 
 def spawn(args: Sequence[str], *, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """A child in a session of its own (see the module docstring), output to ``log``."""
+    """A child in a session of its own (see the module docstring), output to ``log``. It
+    learns who owns it (``watch_owner``)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as sink:  # the child keeps its own descriptor
-        return subprocess.Popen(list(args), env=env, stdout=sink, stderr=subprocess.STDOUT,
+        return subprocess.Popen(list(args), env={**env, OWNER_ENV: str(os.getpid())},
+                                stdout=sink, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+OWNER_ENV = "RECALL_OWNER_PID"
+OWNER_CHECK_S = 1.0
+
+
+def watch_owner() -> None:
+    """In a worker or beat that ``spawn`` started: stop (SIGTERM to itself, the same warm
+    shutdown its owner would ask for) once the owner is gone. An owner killed with SIGKILL
+    stops nothing itself. Does nothing in any other process: the variable must name this
+    process's parent (a pool process, a shell that inherited it, are not watched)."""
+    owner = os.environ.get(OWNER_ENV, "")
+    if not owner.isdigit() or os.getppid() != int(owner):
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(owner):
+            time.sleep(OWNER_CHECK_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="recall-owner-watch", daemon=True).start()
 
 
 def stop_processes(procs: Sequence[subprocess.Popen[Any]],

@@ -191,3 +191,26 @@ def test_a_signal_stops_a_simulation_and_its_children(
     assert f"simulate stopped before its end ({signum.name}); what it did so far stays in " \
            "the database" in r.stderr
     assert_nothing_left(r, redis_server, socket)
+
+
+def test_after_a_sigkill_the_children_stop_themselves_and_the_next_run_clears_redis(
+    recall: Callable[..., Recall],
+) -> None:
+    """SIGKILL leaves the owner no chance: the worker and beat notice their parent is gone
+    and stop; the orphaned embedded Redis is stopped by the next owner of the directory."""
+    killed = recall("run", "--port", str(free_port()))
+    running_stack(killed)
+    orphan = redis_pid(killed)
+    killed.proc.kill()
+    killed.proc.wait()
+    wait_until("worker and beat stop by themselves", lambda: processes_of(killed.state) == {})
+    assert alive(orphan)  # a daemon: nobody but the next owner stops it
+
+    again = recall("run", "--port", str(free_port()), state=killed.state)
+    running_stack(again)
+    assert not alive(orphan)
+    assert f"stopping the embedded Redis (pid {orphan}) left running by a killed run" \
+        in again.stderr
+    assert redis_pid(again) != orphan
+    again.proc.send_signal(signal.SIGTERM)
+    assert again.proc.wait(timeout=DEADLINE_S) == 0
