@@ -74,3 +74,13 @@ def test_among_selects_what_in_selects_with_one_statement_text(db_engine: Engine
     one, many = (str(query.where(among(EVENTS.c.event_id, v)).compile(db_engine))
                  for v in (["a"], values + ["b"]))
     assert one == many  # the list is one parameter: the statement never grows with it
+
+
+def test_migrations_build_exactly_the_models(db_engine: Engine) -> None:
+    """The alembic chain (linear, run by the fixture) and the SQLModel tables agree."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    with db_engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []

@@ -15,7 +15,7 @@ from orchestrator.engine.besthour import BestHour, schedule_best_hours
 from orchestrator.engine.book import upsert
 from orchestrator.engine.runtime import Runtime
 from orchestrator.engine.steps import Facts, Next, advance
-from orchestrator.journeys.assign import variant_for
+from orchestrator.journeys.assign import rung_arm_for, variant_for
 from orchestrator.journeys.model import Journey, SendStep
 from orchestrator.store.db import begin_write
 from orchestrator.store.tables import ENROLLMENTS, EVENTS, TOUCHES, USERS
@@ -115,6 +115,8 @@ def _touch(row: RowMapping, journey: Journey, nxt: Next, priority: int) -> dict[
         "channel": step.send,
         "planned_channel": step.send,
         "variant": variant_for(journey.id, step, row["user_id"]),
+        "rung_arm": rung_arm_for(journey.id, step, row["user_id"])
+        if row["arm"] == "treatment" else None,
         "priority": priority,
         "status": "scheduled",
         "due_at": nxt.due_at,

@@ -1,11 +1,13 @@
 """What happens to claimed touches before any provider call, as small ordered gates.
 
-    inactive → consent and reach (with channel fallback) → quiet hours → caps → render
+    inactive → rung holdout → consent and reach (with channel fallback) → quiet hours
+    → caps → render
 
 Each gate looks only at the touches still undecided and may decide some of them:
-``cancelled`` (the enrollment ended), ``suppressed`` with a reason (opted out, not
-reachable, capped), ``deferred`` to a later due time (quiet hours, capped with
-``when_capped: defer``) or ``failed`` (the template would not render). What is left after
+``cancelled`` (the enrollment ended), ``suppressed`` with a reason (held out of the step by
+its rung holdout, opted out, not reachable, capped), ``deferred`` to a later due time
+(quiet hours, capped with ``when_capped: defer``) or ``failed`` (the template would not
+render). What is left after
 ``render`` holds its cap reservation and is ready to freeze into batches.
 """
 
@@ -83,3 +85,15 @@ def inactive_gate(works: Sequence[Work], now: datetime) -> None:
     for w in works:
         if w.enrollment["state"] != "active":
             w.decide("cancelled", w.enrollment.get("exit_reason") or "exited")
+
+
+RUNG_HOLDOUT = "rung_holdout"  # the reason of a touch its step's rung holdout skipped
+
+
+def rung_holdout_gate(works: Sequence[Work], now: datetime) -> None:
+    """A user drawn into the step's rung holdout is not touched at this step: suppressed
+    before consent, caps or rendering (nothing is reserved, nothing sent), and the
+    enrollment goes on to the next step."""
+    for w in works:
+        if w.touch.get("rung_arm") == "holdout":
+            w.decide("suppressed", RUNG_HOLDOUT)

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import update
 
 from orchestrator.clock import as_utc
-from orchestrator.engine.pipeline import Gate, Work, inactive_gate
+from orchestrator.engine.pipeline import Gate, Work, inactive_gate, rung_holdout_gate
 from orchestrator.engine.runtime import Runtime
 from orchestrator.errors import RecallError, RetryLater
 from orchestrator.journeys.model import Policy
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 def gates_for(rt: Runtime) -> list[Gate]:
     return [
         inactive_gate,
+        rung_holdout_gate,
         lambda works, now: consent_gate(rt, works, now),
         quiet_gate,
         lambda works, now: caps_gate(rt, works, now),

@@ -1,8 +1,8 @@
-"""Deterministic assignment of a user to an arm and to an A/B variant.
+"""Deterministic assignment of a user to an arm, a step's rung arm and an A/B variant.
 
-Both hash only stable names (journey id, step id, user id): a user keeps the same arm and
-variant across journey versions and re-entries. The two hashes use different prefixes, so
-the arm and the variant are independent.
+Each hashes only stable names (journey id, step id, user id): a user keeps the same arm,
+rung arm and variant across journey versions and re-entries. The hashes use different
+prefixes, so the three draws are independent.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Literal
 from orchestrator.journeys.model import SendStep
 
 Arm = Literal["control", "treatment"]
+RungArm = Literal["holdout", "treatment"]
 
 
 def unit_hash(key: str) -> float:
@@ -24,6 +25,15 @@ def unit_hash(key: str) -> float:
 def arm_for(journey_id: str, user_id: str, holdout: float) -> Arm:
     """``control`` for a ``holdout`` fraction of users, else ``treatment``."""
     return "control" if unit_hash(f"arm:{journey_id}:{user_id}") < holdout else "treatment"
+
+
+def rung_arm_for(journey_id: str, step: SendStep, user_id: str) -> RungArm | None:
+    """For a treatment user at a step with a rung ``holdout``: ``holdout`` (the step is
+    skipped) for that share of users, else ``treatment``; ``None`` when the step has none."""
+    if not step.holdout:
+        return None
+    held = unit_hash(f"rung:{journey_id}:{step.id}:{user_id}") < step.holdout
+    return "holdout" if held else "treatment"
 
 
 def variant_for(journey_id: str, step: SendStep, user_id: str) -> str | None:

@@ -92,6 +92,7 @@ def journey_problems(
     problems = [
         *graph,
         *_reentry(check),
+        *_rung_holdouts(check),
         *_test_recipients(check),
         *_branch_calls(check),
         *_pools(check),
@@ -105,6 +106,21 @@ def journey_problems(
 
 
 # ---------------------------------------------------------------- journey-level
+
+
+def _rung_holdouts(check: JourneyCheck) -> Iterator[Problem]:
+    """A rung holdout skips its step for some users; only a goal measures what that cost."""
+    if check.spec.goal is not None:
+        return
+    for index, step in enumerate(check.spec.steps):
+        if isinstance(step, SendStep) and step.holdout:
+            yield check.problem(
+                ("steps", index, "holdout"),
+                f"step {step.id!r} holds {step.holdout:.0%} of its users out, but the journey "
+                "has no goal: nothing measures what the step adds; add a goal or remove "
+                "the holdout",
+                severity="warning",
+            )
 
 
 def _reentry(check: JourneyCheck) -> Iterator[Problem]:

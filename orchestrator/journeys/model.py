@@ -359,6 +359,9 @@ class SendStep(_Model):
     """wecom_group_invite: the link card's title, description and picture."""
     at: SendAt | None = None
     """best_hour: go at the user's most active local hour, at most 24 h after due."""
+    holdout: Holdout = Field(default=0.0, json_schema_extra={"default": "0%"})
+    """Rung holdout, 0% to 50%: that share of the treatment arm skips this step (and goes
+    on), so the step's own increment is measured."""
 
     @property
     def kind(self) -> Literal["send"]:

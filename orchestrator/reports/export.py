@@ -21,7 +21,7 @@ ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
 TOUCH_COLUMNS = (
     "journey_id", "journey_version", "enrollment_id", "user_id", "arm", "variant", "step_id",
     "channel", "status", "reason", "due_at", "sent_at", "delivered_at", "clicked_at",
-    "converted_at", "provider_message_id", "cost",
+    "converted_at", "provider_message_id", "cost", "rung_arm",
 )
 ENROLLMENT_COLUMNS = (
     "journey_id", "enrollment_id", "user_id", "arm", "variant", "state", "entered_at",

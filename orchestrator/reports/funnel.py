@@ -22,6 +22,7 @@ from orchestrator.clock import as_utc, utcnow
 from orchestrator.journeys.model import Journey, Policy
 from orchestrator.reports.retention import by_arm as retention_by_arm
 from orchestrator.reports.retention import retention
+from orchestrator.reports.rungs import rungs
 from orchestrator.reports.stats import ArmCount, compare, wilson_interval
 from orchestrator.store.clock import StoredClock
 from orchestrator.store.tables import CONVERSIONS, ENROLLMENTS, TOUCHES
@@ -171,10 +172,13 @@ def _steps(conn: Connection, journey: Journey) -> list[dict[str, Any]]:
         for step_id, channel, eligible, sent, delivered, clicked, converted, cost in counted
     }
     reported = _mass_send_reports(conn, journey.id)
+    by_step = rungs(conn, journey)
     steps = [rows.get(key) or _empty_step(*key) for key in _step_order(journey, rows)]
     for step in steps:
         if step["channel"] == AGGREGATE_DELIVERY:
             _aggregate_only(step, reported.get((step["step_id"], step["channel"])))
+        # On the step's first row (its planned channel): the rung covers all its channels.
+        step["rung"] = by_step.pop(step["step_id"], None)
     return steps
 
 

@@ -25,7 +25,9 @@ CSV_COLUMNS = (
     "kind", "name", "channel", "eligible", "sent", "delivered", "clicked", "converted",
     "suppressed", "suppressed_by_reason", "cost", "enrolled", "rate", "revenue",
     "uplift_absolute", "uplift_relative", "ci95_low", "ci95_high", "p_value", "significant",
-    "warning", "roi", "currency", "note", "window", "retained",
+    "warning", "roi", "currency", "note", "window", "retained", "rung_share", "rung_holdout",
+    "rung_holdout_converted", "rung_treatment", "rung_treatment_converted",
+    "incremental_conversions", "cost_per_incremental", "incremental_revenue",
 )
 
 
@@ -66,7 +68,7 @@ def to_csv(report: dict[str, Any]) -> str:
             **{k: step[k] for k in ("channel", *FUNNEL, "cost")},
             "suppressed": sum(step["suppressed"].values()),
             "suppressed_by_reason": ";".join(f"{r}={n}" for r, n in step["suppressed"].items()),
-            "currency": currency, "note": step.get("note"),
+            "currency": currency, "note": step.get("note"), **_rung_cells(step.get("rung")),
         })
     writer.writerow(_total_row(report))
     return buffer.getvalue()
@@ -76,6 +78,19 @@ def _total_row(report: dict[str, Any]) -> dict[str, Any]:
     return {"kind": "total", "name": report["journey_id"], "cost": report["cost"],
             "revenue": report["revenue"], "roi": report["roi"],
             "currency": report.get("currency"), **_uplift_cells(report["uplift"])}
+
+
+def _rung_cells(rung: dict[str, Any] | None) -> dict[str, Any]:
+    """A step's rung holdout in its row: counts, increment, and the uplift columns."""
+    if rung is None:
+        return {}
+    return {"rung_share": rung["share"], "rung_holdout": rung["holdout"],
+            "rung_holdout_converted": rung["holdout_converted"],
+            "rung_treatment": rung["treatment"],
+            "rung_treatment_converted": rung["treatment_converted"],
+            **{k: rung[k] for k in ("incremental_conversions", "cost_per_incremental",
+                                    "incremental_revenue", "roi")},
+            **_uplift_cells(rung["uplift"])}
 
 
 def _uplift_cells(uplift: dict[str, Any]) -> dict[str, Any]:
@@ -105,6 +120,12 @@ def to_table(report: dict[str, Any], width: int = 120) -> str:
     for step in report["steps"]:
         if step.get("note"):
             line(f"{step['step_id']} ({step['channel']}): {step['note']}")
+    rungs = [step for step in report["steps"] if step.get("rung")]
+    if rungs:
+        console.print(_rungs_table(report, rungs))
+        for step in rungs:
+            if step["rung"]["uplift"].get("warning"):
+                line(f"rung {step['step_id']}: warning: {step['rung']['uplift']['warning']}")
     line(_money_line(report))
     if report.get("wecom_senders"):
         console.print(_senders_table(report))
@@ -160,6 +181,31 @@ def _steps_table(report: dict[str, Any]) -> Table:
         suppressed = ", ".join(f"{r} {n:,}" for r, n in step["suppressed"].items()) or "—"
         table.add_row(step["step_id"], step["channel"], *(fmt.count(step[k]) for k in FUNNEL),
                       suppressed, _money(report, step["cost"]))
+    return table
+
+
+def _rungs_table(report: dict[str, Any], steps: list[dict[str, Any]]) -> Table:
+    table = Table(title="each step's own increment (rung holdouts): treatment users who "
+                        "reached the step, held out of it or not")
+    for column in ("step", "held out", "reached", "incremental conversions", "cost",
+                   "cost per incremental", "ROI", "95% CI", "p"):
+        table.add_column(column, justify="left" if column == "step" else "right")
+    for step in steps:
+        rung = step["rung"]
+        up = rung["uplift"]
+        mark = fmt.stars(up)
+        table.add_row(
+            f"{step['step_id']} ({rung['share'] * 100:g}%)" if rung["share"]
+            else f"{step['step_id']} (holdout removed)",
+            _share({"retained": rung["holdout_converted"], "eligible": rung["holdout"],
+                    "rate": rung["holdout_rate"]}),
+            _share({"retained": rung["treatment_converted"], "eligible": rung["treatment"],
+                    "rate": rung["treatment_rate"]}),
+            "—" if rung["incremental_conversions"] is None
+            else f"{rung['incremental_conversions']:+,.2f}",
+            _money(report, rung["cost"]), _money(report, rung["cost_per_incremental"]),
+            fmt.num(rung["roi"]), fmt.interval(up),
+            fmt.p_value(up["p_value"]) + (f" {mark}" if mark else ""))
     return table
 
 

@@ -71,17 +71,19 @@ class Uplift:
                 "warning": self.warning}
 
 
-def compare(control: ArmCount, treatment: ArmCount) -> Uplift:
+def compare(control: ArmCount, treatment: ArmCount,
+            names: tuple[str, str] = ("control", "treatment")) -> Uplift:
     """Uplift of ``treatment`` over ``control`` (see the module for every definition).
 
-    ``relative`` is ``absolute / control rate`` (``None`` when the control rate is 0).
+    ``relative`` is ``absolute / control rate`` (``None`` when the control rate is 0);
+    ``names`` are the arms' names in the warning.
     """
     p_c, p_t = control.rate, treatment.rate
     if p_c is None or p_t is None:
         return Uplift(absolute=None, relative=None, ci95=None, p_value=None)
     absolute = p_t - p_c
     ci95 = newcombe_interval(control, treatment)
-    warning = small_sample_warning(control, treatment)
+    warning = small_sample_warning(control, treatment, names)
     assert ci95 is not None
     return Uplift(
         absolute=absolute,
@@ -138,7 +140,8 @@ def newcombe_p_value(control: ArmCount, treatment: ArmCount) -> float | None:
     return math.erfc(high / math.sqrt(2))
 
 
-def small_sample_warning(control: ArmCount, treatment: ArmCount) -> str | None:
+def small_sample_warning(control: ArmCount, treatment: ArmCount,
+                         names: tuple[str, str] = ("control", "treatment")) -> str | None:
     """The plain warning when a cell expects fewer than 5 users if the arms did not differ
     (Cochran's rule); ``None`` when the counts suffice or an arm is empty."""
     total = control.enrolled + treatment.enrolled
@@ -149,7 +152,7 @@ def small_sample_warning(control: ArmCount, treatment: ArmCount) -> str | None:
                    for share in (pooled, 1 - pooled))
     if smallest >= MIN_EXPECTED:
         return None
-    return (f"too few users to judge (control {control}, treatment {treatment}): an arm "
+    return (f"too few users to judge ({names[0]} {control}, {names[1]} {treatment}): an arm "
             f"would expect fewer than {MIN_EXPECTED:g} conversions or non-conversions even "
             "with no difference; read the interval, not a verdict")
 

@@ -188,6 +188,8 @@ class Touch(SQLModel, table=True):
     channel: str = Field(max_length=32)
     planned_channel: str | None = Field(default=None, max_length=32)  # before fallback
     variant: str | None = Field(default=None, max_length=32)
+    # A step with a rung holdout: holdout (skipped, never sent) or treatment; else NULL.
+    rung_arm: str | None = Field(default=None, max_length=16)
     priority: int = 0
     # scheduled|claimed|sending|unknown|sent|delivered|failed|suppressed|cancelled
     status: str = Field(default="scheduled", max_length=16)

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from orchestrator.journeys.assign import arm_for, unit_hash, variant_for
+from orchestrator.journeys.assign import arm_for, rung_arm_for, unit_hash, variant_for
 from orchestrator.journeys.model import SendStep, Variant
 
 USERS = [f"user-{n}" for n in range(100_000)]
@@ -70,3 +70,27 @@ def test_variants_of_two_steps_are_independent() -> None:
 def test_arms_of_two_journeys_are_independent() -> None:
     both = sum(arm_for("a", u, 0.5) == arm_for("b", u, 0.5) == "control" for u in USERS)
     assert both / len(USERS) == pytest.approx(0.25, abs=0.005)
+
+
+def test_rung_arm_is_stable_in_proportion_and_independent_of_arm_and_variant() -> None:
+    step = ab_step(a=50, b=50).model_copy(update={"holdout": 0.2})
+    again = SendStep(id="sms", send="sms", template="other.j2", holdout=0.2)  # a new version
+    rung = {user: rung_arm_for("j", step, user) for user in USERS}
+    assert all(rung_arm_for("j", again, user) == rung[user] for user in USERS[:1000])
+    held = [user for user, arm in rung.items() if arm == "holdout"]
+    assert set(rung.values()) == {"holdout", "treatment"}
+    assert len(held) / len(USERS) == pytest.approx(0.2, abs=0.005)
+    # Independent draws: the rung holdout is a fifth of either arm and of either variant.
+    for draw in (lambda u: arm_for("j", u, 0.5), lambda u: variant_for("j", step, u)):
+        groups = Counter(draw(u) for u in USERS)
+        held_by = Counter(draw(u) for u in held)
+        for group, n in groups.items():
+            assert held_by[group] / n == pytest.approx(0.2, abs=0.01)
+    # Another step of the same journey draws its own holdout.
+    other = step.model_copy(update={"id": "article"})
+    overlap = sum(rung_arm_for("j", other, u) == "holdout" for u in held) / len(held)
+    assert overlap == pytest.approx(0.2, abs=0.01)
+
+
+def test_a_step_without_a_rung_holdout_has_no_rung_arm() -> None:
+    assert rung_arm_for("j", SendStep(id="s", send="sms", template="t.j2"), "u") is None

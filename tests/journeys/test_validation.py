@@ -153,6 +153,19 @@ CASES: list[tuple[str, str, list[str]]] = [
          "(30d): each window starts where the one before ends, e.g. [7d, 30d]"],
     ),
     (
+        "rung holdout above 50%",
+        VALID.replace("    link:", "    holdout: 60%\n    link:"),
+        ["journeys/j.yaml:25:14: holdout 60% is outside 0–50%"],
+    ),
+    (
+        "rung holdout that nothing measures",
+        VALID.replace("goal: { event: order_placed, within: 7d }\n", "").replace(
+            "reentry: 30d\n", "").replace("    link:", "    holdout: 5%\n    link:"),
+        ["journeys/j.yaml:23:14: warning: step 'sms' holds 5% of its users out, but the "
+         "journey has no goal: nothing measures what the step adds; add a goal or remove the "
+         "holdout"],
+    ),
+    (
         "duplicate step ids",
         VALID.replace("  - id: invite", "  - id: article"),
         [

@@ -22,7 +22,7 @@ def _step(step_id: str, channel: str, eligible: int, sent: int, delivered: int, 
           converted: int, suppressed: dict[str, int], cost: float) -> dict[str, Any]:
     return {"step_id": step_id, "channel": channel, "eligible": eligible, "sent": sent,
             "delivered": delivered, "clicked": clicked, "converted": converted,
-            "suppressed": suppressed, "cost": pytest.approx(cost)}
+            "suppressed": suppressed, "cost": pytest.approx(cost), "rung": None}
 
 
 def _aggregate(step: dict[str, Any], **reported: int) -> dict[str, Any]:
