@@ -25,7 +25,9 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.sql.elements import ColumnElement
 
+from orchestrator.audience.segment_sql import segment_condition
 from orchestrator.clock import as_utc, utcnow
 from orchestrator.engine.attempts import OPEN_STATES
 from orchestrator.engine.cursors import run_cursors
@@ -38,7 +40,7 @@ from orchestrator.engine.dispatch import (
     claim_due,
     release_all_claims,
 )
-from orchestrator.engine.enroll import EnrollResult, enroll
+from orchestrator.engine.enroll import EnrollResult, enroll, enroll_matching
 from orchestrator.engine.policy_gates import rebuild_caps, release_caps
 from orchestrator.engine.refresh import claim_refresh, run_refresh
 from orchestrator.engine.runtime import Runtime
@@ -202,20 +204,35 @@ def next_after(cron: str, since: datetime, tz: ZoneInfo) -> datetime:
 
 
 def _run_schedule(rt: Runtime, journey: Journey, now: datetime) -> int:
-    # The segment is read before the write transaction: a large audience must not hold the
+    # A segment SQL can say is enrolled in one statement; otherwise it is read (and
+    # evaluated in Python) before the write transaction: a large audience must not hold the
     # write lock (on SQLite, the whole database) while it is evaluated.
-    with rt.db.connect() as conn:
-        members = list(segment_members(conn, journey.entry.segment or "True"))
+    condition = set_based(rt, journey)
+    members: list[str] = []
+    if condition is None:
+        with rt.db.connect() as conn:
+            members = list(segment_members(conn, journey.entry.segment or "True"))
     with begin_write(rt.db) as conn:
         state = conn.execute(select(STATES).where(STATES.c.journey_id == journey.id)
                              .with_for_update()).mappings().first()
         fire = _fire(journey, state, rt, now) if state and state["state"] == "active" else None
         if fire is None:
             return 0  # another tick ran it first
-        enrolled = enroll(conn, journey, members, now=now).enrolled
+        if condition is None:
+            enrolled = enroll(conn, journey, members, now=now).enrolled
+        else:
+            enrolled = enroll_matching(conn, journey, condition, now=now).enrolled
         conn.execute(update(STATES).where(STATES.c.journey_id == journey.id)
                      .values(last_schedule_run_at=fire))
     return enrolled
+
+
+def set_based(rt: Runtime, journey: Journey) -> ColumnElement[bool] | None:
+    """The journey's segment as SQL when its whole audience can be enrolled in one statement
+    (PostgreSQL, a segment SQL can say exactly, no coupon pools), else None."""
+    if rt.db.dialect.name != "postgresql" or journey.pools:
+        return None
+    return segment_condition(journey.entry.segment or "True")
 
 
 def last_fire(cron: str, since: datetime, now: datetime, tz: ZoneInfo) -> datetime | None:
@@ -236,6 +253,10 @@ def next_fire(cron: str, after: datetime, tz: ZoneInfo) -> datetime:
 def enroll_segment(rt: Runtime, journey: Journey, *, dry_run: bool = False) -> EnrollResult:
     """``recall enroll``: the journey's segment, now."""
     now = rt.clock.now()
+    condition = set_based(rt, journey)
+    if condition is not None:
+        with begin_write(rt.db) as conn:
+            return enroll_matching(conn, journey, condition, now=now, dry_run=dry_run)
     with rt.db.connect() as conn:
         members = list(segment_members(conn, journey.entry.segment or "True"))
     with begin_write(rt.db) as conn:

@@ -22,6 +22,20 @@ def unit_hash(key: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def control_threshold(holdout: float) -> int:
+    """The smallest ``n`` with ``n / 2**64 >= holdout``: a user is in ``control`` exactly
+    when the first 8 bytes of their arm hash, read as a big-endian integer, are below it
+    (what a database compares, with the same float rounding as ``unit_hash``)."""
+    low, high = 0, 2**64
+    while low < high:
+        mid = (low + high) // 2
+        if mid / 2**64 >= holdout:
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
 def arm_for(journey_id: str, user_id: str, holdout: float) -> Arm:
     """``control`` for a ``holdout`` fraction of users, else ``treatment``."""
     return "control" if unit_hash(f"arm:{journey_id}:{user_id}") < holdout else "treatment"
