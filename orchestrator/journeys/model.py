@@ -33,6 +33,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from orchestrator.audience.config import AudienceConfig
 from orchestrator.errors import ConfigError, JourneyError
 from orchestrator.journeys.durations import (
     DURATION_PATTERN,
@@ -646,6 +647,8 @@ class Policy(_Model):
     sms: SmsPolicy
     currency: str = "CNY"
     """ISO 4217 code of every amount: the SMS price, costs, revenue (goal event values)."""
+    audience: AudienceConfig = Field(default_factory=AudienceConfig)
+    """Activity events, RFM window, tier thresholds and golden-window detectors."""
 
     @field_validator("currency")
     @classmethod

@@ -485,6 +485,25 @@ def test_policy_caps_above_the_platform_limits(ws: Workspace) -> None:
     ]
 
 
+def test_policy_audience_section_is_checked_not_refused(ws: Workspace) -> None:
+    from tests.journeys.conftest import POLICY
+
+    ws.write(
+        "journeys/policy.yaml",
+        POLICY + "audience:\n  tiers: { at_risk_days: 5 }\n  rfm_window_days: 60\n",
+    )
+    assert ws.problems() == []
+    ws.write(
+        "journeys/policy.yaml", POLICY + "audience:\n  rfm_window_days: 0\n  tier: {}\n"
+    )
+    lines = len(POLICY.splitlines())
+    assert ws.problems() == [
+        f"journeys/policy.yaml:{lines + 2}:20: audience.rfm_window_days: input should be "
+        "greater than or equal to 1, not 0",
+        f"journeys/policy.yaml:{lines + 3}:3: unknown key 'tier' (did you mean 'tiers'?)",
+    ]
+
+
 def test_policy_wecom_cap_over_a_week_is_above_the_daily_platform_limit(ws: Workspace) -> None:
     from tests.journeys.conftest import POLICY
 
