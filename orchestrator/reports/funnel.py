@@ -205,13 +205,18 @@ def _aggregate_only(step: dict[str, Any], reported: Counter[str] | None) -> None
     step carries WeChat's own counts instead (``delivered_reported``) and says so."""
     step["delivered"] = None
     totals = reported or Counter()
-    step["delivered_reported"] = {key: int(totals[key]) for key in (
+    counts = {key: int(totals[key]) for key in (
         "batches", "reported", "total_count", "filter_count", "sent_count", "error_count")}
+    # WeChat's FilterCount is what is left *after* its filter (quota, refusals): the count
+    # it went on to send, SentCount + ErrorCount. Filtered out is TotalCount − FilterCount.
+    counts["filtered_out"] = counts["total_count"] - counts["filter_count"]
+    step["delivered_reported"] = counts
     note = "WeChat reports a mass-sent article's delivery in aggregate only, not per touch"
     if totals["reported"]:
-        note += (f": {totals['sent_count']:,} delivered, {totals['error_count']:,} failed, "
-                 f"{totals['filter_count']:,} filtered of {totals['total_count']:,}, "
-                 f"from {totals['reported']:,} of {totals['batches']:,} mass sends' reports")
+        note += (f": of {counts['total_count']:,} listed, {counts['filtered_out']:,} filtered "
+                 f"out by WeChat, {counts['filter_count']:,} sent to: "
+                 f"{counts['sent_count']:,} delivered, {counts['error_count']:,} failed "
+                 f"(from {counts['reported']:,} of {counts['batches']:,} mass sends' reports)")
     elif totals["batches"]:
         note += f": none of its {totals['batches']:,} mass sends has reported yet"
     step["note"] = note

@@ -27,7 +27,7 @@ def _step(step_id: str, channel: str, eligible: int, sent: int, delivered: int, 
 
 def _aggregate(step: dict[str, Any], **reported: int) -> dict[str, Any]:
     counts = {"batches": 0, "reported": 0, "total_count": 0, "filter_count": 0,
-              "sent_count": 0, "error_count": 0} | reported
+              "sent_count": 0, "error_count": 0, "filtered_out": 0} | reported
     return step | {"delivered": None, "delivered_reported": counts, "note":
                    "WeChat reports a mass-sent article's delivery in aggregate only, not per touch"}
 
@@ -166,8 +166,8 @@ def test_an_article_step_shows_wechats_own_delivery_counts(dataset: Dataset) -> 
     with dataset.engine.begin() as conn:
         conn.execute(insert(BATCHES), [
             {**article, "result": {"msg_data_id": 7, "status": "send success",
-                                   "total_count": 3, "filter_count": 1, "sent_count": 2,
-                                   "error_count": 0}},
+                                   "total_count": 4, "filter_count": 3, "sent_count": 2,
+                                   "error_count": 1}},
             {**article, "id": "a2", "result": {"msg_data_id": 8}},  # not reported yet
             {**article, "id": "a3", "state": "failed",
              "result": {"sent_count": 50}},  # refused: not a send
@@ -175,8 +175,12 @@ def test_an_article_step_shows_wechats_own_delivery_counts(dataset: Dataset) -> 
     report = journey_report(dataset.engine, dataset.journey, dataset.policy, now=NOW)
     step = report["steps"][0]
     assert step["delivered"] is None
-    assert step["delivered_reported"] == {"batches": 2, "reported": 1, "total_count": 3,
-                                          "filter_count": 1, "sent_count": 2, "error_count": 0}
+    # WeChat's FilterCount (3) is what is left after its filter: 1 of 4 was filtered out,
+    # and FilterCount = SentCount + ErrorCount.
+    assert step["delivered_reported"] == {"batches": 2, "reported": 1, "total_count": 4,
+                                          "filter_count": 3, "sent_count": 2, "error_count": 1,
+                                          "filtered_out": 1}
     assert step["note"] == (
         "WeChat reports a mass-sent article's delivery in aggregate only, not per touch: "
-        "2 delivered, 0 failed, 1 filtered of 3, from 1 of 2 mass sends' reports")
+        "of 4 listed, 1 filtered out by WeChat, 3 sent to: 2 delivered, 1 failed "
+        "(from 1 of 2 mass sends' reports)")
