@@ -32,7 +32,10 @@ from orchestrator.config import Settings
 from orchestrator.errors import InputError
 
 SYNTH_START = datetime.fromisoformat("2026-01-05T00:00:00+08:00")
-HISTORY_DAYS = 44  # history before the simulation starts (2026-02-18, a Wednesday)
+# History before the simulation starts: 2026-03-01 (a Sunday), so that the monthly journey
+# (the 1st, 10:00) enrolls on the first day and its 3-day follow-up and a full 14-day goal
+# window fall inside a 14-day run; 55 days also give the churn model later training windows.
+HISTORY_DAYS = 55
 TRAIN_LAG_DAYS = 28  # churn cutoff: two horizons before the start (label, then evaluation)
 HORIZON = timedelta(days=14)
 MODEL = "gbm"
