@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     wechat_token: SecretStr = SecretStr("sandbox-token")
     wechat_aes_key: SecretStr | None = None
     wechat_api_base: str | None = None
-    wechat_template_id: str = "recall-touch"  # template-message mode: lone or per-user link
+    wechat_template_id: str = "recall-touch"  # template messages: lone or per-recipient
 
     # WeCom
     wecom_corp_id: str = "ww-sandbox-corp"

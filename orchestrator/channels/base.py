@@ -73,11 +73,27 @@ class TouchResult:
     retry_after_s: float | None = None  # "absent" after a refusal: the provider's Retry-After
 
 
+PER_RECIPIENT = "per_recipient"  # SendRequest.options["mode"]: every message its own text
+
+
+def per_recipient(request: SendRequest) -> bool:
+    """Does this batch of a one-text channel carry a different text for each recipient?"""
+    return request.options.get("mode") == PER_RECIPIENT
+
+
 class Channel(Protocol):
-    """A provider adapter. ``name`` is the journey's ``send:`` value."""
+    """A provider adapter. ``name`` is the journey's ``send:`` value.
+
+    ``one_text``: one provider call carries one text for all its recipients (a mass send, a
+    WeCom task). The engine then freezes recipients whose rendered content is identical
+    together, the batch holding that content once, and puts recipients with content of
+    their own into batches with ``options["mode"] = PER_RECIPIENT``, which the adapter
+    sends by one call per recipient. Never the first recipient's text to everyone.
+    """
 
     name: ClassVar[str]
     max_batch: ClassVar[int]
+    one_text: ClassVar[bool]
 
     def send(self, request: SendRequest) -> list[TouchResult]:
         """Send every message of the batch once; one result per message."""

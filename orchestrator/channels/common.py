@@ -9,7 +9,13 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
-from orchestrator.channels.base import Message, SendRequest, TouchResult
+from orchestrator.channels.base import (
+    PER_RECIPIENT,
+    Message,
+    SendRequest,
+    TouchResult,
+    per_recipient,
+)
 from orchestrator.errors import ChannelConfig, ConfigError
 
 T = TypeVar("T")
@@ -81,6 +87,22 @@ def check_batch(request: SendRequest, *, channel: str, max_batch: int) -> None:
             f"{channel}: batch {request.batch_id!r} has {len(request.messages)} messages, more "
             f"than max_batch={max_batch}; split due touches into batches of at most "
             f"{channel}.max_batch before sending",
+            provider=channel,
+        )
+
+
+def check_one_text(request: SendRequest, *, channel: str) -> None:
+    """A shared batch (not ``per_recipient``) is sent as one text to all its recipients: refuse
+    it, before any call, if its messages do not all say the same thing, so that nobody ever
+    gets somebody else's text or link."""
+    if per_recipient(request):
+        return
+    contents = {(m.title, m.text, m.link) for m in request.messages}
+    if len(contents) > 1:
+        raise ChannelConfig(
+            f"{channel}: batch {request.batch_id!r} holds {len(contents)} different texts, but "
+            "one call sends one text to all its recipients; freeze recipients with their own "
+            f"text in a batch with options mode={PER_RECIPIENT!r}",
             provider=channel,
         )
 

@@ -124,6 +124,7 @@ class SmsChannel:
 
     name: ClassVar[str] = "sms"
     max_batch: ClassVar[int] = 100
+    one_text: ClassVar[bool] = False  # one message per call: each its own text
 
     def __init__(
         self,

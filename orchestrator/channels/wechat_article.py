@@ -27,15 +27,20 @@ refuses, down to the OpenIDs it does not know): those fail as ``invalid_openid``
 following as ``not_following``, and the rest is sent under the same clientmsgid (a refused
 call created nothing).
 
-A lone recipient (mass send needs two) or ``options["mode"] == "template"`` (per-user links)
-goes by template message (``message/template/send``, ``options["template_id"]``), one call
-per touch, recorded in the ``SendLedger`` because template messages have no idempotency key
-and no lookup: ``reconcile`` answers from the ledger, and calls a message it has no record of
-``absent`` only while the ledger is intact (else ``unknown``: it may have been sent).
+A mass send is one article for all its recipients: a batch that is not ``per_recipient``
+must hold one text (``check_one_text``, before any call), which the engine guarantees by
+freezing recipients together only when their rendered article is identical. A lone
+recipient (mass send needs two) or a ``per_recipient`` batch (content of their own: user
+data, a per-touch link) goes by template message (``message/template/send``,
+``options["template_id"]``, the touch's link or the step's landing page as its URL), one
+call per touch, recorded in the ``SendLedger`` because template messages have no idempotency
+key and no lookup: ``reconcile`` answers from the ledger, and calls a message it has no
+record of ``absent`` only while the ledger is intact (else ``unknown``: it may have been
+sent).
 
 Options: ``title`` (else each message's title), ``cover_jpeg_b64``, ``cover_name``,
 ``author``, ``digest``, ``link`` (the article's "read more" URL: a fixed landing page),
-``send_ignore_reprint``, ``mode``, ``template_id``, ``template_data`` (JSON
+``send_ignore_reprint``, ``mode`` (``per_recipient``), ``template_id``, ``template_data`` (JSON
 ``{field: text}``; ``{title}``, ``{text}``, ``{link}``, ``{user_id}`` are replaced).
 """
 
@@ -53,8 +58,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from wechatpy.exceptions import WeChatClientException
 
-from orchestrator.channels.base import Message, SendRequest, TouchResult
-from orchestrator.channels.common import DEFAULT_TIMEOUT, PerThread, check_batch, failed, unknown
+from orchestrator.channels.base import Message, SendRequest, TouchResult, per_recipient
+from orchestrator.channels.common import (
+    DEFAULT_TIMEOUT,
+    PerThread,
+    check_batch,
+    check_one_text,
+    failed,
+    unknown,
+)
 from orchestrator.channels.errors import wechat_reason
 from orchestrator.channels.fanout import Outcome, from_entry, send_each
 from orchestrator.channels.ledger import SendLedger
@@ -98,6 +110,7 @@ class WeChatArticleChannel:
 
     name: ClassVar[str] = "wechat_article"
     max_batch: ClassVar[int] = 10_000
+    one_text: ClassVar[bool] = True  # a mass send is one article for all its recipients
 
     def __init__(
         self,
@@ -373,8 +386,8 @@ class WeChatArticleChannel:
         template_id = request.options.get("template_id")
         if not template_id:
             why = (
-                "mode=template (per-user links) sends by template message"
-                if request.options.get("mode") == "template"
+                "content of each recipient's own goes by template message"
+                if per_recipient(request)
                 else "a lone recipient goes by template message (a mass send needs two OpenIDs)"
             )
             raise ChannelConfig(
@@ -398,7 +411,8 @@ class WeChatArticleChannel:
             answer = client.call(
                 "POST message/template/send",
                 lambda: client.message.send_template(
-                    message.recipient.openid, template_id, data, url=message.link
+                    message.recipient.openid, template_id, data,
+                    url=message.link or request.options.get("link") or None,
                 ),
             )
         except ChannelRecipient as exc:
@@ -436,7 +450,7 @@ def _no_openid(message: Message) -> TouchResult | None:
 
 def _template_mode(request: SendRequest) -> bool:
     openids = {m.recipient.openid for m in request.messages if m.recipient.openid}
-    return request.options.get("mode") == "template" or len(openids) == 1
+    return per_recipient(request) or len(openids) == 1
 
 
 def _targets(request: SendRequest, excluded: Mapping[str, str]) -> list[str]:
@@ -489,6 +503,7 @@ def _cover_bytes(request: SendRequest) -> bytes:
 
 def _article(request: SendRequest) -> dict[str, Any]:
     """The draft's article (without its cover), checked against draft/add's limits."""
+    check_one_text(request, channel=WeChatArticleChannel.name)
     first = request.messages[0]
     title = request.options.get("title") or first.title or ""
     content = first.text.strip()

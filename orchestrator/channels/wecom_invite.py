@@ -6,16 +6,19 @@ every join it brings (``joins``). It is delivered as a WeCom mass message
 (``externalcontact/add_msg_template``, ``chat_type`` single): the rendered text plus a link
 attachment showing the QR code. WeCom sends a mass message on behalf of one staff member, so
 a batch is split by ``Recipient.wecom_sender`` (else ``RECALL_WECOM_DEFAULT_SENDER``): one
-call per sender.
+call per sender. A task carries one text for all its customers: a shared batch must hold one
+text (``check_one_text``, before any call); a ``per_recipient`` batch (each customer's own
+text: user data, a per-touch link) makes one task per customer.
 
 The staff member still has to confirm the task in the WeCom app, so ``sent`` here means
 "task accepted" (``provider_message_id`` = the task's ``msgid``); ``poll`` reads the
 per-customer status later (``get_groupmsg_send_result``) and ``cancel`` withdraws a task
-nobody confirmed. ``add_msg_template`` has no idempotency key: each sender's call is written
+nobody confirmed. ``add_msg_template`` has no idempotency key: each task's call is written
 to the ``SendLedger`` and a retried batch never creates a second task. ``reconcile`` looks
-for the task in ``get_groupmsg_list_v2`` (the sender's tasks around the batch's time) by the
-batch reference carried in the link, and never sends: a task it does not find is ``absent``
-(the engine may then create it), whatever the ledger said, since the ledger is only a cache.
+for each task in ``get_groupmsg_list_v2`` (the sender's tasks around the batch's time) by the
+reference carried in its link (the batch's; in a ``per_recipient`` batch the batch's and the
+touch's), and never sends: a task it does not find is ``absent`` (the engine may then create
+it), whatever the ledger said, since the ledger is only a cache.
 
 The link card under the text is the step's ``card:`` (``link_title``, ``link_desc``,
 ``link_picurl``), written for the recipients, who read Chinese; unset fields default to
@@ -40,8 +43,15 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from orchestrator.channels.base import Message, SendRequest, TouchResult
-from orchestrator.channels.common import DEFAULT_TIMEOUT, PerThread, check_batch, failed, unknown
+from orchestrator.channels.base import Message, SendRequest, TouchResult, per_recipient
+from orchestrator.channels.common import (
+    DEFAULT_TIMEOUT,
+    PerThread,
+    check_batch,
+    check_one_text,
+    failed,
+    unknown,
+)
 from orchestrator.channels.errors import wechat_reason
 from orchestrator.channels.fanout import Outcome, conclude
 from orchestrator.channels.ledger import Entry, SendLedger
@@ -87,6 +97,15 @@ SEND_RESULT: dict[int, tuple[DeliveryStatus, str | None]] = {
 }
 
 
+class _Task(NamedTuple):
+    """One ``add_msg_template`` call of a batch."""
+
+    field: str  # its entry in the batch's ledger
+    sender: str
+    ref: str  # carried in the card's URL: how ``reconcile`` finds the task
+    messages: list[Message]
+
+
 class WecomTask(NamedTuple):
     """A mass message task: its ``msgid`` and the staff member who sends it."""
 
@@ -126,6 +145,7 @@ class WeComInviteChannel:
 
     name: ClassVar[str] = "wecom_group_invite"
     max_batch: ClassVar[int] = 10_000
+    one_text: ClassVar[bool] = True  # a task sends one text to all its customers
 
     def __init__(
         self,
@@ -162,50 +182,53 @@ class WeComInviteChannel:
     # -- the port ---------------------------------------------------------------------------
 
     def send(self, request: SendRequest) -> list[TouchResult]:
-        """One ``add_msg_template`` per sender; recorded senders are not called again."""
+        """One ``add_msg_template`` per task; recorded tasks are not called again."""
         check_batch(request, channel=self.name, max_batch=self.max_batch)
-        if request.messages:  # the step's content, before any call (join way, tasks)
-            _check_limits(request, request.messages[0].text, _card(request, qr_code=""))
-        groups = _by_sender(request, self._default_sender)
+        check_one_text(request, channel=self.name)
+        for message in {m.text: m for m in request.messages}.values():  # before any call
+            _check_limits(request, message.text, _card(request, message, qr_code="", ref=""))
+        tasks = _tasks(request, self._default_sender)
         outcomes = _no_contact(request)
-        if groups:
+        if tasks:
             join_way = self.join_way(request)
             recorded = self._ledger.load(request.batch_id)
-            for sender, messages in groups.items():
-                entry = recorded.get(_field(sender))
+            for task in tasks:
+                entry = recorded.get(task.field)
                 if entry is not None:
-                    outcomes += _from_entry(entry, messages)
+                    outcomes += _from_entry(entry, task.messages)
                 else:
-                    outcomes += self._send_task(request, join_way, sender, messages)
+                    outcomes += self._send_task(request, join_way, task)
         return conclude(request, outcomes, provider=PROVIDER)
 
     def reconcile(self, request: SendRequest) -> list[TouchResult]:
-        """What became of each sender's task, from the ledger or ``get_groupmsg_list_v2``."""
+        """What became of each task, from the ledger or ``get_groupmsg_list_v2``."""
         recorded = self._ledger.load(request.batch_id)
-        ref = batch_ref(request.batch_id)
         outcomes = _no_contact(request)
-        for sender, messages in _by_sender(request, self._default_sender).items():
-            entry = recorded.get(_field(sender))
+        looking: list[_Task] = []
+        for task in _tasks(request, self._default_sender):
+            entry = recorded.get(task.field)
             if entry is not None and not entry.pending:
-                outcomes += _from_entry(entry, messages)
-                continue
-            msgid = self._find_task(sender, ref, request.created_at)
+                outcomes += _from_entry(entry, task.messages)
+            else:
+                looking.append(task)
+        found = self._find_tasks(looking, request.created_at)
+        for task in looking:
+            msgid = found.get(task.ref)
             if msgid is None:
-                self._ledger.forget(request.batch_id, [_field(sender)])
-                outcomes += [Outcome(m, result=_absent(m)) for m in messages]
+                self._ledger.forget(request.batch_id, [task.field])
+                outcomes += [Outcome(m, result=_absent(m)) for m in task.messages]
                 continue
-            task: dict[str, Any] = {"msgid": msgid, "fail_list": []}
-            self._ledger.record(request.batch_id, {_field(sender): task})
-            outcomes += _task_outcomes(task, messages)
+            entry_data: dict[str, Any] = {"msgid": msgid, "fail_list": []}
+            self._ledger.record(request.batch_id, {task.field: entry_data})
+            outcomes += _task_outcomes(entry_data, task.messages)
         return [o.result or unknown(o.message) for o in _in_order(request, outcomes)]
 
     # -- sending ----------------------------------------------------------------------------
 
-    def _send_task(
-        self, request: SendRequest, join_way: JoinWay, sender: str, messages: list[Message]
-    ) -> list[Outcome]:
-        payload = _task_payload(request, join_way, sender, messages)
-        self._ledger.mark_pending(request.batch_id, [_field(sender)])
+    def _send_task(self, request: SendRequest, join_way: JoinWay, task: _Task) -> list[Outcome]:
+        payload = _task_payload(request, join_way, task)
+        messages = task.messages
+        self._ledger.mark_pending(request.batch_id, [task.field])
         client = self.client()
         try:
             answer = client.call(
@@ -216,17 +239,17 @@ class WeComInviteChannel:
             return [Outcome(m, result=unknown(m)) for m in messages]  # stays pending
         except ChannelRecipient as exc:  # e.g. the sender is not a valid staff member
             refused: dict[str, Any] = {"reason": wechat_reason(exc)}
-            self._ledger.record(request.batch_id, {_field(sender): refused})
+            self._ledger.record(request.batch_id, {task.field: refused})
             return _task_outcomes(refused, messages)
         except ChannelError as exc:
-            self._ledger.forget(request.batch_id, [_field(sender)])
+            self._ledger.forget(request.batch_id, [task.field])
             return [Outcome(m, error=exc) for m in messages]
-        task: dict[str, Any] = {
+        accepted: dict[str, Any] = {
             "msgid": str(answer["msgid"]),
             "fail_list": list(answer.get("fail_list") or []),
         }
-        self._ledger.record(request.batch_id, {_field(sender): task})
-        return _task_outcomes(task, messages)
+        self._ledger.record(request.batch_id, {task.field: accepted})
+        return _task_outcomes(accepted, messages)
 
     def join_way(self, request: SendRequest) -> JoinWay:
         """The group's join way for this content version, created once (under a Redis lock)."""
@@ -318,8 +341,18 @@ class WeComInviteChannel:
 
     # -- reconciliation ---------------------------------------------------------------------
 
-    def _find_task(self, sender: str, ref: str, created_at: datetime | None) -> str | None:
-        """The msgid of ``sender``'s task carrying ``ref``, or None. Reads only."""
+    def _find_tasks(self, tasks: list[_Task], created_at: datetime | None) -> dict[str, str]:
+        """The msgid of each task found, by its ref: one scan of each sender's tasks."""
+        wanted: dict[str, set[str]] = {}
+        for task in tasks:
+            wanted.setdefault(task.sender, set()).add(task.ref)
+        found: dict[str, str] = {}
+        for sender, refs in wanted.items():
+            found.update(self._scan(sender, refs, created_at))
+        return found
+
+    def _scan(self, sender: str, refs: set[str], created_at: datetime | None) -> dict[str, str]:
+        """``sender``'s tasks around ``created_at`` that carry one of ``refs``. Reads only."""
         around = created_at or datetime.now(UTC)
         body = {
             "chat_type": "single",
@@ -329,6 +362,7 @@ class WeComInviteChannel:
             "filter_type": 2,
             "limit": LIST_PAGE,
         }
+        found: dict[str, str] = {}
         try:
             for item in self._pages(
                 self.client(),
@@ -337,11 +371,13 @@ class WeComInviteChannel:
                 "group_msg_list",
                 max_pages=MAX_LIST_PAGES,
             ):
-                if ref in json.dumps(item, ensure_ascii=False):
-                    return str(item["msgid"])
+                text = json.dumps(item, ensure_ascii=False)
+                found.update((ref, str(item["msgid"])) for ref in refs if ref in text)
+                if len(found) == len(refs):
+                    break
         except ChannelUnknown as exc:  # a read with no answer: safe to ask again
             raise ChannelRetryable(str(exc), provider=PROVIDER) from exc
-        return None
+        return found
 
     @staticmethod
     def _pages(
@@ -389,6 +425,20 @@ def _field(sender: str) -> str:
     return f"sender:{sender}"
 
 
+def _tasks(request: SendRequest, default_sender: str) -> list[_Task]:
+    """The batch's tasks: one per sender, or in a ``per_recipient`` batch one per customer."""
+    groups = _by_sender(request, default_sender)
+    if not per_recipient(request):
+        ref = batch_ref(request.batch_id)
+        return [_Task(_field(s), s, ref, messages) for s, messages in groups.items()]
+    return [
+        _Task(f"{_field(s)}:touch:{m.touch_id}", s,
+              batch_ref(f"{request.batch_id}:{m.touch_id}"), [m])
+        for s, messages in groups.items()
+        for m in messages
+    ]
+
+
 def _by_sender(request: SendRequest, default_sender: str) -> dict[str, list[Message]]:
     groups: dict[str, list[Message]] = {}
     for message in request.messages:
@@ -406,32 +456,31 @@ def _no_contact(request: SendRequest) -> list[Outcome]:
     ]
 
 
-def _task_payload(
-    request: SendRequest, join_way: JoinWay, sender: str, messages: list[Message]
-) -> dict[str, Any]:
-    """One text for everyone (WeCom sends the same content to every customer of a task)."""
-    first = messages[0]
-    link = _card(request, qr_code=join_way.qr_code)
+def _task_payload(request: SendRequest, join_way: JoinWay, task: _Task) -> dict[str, Any]:
+    """One text for every customer of the task (all its messages say the same)."""
+    first = task.messages[0]
+    link = _card(request, first, qr_code=join_way.qr_code, ref=task.ref)
     _check_limits(request, first.text, link)
     return {
         "chat_type": "single",
-        "external_userid": list(dict.fromkeys(m.recipient.external_userid for m in messages)),
-        "sender": sender,
+        "external_userid": list(
+            dict.fromkeys(m.recipient.external_userid for m in task.messages)
+        ),
+        "sender": task.sender,
         "text": {"content": first.text},
         "attachments": [{"msgtype": "link", "link": link}],
     }
 
 
-def _card(request: SendRequest, *, qr_code: str) -> dict[str, str]:
+def _card(request: SendRequest, message: Message, *, qr_code: str, ref: str) -> dict[str, str]:
     """The link card: the step's ``card:``, else Chinese defaults and the group's QR code."""
     options = request.options
     landing = options.get("landing_url") or qr_code
-    first_title = request.messages[0].title if request.messages else None
     return {
-        "title": options.get("link_title") or first_title or DEFAULT_CARD_TITLE,
+        "title": options.get("link_title") or message.title or DEFAULT_CARD_TITLE,
         "picurl": options.get("link_picurl") or qr_code,
         "desc": options.get("link_desc") or DEFAULT_CARD_DESC,
-        "url": _with_query(landing, {REF_PARAM: batch_ref(request.batch_id)}),
+        "url": _with_query(landing, {REF_PARAM: ref or batch_ref(request.batch_id)}),
     }
 
 

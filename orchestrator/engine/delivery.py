@@ -20,14 +20,20 @@ import logging
 import threading
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, RowMapping, bindparam, func, insert, or_, select, update
 
-from orchestrator.channels.base import Message, Recipient, SendRequest, TouchResult
+from orchestrator.channels.base import (
+    PER_RECIPIENT,
+    Message,
+    Recipient,
+    SendRequest,
+    TouchResult,
+)
 from orchestrator.clock import as_utc, utcnow
 from orchestrator.engine.attempts import (
     OPEN_STATES,
@@ -155,20 +161,48 @@ def _freeze(rt: Runtime, conn: Connection, works: Sequence[Work], token: str,
                 t["variant"])].append(w)
     batch_ids = []
     for (channel, journey_id, version, step_id, variant), members in groups.items():
-        size = rt.channel(channel).max_batch
-        for start in range(0, len(members), size):
-            chunk = members[start : start + size]
+        adapter = rt.channel(channel)
+        for chunk, shared in content_batches(members, size=adapter.max_batch,
+                                             one_text=adapter.one_text):
             batch_id = _freeze_batch(conn, rt, chunk, token, now, channel=channel,
-                                     journey_id=journey_id, step_id=step_id,
+                                     journey_id=journey_id, step_id=step_id, shared=shared,
                                      content_version=f"{version}:{step_id}:{variant or '-'}")
             if batch_id:
                 batch_ids.append(batch_id)
     return batch_ids
 
 
+def content_batches(works: Sequence[Work], *, size: int,
+                    one_text: bool) -> Iterator[tuple[list[Work], bool | None]]:
+    """The batches of one step's touches, at most ``size`` each, and whether each is shared.
+
+    A channel that sends one text per call (``one_text``) never gets a batch whose
+    recipients' content differs: touches whose rendered content (title, text, link) is
+    identical go together (``shared``: the batch holds that content once); a touch whose
+    content is its own goes into a per-recipient batch (``False``), which the channel sends
+    by one call per recipient. Other channels send each message its own text (``None``).
+    """
+    if not one_text:
+        yield from ((chunk, None) for chunk in _chunks(list(works), size))
+        return
+    alike: dict[tuple[str | None, str, str | None], list[Work]] = defaultdict(list)
+    for w in works:
+        alike[(w.title, w.text, w.link)].append(w)
+    for group in alike.values():
+        if len(group) > 1:
+            yield from ((chunk, True) for chunk in _chunks(group, size))
+    own = [group[0] for group in alike.values() if len(group) == 1]
+    yield from ((chunk, False) for chunk in _chunks(own, size))
+
+
+def _chunks(works: list[Work], size: int) -> Iterator[list[Work]]:
+    for start in range(0, len(works), size):
+        yield works[start : start + size]
+
+
 def _freeze_batch(conn: Connection, rt: Runtime, works: Sequence[Work], token: str,
                   now: datetime, *, channel: str, journey_id: str, step_id: str,
-                  content_version: str) -> str | None:
+                  shared: bool | None, content_version: str) -> str | None:
     batch_id = uuid.uuid4().hex  # 32 bytes: within clientmsgid's 64
     frozen = set(conn.execute(
         update(TOUCHES)
@@ -188,7 +222,11 @@ def _freeze_batch(conn: Connection, rt: Runtime, works: Sequence[Work], token: s
         .values(link_code=bindparam("code")),
         [{"b_id": w.id, "code": w.link.rsplit("/", 1)[-1] if w.link else None} for w in members],
     )
-    payload = _payload(members, options=_options(rt, members[0]), content_version=content_version)
+    options = _options(rt, members[0])
+    if shared is False:
+        options["mode"] = PER_RECIPIENT
+    payload = _payload(members, options=options, content_version=content_version,
+                       shared=bool(shared))
     conn.execute(insert(BATCHES).values(
         id=batch_id, channel=channel, journey_id=journey_id, step_id=step_id, state="frozen",
         attempts=0, unanswered=0, created_at=now, payload=payload,
@@ -216,25 +254,35 @@ def _options(rt: Runtime, work: Work) -> dict[str, str]:
     return options
 
 
-def _payload(works: Sequence[Work], *, options: Mapping[str, str],
-             content_version: str) -> dict[str, Any]:
-    return {
-        "options": dict(options),
-        "content_version": content_version,
-        "messages": [
-            {"touch_id": w.id, "key": w.key, "text": w.text, "title": w.title, "link": w.link,
-             "recipient": {"user_id": w.user["user_id"],
-                           **{f: w.user.get(f) for f in RECIPIENT_FIELDS}}}
-            for w in works
-        ],
-    }
+CONTENT_FIELDS = ("text", "title", "link")
+
+
+def _payload(works: Sequence[Work], *, options: Mapping[str, str], content_version: str,
+             shared: bool) -> dict[str, Any]:
+    """The frozen request. A shared batch holds its one content once (``content``), not per
+    recipient; otherwise each message carries its own."""
+    payload: dict[str, Any] = {"options": dict(options), "content_version": content_version}
+    if shared:
+        payload["content"] = _content(works[0])
+    payload["messages"] = [
+        {"touch_id": w.id, "key": w.key, **({} if shared else _content(w)),
+         "recipient": {"user_id": w.user["user_id"],
+                       **{f: w.user.get(f) for f in RECIPIENT_FIELDS}}}
+        for w in works
+    ]
+    return payload
+
+
+def _content(w: Work) -> dict[str, Any]:
+    return {"text": w.text, "title": w.title, "link": w.link}
 
 
 def request_of(batch: RowMapping, only: set[int] | None = None) -> SendRequest:
     payload = batch["payload"]
+    shared = payload.get("content") or {}
     messages = tuple(
         Message(touch_id=m["touch_id"], key=m["key"], recipient=Recipient(**m["recipient"]),
-                text=m["text"], title=m["title"], link=m["link"])
+                **{f: m[f] if f in m else shared[f] for f in CONTENT_FIELDS})
         for m in payload["messages"]
         if only is None or m["touch_id"] in only
     )

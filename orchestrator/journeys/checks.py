@@ -20,7 +20,6 @@ from orchestrator.journeys.durations import format_duration, parse_duration
 from orchestrator.journeys.expressions import (
     STEP_FUNCTIONS,
     TEMPLATE_ENV,
-    USER_COLUMNS,
     compile_expression,
 )
 from orchestrator.journeys.model import (
@@ -45,12 +44,6 @@ _CALENDAR_SHORTEST = {
     "day": timedelta(hours=23),
     "week": timedelta(days=7, hours=-1),
     "month": timedelta(days=28, hours=-1),
-}
-# Names whose value differs per user: a batched channel sends one text to a whole batch.
-_PERSONAL = frozenset({"user_id", *USER_COLUMNS, "user", "attributes", "event"})
-_BATCHED = {
-    "wechat_article": "a wechat_article is mass-sent as one article to every follower",
-    "wecom_group_invite": "a wecom_group_invite task sends one text to every user in it",
 }
 _MAX_PATHS = 1000
 
@@ -275,12 +268,15 @@ def _step_call(
             f"joined({target!r}): joined() is for wecom_group_invite steps; "
             f"{target!r} sends {sent.send}",
         )
-    elif name == "clicked" and sent.send == "wechat_article" and not sent.link:
+    elif name == "clicked" and sent.send == "wechat_article" and not (
+        sent.link or sent.landing
+    ):
         yield check.problem(
             where,
             f"clicked({target!r}): a mass-sent article reports no per-user clicks; give step "
-            f"{target!r} a link (template-message mode or a fixed-link landing page), "
-            "else this is always false",
+            f"{target!r} a link (tracked per recipient, sent by template message) or a "
+            "landing (a fixed-link landing page that identifies the reader), else this is "
+            "always false",
             severity="warning",
         )
 
@@ -334,8 +330,6 @@ def _step_templates(check: JourneyCheck, index: int, step: SendStep) -> Iterator
         for var, (line, col) in sorted(info.variables.items()):
             if var not in provided:
                 yield Problem(str(info.path), line, col, _undefined(check, step, var, provided))
-        if step.send in _BATCHED:
-            yield from _batched_template(check, step, info)
     if step.send == "wechat_article" and closure and not any(t.sets_title for t in closure):
         first = check.catalog.get(refs[0][1])
         assert first is not None
@@ -372,20 +366,6 @@ def _title_lengths(closure: list[TemplateInfo]) -> Iterator[Problem]:
                     f"the article title is {len(title)} characters; WeChat takes at most "
                     f"{ARTICLE_TITLE_MAX_CHARS}: shorten it",
                 )
-
-
-def _batched_template(check: JourneyCheck, step: SendStep, info: TemplateInfo) -> Iterator[Problem]:
-    personal = _PERSONAL | set(check.spec.pools)
-    for var in sorted(set(info.variables) & personal):
-        line, col = info.variables[var]
-        yield Problem(
-            str(info.path),
-            line,
-            col,
-            f"{var!r} differs per user, but {_BATCHED[step.send]}: everyone gets the first "
-            f"user's text (step {step.id!r} of journey {check.spec.id!r})",
-            "warning",
-        )
 
 
 def _undefined(check: JourneyCheck, step: SendStep, var: str, provided: frozenset[str]) -> str:

@@ -51,7 +51,8 @@ def validate(
     ] = None,
     templates: TemplatesOption = None,
 ) -> None:
-    """Check journeys, the policy and templates; print every problem as FILE:LINE:COL."""
+    """Check journeys, the policy and templates; print every problem as FILE:LINE:COL, then
+    how each send step will be sent (shared mass send, per-recipient or fixed-link landing)."""
     settings = get_settings()
     report = check_paths(paths or [settings.journeys_dir], templates or settings.templates_dir)
     err = _err()
@@ -60,7 +61,10 @@ def validate(
     if report.errors:
         err.print(escape(report.summary()))
         raise typer.Exit(1)
-    _out().print(escape(report.summary()))
+    out = _out()
+    for line in report.modes:
+        out.print(escape(line))
+    out.print(escape(report.summary()))
 
 
 def schema(

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from orchestrator.errors import JourneyError, NotFoundError, Problem
 from orchestrator.journeys.checks import journey_problems
 from orchestrator.journeys.model import Journey, JourneySpec, Policy
+from orchestrator.journeys.modes import send_modes
 from orchestrator.journeys.suggest import did_you_mean
 from orchestrator.journeys.templates import TemplateCatalog
 from orchestrator.journeys.yamldoc import YamlDocument, read_yaml, validation_problems
@@ -40,6 +41,7 @@ class ValidationReport:
     templates: list[Path] = field(default_factory=list)
     journey_files: list[Path] = field(default_factory=list)  # checked, valid or not
     policy_files: list[Path] = field(default_factory=list)
+    modes: list[str] = field(default_factory=list)  # how each send step is sent, one a line
 
     @property
     def errors(self) -> list[Problem]:
@@ -201,6 +203,7 @@ class _Run:
             return
         self.id_files[journey.id] = journey.source_path
         self.report.journeys.append(journey)
+        self.report.modes += [f"{path}: {m.describe()}" for m in send_modes(journey, self.catalog)]
 
 
 def _journey_files(folder: Path) -> list[Path]:

@@ -297,6 +297,18 @@ def _web_url(value: Any) -> Any:
     return value
 
 
+def _landing_url(value: Any) -> Any:
+    if isinstance(value, str):
+        if "{" in value:
+            raise ValueError(
+                f"landing {value!r} is the same for every recipient and takes no template "
+                "data; a per-user URL is a link:"
+            )
+        if not re.match(r"^https?://[^/\s]+\S*$", value):
+            raise ValueError(f"landing {value!r} must be an http(s) URL")
+    return value
+
+
 class InviteCard(_Model):
     """The link card under a WeCom invite's text. Every field is optional; WeCom shows the
     card in the customer's chat, so write it in their language (defaults are Chinese)."""
@@ -342,6 +354,9 @@ class SendStep(_Model):
     """A/B variants by name, deterministic per user."""
     link: str | None = None
     """Target URL (a template), shortened and tracked per touch; {{ link }} in the text."""
+    landing: Annotated[str | None, AfterValidator(_landing_url)] = None
+    """A fixed URL, the same for every recipient ({{ link }} in the text; an article's "read
+    more" link): the landing page there identifies the user (fixed-link landing)."""
     group: str | None = None
     """wecom_group_invite: the WeCom group chat to invite to."""
     fallback: Channel | None = None
@@ -389,6 +404,12 @@ class SendStep(_Model):
             raise ValueError(f"wecom_group_invite step {self.id!r} needs a group to invite to")
         if self.group and self.send != "wecom_group_invite":
             raise ValueError(f"group applies to wecom_group_invite steps, not {self.send}")
+        if self.link and self.landing:
+            raise located(
+                f"step {self.id!r} has both link (a tracked link per recipient) and landing "
+                "(one fixed link for everyone): keep one",
+                "landing",
+            )
         if self.fallback == self.send:
             raise ValueError(f"fallback {self.fallback} is the step's own channel")
         for key in ("cover", "digest", "author"):

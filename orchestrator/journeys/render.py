@@ -9,7 +9,8 @@ Template data (documented in ``docs/journeys.md``):
 - ``journey`` (``id``, ``name``, ``version``), ``arm``, ``variant``;
 - ``event`` (``name``, ``props``, ``ts``, ``value``) for journeys entered by an event;
 - one name per pool (e.g. ``coupon_code``), drawn once per enrollment;
-- ``link``: the step's tracked short URL, for steps that have a ``link``.
+- ``link``: the step's tracked short URL, for steps that have a ``link``; the fixed URL,
+  the same for everyone, for steps that have a ``landing``.
 
 A ``wechat_article`` template names its title with a top-level
 ``{% set title = "…" %}``; the rendered body is the article content.
@@ -54,7 +55,7 @@ def provided_names(journey: JourneySpec, step: SendStep) -> frozenset[str]:
     names = set(BASE_NAMES) | set(journey.pools)
     if journey.entry.event:
         names.add("event")
-    if step.link:
+    if step.link or step.landing:
         names.add("link")
     return frozenset(names)
 
@@ -114,10 +115,11 @@ def render_touch(
     templates_dir: Path,
 ) -> RenderedTouch:
     """Render ``step`` for one user. ``context`` comes from ``template_context``; when it
-    has no ``link``, the step's link rendered for the user is used (preview does this)."""
+    has no ``link``, the step's link rendered for the user (preview does this) or its fixed
+    ``landing`` URL is used."""
     name = step.template_for(variant)
     data = {**context, "variant": variant}
-    link = data.get("link") or render_link(step, data)
+    link = data.get("link") or render_link(step, data) or step.landing
     data.pop("link", None)
     if link:
         data["link"] = link

@@ -1,9 +1,10 @@
 """``recall forget USER``: erase one person's personal data everywhere (PIPL / GDPR).
 
 What goes: identities (OpenID, UnionID, external_userid, phone, WeCom sender), time zone,
-free attributes, event and trigger payloads, drawn coupon codes, the recipient and text of
-every frozen provider request, the query of every short-link target, derived features,
-the free text of opt-out reasons (an SMS reply keeps only its kind, ``sms_reply``), and
+free attributes, event and trigger payloads, drawn coupon codes, the recipient and own text
+of every frozen provider request (a batch's shared text, sent alike to several people,
+stays), the query of every short-link target, derived features, the free text of opt-out
+reasons (an SMS reply keeps only its kind, ``sms_reply``), and
 what Redis holds about the person (their cap reservations, the OpenID in a mass send's
 list of excluded recipients). Their active enrollments are ended (``exit_reason``
 ``erased``) and their unsent touches cancelled.
@@ -198,6 +199,10 @@ def _batches(conn: Connection, alias: str) -> int:
 
 
 def _erased_message(message: dict[str, Any], alias: str) -> dict[str, Any]:
+    """The person's message without their identities or their own text. A batch's shared
+    content (``payload["content"]``, identical for all its recipients) is everyone's
+    message, not theirs alone, and stays."""
     recipient: dict[str, str | None] = {key: None for key in message.get("recipient", {})}
     recipient["user_id"] = alias
-    return {**message, "recipient": recipient, "text": ERASED, "title": None, "link": None}
+    own = {"text": ERASED, "title": None, "link": None} if "text" in message else {}
+    return {**message, "recipient": recipient, **own}

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from orchestrator.channels.base import Message, Recipient, SendRequest
+from orchestrator.channels.base import PER_RECIPIENT, Message, Recipient, SendRequest
 from orchestrator.sandbox.faults import FaultSpec
 from orchestrator.sandbox.server import SandboxHandle
 from tests.support import jpeg
@@ -35,6 +36,7 @@ def messages(n: int, *, start: int = 0, **recipient: Any) -> tuple[Message, ...]
     return tuple(message(i, **recipient) for i in range(start, start + n))
 
 
+ONE_TEXT = ("wechat_article", "wecom_group_invite")
 COVER_JPEG = jpeg()
 COVER = {"cover_jpeg_b64": base64.b64encode(COVER_JPEG).decode(), "cover_name": "w/cover.jpg"}
 
@@ -50,9 +52,12 @@ def request(
     cover: bool = True,
 ) -> SendRequest:
     """A batch; an article batch carries a cover (as the engine adds it) unless ``cover`` is
-    False."""
+    False. A shared batch of a one-text channel says one thing to all (no per-touch links),
+    as the engine freezes it."""
     if channel == "wechat_article" and cover:
         options = {**COVER, **(options or {})}
+    if channel in ONE_TEXT and (options or {}).get("mode") != PER_RECIPIENT:
+        msgs = [replace(m, link=None) for m in msgs]
     return SendRequest(
         batch_id=batch_id,
         channel=channel,

@@ -165,11 +165,12 @@ def test_nobody_following_fails_every_touch_as_not_following(
 def test_a_lone_recipient_goes_by_template_message(
     article: WeChatArticleChannel, sandbox: SandboxHandle
 ) -> None:
-    (result,) = article.send(request("b-lone", CHANNEL, messages(1), options=TEMPLATE))
+    landing = {**TEMPLATE, "link": "https://m.example.com/welcome"}  # the step's landing
+    (result,) = article.send(request("b-lone", CHANNEL, messages(1), options=landing))
     assert result.status == "sent" and result.provider_message_id
     (sent,) = calls(sandbox, "wechat", "/message/template/send")
     assert sent["body"]["template_id"] == "tpl-winback"
-    assert sent["body"]["url"] == "http://127.0.0.1:8000/s/c000000000"
+    assert sent["body"]["url"] == "https://m.example.com/welcome"
     assert sent["body"]["data"]["first"] == {"value": "We miss you"}
     assert calls(sandbox, "wechat", "/message/mass/send") == []
 
@@ -185,14 +186,14 @@ def test_a_lone_recipient_without_template_id_is_a_config_error(
 def test_template_mode_sends_one_message_per_touch_once(
     article: WeChatArticleChannel, sandbox: SandboxHandle
 ) -> None:
-    batch = request("b-tpl", CHANNEL, messages(5), options={**TEMPLATE, "mode": "template"})
+    batch = request("b-tpl", CHANNEL, messages(5), options={**TEMPLATE, "mode": "per_recipient"})
     first = article.send(batch)
     assert len({r.provider_message_id for r in first}) == 5
     assert article.send(batch) == first
     sends = calls(sandbox, "wechat", "/message/template/send")
-    assert sorted(s["body"]["touser"] for s in sends) == sorted(
-        m.recipient.openid for m in batch.messages
-    )
+    assert sorted((s["body"]["touser"], s["body"]["url"]) for s in sends) == sorted(
+        (m.recipient.openid, m.link) for m in batch.messages
+    )  # each recipient's own link
 
 
 @pytest.mark.parametrize(("kind", "code"), [("busy", -1), ("rate_limit", 45009)])
@@ -215,7 +216,8 @@ def test_a_template_message_lookup_trusts_the_ledger_only_while_it_is_intact(
 ) -> None:
     # Template messages have no lookup API: the ledger is all there is. A message it has no
     # entry for was never called while the ledger is the one the calls were written to.
-    batch = request("b-tpl-look", CHANNEL, messages(3), options={**TEMPLATE, "mode": "template"})
+    own = {**TEMPLATE, "mode": "per_recipient"}
+    batch = request("b-tpl-look", CHANNEL, messages(3), options=own)
     first = replace(batch, messages=batch.messages[:1])
     article.send(first)  # one message went out; the other two never left
     looked = article.reconcile(batch)
@@ -343,3 +345,15 @@ def test_a_token_rejected_twice_is_retryable_not_an_endless_loop(
         provider.close()
     # cover upload: first token, rejected, one refresh, rejected again -> stop.
     assert (provider.token_calls, provider.api_calls) == (2, 2)
+
+
+def test_a_shared_batch_whose_texts_differ_is_refused_before_any_call(
+    article: WeChatArticleChannel, sandbox: SandboxHandle
+) -> None:
+    """A mass send is one article for everyone: never the first recipient's to all."""
+    shared = request("b-mixed", CHANNEL, messages(3))
+    own = tuple(replace(m, text=f"<p>{m.recipient.user_id}</p>") for m in shared.messages)
+    with pytest.raises(ChannelConfig, match=r"holds 3 different texts, but one call sends one "
+                                            r"text to all its recipients"):
+        article.send(replace(shared, messages=own))
+    assert sandbox.state.records("wechat") == []

@@ -249,3 +249,56 @@ def test_an_expired_token_is_refreshed_once_and_the_task_created_once(
     } == {"sent"}
     assert len(calls(sandbox, "wecom", "/cgi-bin/gettoken")) == 2
     assert [t["outcome"] for t in tasks(sandbox)] == ["accepted", "error:42001", "accepted"]
+
+
+# ---------------------------------------------------------------- one text per task
+
+
+def own_texts(n: int) -> tuple[Any, ...]:
+    return tuple(replace(m, text=f"同学{m.touch_id}，进群领券 {m.link}") for m in messages(n))
+
+
+PER_RECIPIENT = {**GROUP, "mode": "per_recipient"}
+
+
+def test_a_shared_batch_whose_texts_differ_is_refused_before_any_call(
+    invite: WeComInviteChannel, sandbox: SandboxHandle
+) -> None:
+    batch = replace(request("w-mixed", CHANNEL, messages(3), options=GROUP),
+                    messages=own_texts(3))
+    with pytest.raises(ChannelConfig, match=r"holds 3 different texts, but one call sends one "
+                                            r"text to all its recipients"):
+        invite.send(batch)
+    assert sandbox.state.records("wecom") == []  # not even the join way
+
+
+def test_each_customer_of_a_per_recipient_batch_gets_a_task_with_their_own_text(
+    invite: WeComInviteChannel, sandbox: SandboxHandle
+) -> None:
+    batch = request("w-own", CHANNEL, own_texts(3), options=PER_RECIPIENT)
+    results = invite.send(batch)
+    assert invite.send(batch) == results  # a retry creates no task
+    got = {tuple(t["body"]["external_userid"]): t["body"] for t in tasks(sandbox)}
+    assert sorted(got) == [("wm00000000",), ("wm00000001",), ("wm00000002",)]
+    for m in batch.messages:
+        body = got[(m.recipient.external_userid,)]
+        assert body["text"]["content"] == m.text and m.link in m.text
+        ref = parse_qs(urlsplit(body["attachments"][0]["link"]["url"]).query)["recall_ref"]
+        assert ref == [batch_ref(f"w-own:{m.touch_id}")]  # each task found on its own
+    assert {r.status for r in results} == {"sent"}
+    assert len({r.provider_message_id for r in results}) == 3
+
+
+def test_reconcile_finds_each_per_recipient_task_in_one_listing(
+    invite: WeComInviteChannel, sandbox: SandboxHandle
+) -> None:
+    batch = request("w-own-lost", CHANNEL, own_texts(3), options=PER_RECIPIENT,
+                    created_at=datetime.now(UTC))
+    invite.send(replace(batch, messages=batch.messages[:2]))  # two went out...
+    invite._ledger.forget("w-own-lost", [f"sender:staff-a:touch:{i}" for i in (0, 1)])
+    invite._ledger.mark_pending("w-own-lost", ["sender:staff-a:touch:2"])  # ...one never did
+    results = invite.reconcile(batch)
+    assert [r.status for r in results] == ["sent", "sent", "absent"]
+    assert len(calls(sandbox, "wecom", "/get_groupmsg_list_v2")) == 1  # one scan per sender
+    assert [r.status for r in invite.send(batch)] == ["sent"] * 3
+    assert len(tasks(sandbox)) == 3  # the missing one only

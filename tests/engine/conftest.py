@@ -68,7 +68,7 @@ steps:
 """
 
 TEMPLATES = {
-    "w/article.j2": '{% set title = "好久不见" %}<p>{{ user.nickname }}，新品上架</p>',
+    "w/article.j2": '{% set title = "好久不见" %}<p>同学你好，新品上架</p>',  # one for all
     "w/invite.j2": "进群领券：校园优惠群",
     "w/sms.j2": "送你一张5元券 {{ link }}",
     "w/cover.jpg": jpeg(),

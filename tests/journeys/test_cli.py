@@ -56,10 +56,30 @@ def in_repo(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     get_settings.cache_clear()
 
 
+SHARED_ARTICLE = ("shared mass send: one article for every recipient (a lone recipient gets "
+                  "it by template message)")
+SHARED_INVITE = "shared task: one WeCom task per staff member, the same text for every customer"
+SAMPLE_MODES = [
+    ("payment-rescue", "sms", "sms", "per-recipient: one SMS each"),
+    ("payment-rescue", "article", "wechat_article", SHARED_ARTICLE),
+    ("tier-active-feature", "article", "wechat_article", SHARED_ARTICLE),
+    ("tier-churned-care", "article", "wechat_article", SHARED_ARTICLE),
+    ("tier-churned-care", "sms", "sms", "per-recipient: one SMS each"),
+    ("tier-low-frequency-coupon", "invite", "wecom_group_invite", SHARED_INVITE),
+    ("tier-low-frequency-coupon", "sms", "sms", "per-recipient: one SMS each"),
+    ("winback-at-risk", "article", "wechat_article", SHARED_ARTICLE),
+    ("winback-at-risk", "invite", "wecom_group_invite", SHARED_INVITE),
+    ("winback-at-risk", "sms", "sms", "per-recipient: one SMS each"),
+]
+
+
 def test_validate_sample_journeys(app: typer.Typer, in_repo: None) -> None:
     result = CliRunner().invoke(app, ["validate", "journeys/"])
     assert result.exit_code == 0, result.output
-    assert result.stdout == "5 journeys, 1 policy, 11 templates: valid\n"
+    assert result.stdout.splitlines() == [
+        *(f"journeys/{j}.yaml: step {s!r} ({c}): {how}" for j, s, c, how in SAMPLE_MODES),
+        "5 journeys, 1 policy, 11 templates: valid",
+    ]
     assert result.stderr == ""
 
 
@@ -73,7 +93,8 @@ def test_recall_command_has_validate(in_repo: None) -> None:
     from orchestrator.cli import app as recall
 
     result = CliRunner().invoke(recall, ["validate", "journeys/"])
-    assert (result.exit_code, result.stdout) == (0, "5 journeys, 1 policy, 11 templates: valid\n")
+    assert result.exit_code == 0
+    assert result.stdout.endswith("\n5 journeys, 1 policy, 11 templates: valid\n")
 
 
 def test_validate_reports_problems_on_stderr_and_exits_1(

@@ -256,8 +256,9 @@ CASES: list[tuple[str, str, list[str]]] = [
         VALID.replace("not joined('invite')", "not clicked('article')"),
         [
             "journeys/j.yaml:19:9: warning: clicked('article'): a mass-sent article reports "
-            "no per-user clicks; give step 'article' a link (template-message mode or a "
-            "fixed-link landing page), else this is always false"
+            "no per-user clicks; give step 'article' a link (tracked per recipient, sent by "
+            "template message) or a landing (a fixed-link landing page that identifies the "
+            "reader), else this is always false"
         ],
     ),
     (
@@ -443,16 +444,6 @@ def test_article_template_needs_a_title(ws: Workspace) -> None:
     assert ws.problems() == [
         "templates/article.j2:1:1: a wechat_article template must set its title: "
         '{% set title = "…" %}'
-    ]
-
-
-def test_per_user_data_in_a_batched_channel_is_a_warning(ws: Workspace) -> None:
-    ws.template("invite.j2", "{{ user.nickname }}，加入优惠群 👇\n")
-    ws.journey(VALID)
-    assert ws.problems() == [
-        "templates/invite.j2:1:4: warning: 'user' differs per user, but a wecom_group_invite "
-        "task sends one text to every user in it: everyone gets the first user's text "
-        "(step 'invite' of journey 'j')"
     ]
 
 
