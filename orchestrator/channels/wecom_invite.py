@@ -213,7 +213,7 @@ class WeComInviteChannel:
                 looking.append(task)
         found = self._find_tasks(looking, request.created_at)
         for task in looking:
-            msgid = found.get(task.ref)
+            msgid = found.get((task.sender, task.ref))
             if msgid is None:
                 self._ledger.forget(request.batch_id, [task.field])
                 outcomes += [Outcome(m, result=_absent(m)) for m in task.messages]
@@ -341,14 +341,19 @@ class WeComInviteChannel:
 
     # -- reconciliation ---------------------------------------------------------------------
 
-    def _find_tasks(self, tasks: list[_Task], created_at: datetime | None) -> dict[str, str]:
-        """The msgid of each task found, by its ref: one scan of each sender's tasks."""
+    def _find_tasks(
+        self, tasks: list[_Task], created_at: datetime | None
+    ) -> dict[tuple[str, str], str]:
+        """The msgid of each task found, by its (sender, ref): one scan of each sender's tasks.
+        The sender is part of the key because every sender's task of a shared batch carries the
+        batch's one ref: one sender's task found says nothing of another's."""
         wanted: dict[str, set[str]] = {}
         for task in tasks:
             wanted.setdefault(task.sender, set()).add(task.ref)
-        found: dict[str, str] = {}
+        found: dict[tuple[str, str], str] = {}
         for sender, refs in wanted.items():
-            found.update(self._scan(sender, refs, created_at))
+            found.update(((sender, ref), msgid)
+                         for ref, msgid in self._scan(sender, refs, created_at).items())
         return found
 
     def _scan(self, sender: str, refs: set[str], created_at: datetime | None) -> dict[str, str]:
@@ -371,6 +376,8 @@ class WeComInviteChannel:
                 "group_msg_list",
                 max_pages=MAX_LIST_PAGES,
             ):
+                if item.get("creator") not in (None, "", sender):
+                    continue  # another staff member's task: not one of these
                 text = json.dumps(item, ensure_ascii=False)
                 found.update((ref, str(item["msgid"])) for ref in refs if ref in text)
                 if len(found) == len(refs):

@@ -239,6 +239,33 @@ def test_one_sender_lost_leaves_only_its_touches_unknown(
     assert [r.status for r in results] == ["unknown", "unknown", "sent"]
 
 
+@pytest.mark.short_timeout
+def test_a_senders_task_that_never_arrived_is_absent_though_another_senders_is_found(
+    invite: WeComInviteChannel, sandbox: SandboxHandle
+) -> None:
+    """Every sender's task of a shared batch carries the batch's reference: finding staff-b's
+    task says nothing of staff-a's, whose call never reached WeCom. Both answers are lost,
+    so reconcile looks both up."""
+    batch = (*messages(2, wecom_sender="staff-a"), *messages(2, start=2, wecom_sender="staff-b"))
+    req = request("w-stalled", CHANNEL, batch, options=GROUP, created_at=datetime.now(UTC))
+    invite.join_way(req)
+    fault(sandbox, "stall", "wecom", TASK)  # staff-a's call never reaches WeCom
+    fault(sandbox, "drop", "wecom", TASK)  # staff-b's is made, its answer lost
+    with pytest.raises(ChannelUnknown):
+        invite.send(req)
+    assert [(t["body"]["sender"], t["outcome"]) for t in tasks(sandbox)] == [
+        ("staff-a", "fault:stall"), ("staff-b", "accepted")]
+    (staff_b,) = tasks(sandbox, "accepted")
+    results = invite.reconcile(req)
+    assert [(r.status, r.reason, r.provider_message_id) for r in results] == [
+        ("absent", "not_found", None), ("absent", "not_found", None),
+        ("sent", None, staff_b["ref"]), ("sent", None, staff_b["ref"])]
+    assert [r.status for r in invite.send(req)] == ["sent"] * 4  # staff-a's task, once
+    accepted = tasks(sandbox, "accepted")
+    assert [(t["body"]["sender"], t["body"]["external_userid"]) for t in accepted] == [
+        ("staff-b", ["wm00000002", "wm00000003"]), ("staff-a", ["wm00000000", "wm00000001"])]
+
+
 def test_an_expired_token_is_refreshed_once_and_the_task_created_once(
     invite: WeComInviteChannel, sandbox: SandboxHandle
 ) -> None:

@@ -7,22 +7,28 @@ from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
+import time
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, update
 
+from orchestrator.channels import WeChatArticleChannel, WeComInviteChannel
 from orchestrator.clock import ManualClock
 from orchestrator.engine.enroll import enroll
-from orchestrator.engine.runner import run_until_idle
+from orchestrator.engine.runner import in_flight, run_until_idle
 from orchestrator.engine.runtime import Runtime
+from orchestrator.sandbox.faults import FaultSpec
 from orchestrator.sandbox.server import SandboxHandle
 from orchestrator.store.tables import LINKS, SEND_BATCHES, TOUCHES
+from orchestrator.store.tables import USERS as PEOPLE
 from tests.engine.conftest import T0
 from tests.support import jpeg
 
 USERS = 12
+ARTICLE, CHANNEL = "wechat_article", "wecom_group_invite"
 
 
 def journey(article: str, invite: str) -> str:
@@ -219,3 +225,129 @@ def test_any_content_key_in_a_frozen_batch_reaches_the_provider_as_frozen(
         **{k: v for k, v in batch["payload"].items() if k != "content"},
         "messages": [{**m, **shared} for m in batch["payload"]["messages"]]}}
     assert request_of(old_style) == request  # type: ignore[arg-type]
+
+
+# ------------------------------------------- a provider call lost on the way, then looked up
+
+INVITE_ONLY = """\
+id: content
+name: 内容
+entry:
+  segment: "True"
+reentry: 30d
+goal: { event: order_placed, within: 7d }
+steps:
+  - id: invite
+    send: wecom_group_invite
+    template: c/invite.j2
+    group: campus-deals
+"""
+
+SHORT_TIMEOUT = (2.0, 1.0)  # the adapters give up on a held answer after a second
+
+
+def settle_in_doubt(rt: Runtime, sandbox: SandboxHandle, *, timeout_s: float = 60.0) -> None:
+    """Tick past the gathering window, then until no batch is open: batches in doubt are
+    looked up on later attempts (due in real time, ``retry_base_s``); bounded in real time.
+    The sandbox's business clock follows the runtime's."""
+    clock = rt.clock
+    assert isinstance(clock, ManualClock)
+    run_until_idle(rt)
+    clock.advance(rt.settings.gather_window_s)
+    sandbox.state.set_clock(clock.now())
+    run_until_idle(rt)
+    deadline = time.monotonic() + timeout_s
+    while in_flight(rt):
+        assert time.monotonic() < deadline, "batches still open"
+        run_until_idle(rt)
+        time.sleep(0.05)  # the beat's period, scaled down; not a synchronisation point
+
+
+def arm(sandbox: SandboxHandle, kind: str, provider: str, path: str) -> None:
+    sandbox.state.add_fault(FaultSpec(provider=provider, path_contains=path,  # type: ignore[arg-type]
+                                      kind=kind))  # type: ignore[arg-type]
+
+
+def tasks_by_customer(sandbox: SandboxHandle) -> dict[str, list[str]]:
+    """The msgid of every task WeCom accepted, by customer: the sandbox's own record."""
+    got: dict[str, list[str]] = defaultdict(list)
+    for r in sandbox.state.records("wecom"):
+        if r["outcome"] == "accepted" and r["path"].endswith("add_msg_template"):
+            for external in set(r["body"]["external_userid"]) - set(r["excluded"]):
+                got[external].append(r["ref"])
+    return got
+
+
+@pytest.mark.parametrize("personal", [False, True], ids=["shared-by-sender", "per-customer"])
+def test_a_wecom_task_lost_on_the_way_is_made_once_and_none_is_called_sent_without_one(
+    make_runtime: Callable[..., Runtime], sandbox: SandboxHandle, personal: bool
+) -> None:
+    """The first task's call never reaches WeCom (the worker gave up, or died, waiting); the
+    second is made but its answer is lost. Both are looked up: the first is not there (even
+    though the second, of the same batch, is) and is made then; the second is found."""
+    link = '    link: "https://m.example.com/i?u={{ user_id }}"\n' if personal else ""
+    text = "进群领券 {{ link }}" if personal else "进群领券"
+    templates: dict[str, str | bytes] = {"c/invite.j2": text}
+    rt = make_runtime(journeys={"content": INVITE_ONLY + link}, templates=templates,
+                      users=6, retry_base_s=0.05)
+    rt._channels[CHANNEL] = WeComInviteChannel(rt.settings, rt.redis, timeout=SHORT_TIMEOUT)
+    ids = [f"u{i:04d}" for i in range(6)]
+    with rt.db.begin() as conn:  # two staff members: a shared batch makes a task for each
+        conn.execute(update(PEOPLE).where(PEOPLE.c.user_id.in_(ids[1::2]))
+                     .values(wecom_sender="staff2"))
+        enroll(conn, rt.book.latest("content"), ids, now=T0)
+    arm(sandbox, "stall", "wecom", "add_msg_template")  # never reaches WeCom
+    arm(sandbox, "drop", "wecom", "add_msg_template")  # made, its answer lost
+    settle_in_doubt(rt, sandbox)
+
+    calls = [r["outcome"] for r in sandbox.state.records("wecom")
+             if r["path"].endswith("add_msg_template")]
+    assert calls[:2] == ["fault:stall", "accepted"]  # the faults hit as meant
+    assert len(calls_to(sandbox, "get_groupmsg_list_v2")) >= 1  # looked up, not resent
+    got = tasks_by_customer(sandbox)
+    with rt.db.connect() as conn:
+        touches = conn.execute(select(TOUCHES.c.user_id, TOUCHES.c.status,
+                                      TOUCHES.c.provider_message_id)).all()
+    said_sent = {f"wm{t.user_id}": t.provider_message_id for t in touches
+                 if t.status in ("sent", "delivered")}
+    # Every touch the store calls sent is a task WeCom has for that customer, and the one
+    # task the store names; nobody has two; everybody has theirs.
+    assert {c: [m] for c, m in said_sent.items()} == {c: got.get(c, []) for c in said_sent}
+    assert {c: len(m) for c, m in got.items()} == {f"wm{u}": 1 for u in ids}
+    assert sorted(t.status for t in touches) == ["sent"] * len(ids)
+
+
+def calls_to(sandbox: SandboxHandle, path: str) -> list[dict[str, Any]]:
+    return [r for r in sandbox.state.records("wecom") if r["path"].endswith(path)]
+
+
+def test_a_template_message_in_doubt_is_never_sent_twice_nor_called_sent_without_one(
+    make_runtime: Callable[..., Runtime], sandbox: SandboxHandle
+) -> None:
+    """Template messages (an article of each recipient's own) have no lookup: one whose call
+    never arrived and one whose answer was lost stay in doubt, are never repeated, and end
+    ``unknown_outcome``; the others are sent once each."""
+    article = journey('    link: "https://m.example.com/a?u={{ user_id }}"\n', "")
+    steps = article[: article.index("  - id: invite")]
+    rt = make_runtime(journeys={"content": steps}, templates=PERSONAL_TEMPLATES, users=4,
+                      retry_base_s=0.05, retry_cap_s=0.1, max_attempts=2)
+    rt._channels[ARTICLE] = WeChatArticleChannel(rt.settings, rt.redis, timeout=SHORT_TIMEOUT)
+    ids = [f"u{i:04d}" for i in range(4)]
+    with rt.db.begin() as conn:
+        enroll(conn, rt.book.latest("content"), ids, now=T0)
+    arm(sandbox, "stall", "wechat", "message/template/send")
+    arm(sandbox, "drop", "wechat", "message/template/send")
+    settle_in_doubt(rt, sandbox)
+
+    sends = [r for r in sandbox.state.records("wechat")
+             if r["path"].endswith("message/template/send")]
+    accepted = Counter(r["body"]["touser"] for r in sends if r["outcome"] == "accepted")
+    assert sorted(r["outcome"] for r in sends) == ["accepted"] * 3 + ["fault:stall"]
+    assert set(accepted.values()) == {1}  # nobody twice
+    with rt.db.connect() as conn:
+        touches = conn.execute(select(TOUCHES.c.user_id, TOUCHES.c.status,
+                                      TOUCHES.c.reason)).all()
+    sent = {f"o{t.user_id}" for t in touches if t.status in ("sent", "delivered")}
+    assert sent <= set(accepted) and len(sent) == 2  # none called sent without its message
+    assert sorted((t.status, t.reason) for t in touches if f"o{t.user_id}" not in sent) == [
+        ("failed", "unknown_outcome")] * 2
