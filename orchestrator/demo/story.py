@@ -1,6 +1,7 @@
 """What the demo tells: the population by tier, the churn model, then per journey the
-recall rate per arm with its interval, the funnel of every touch, what caps and quiet hours
-held back, cost and ROI. In the terminal (``tell``) and as one HTML page (``write_html``).
+recall rate per arm with its interval, the funnel of every touch, the A/B variants against
+each other, what caps and quiet hours held back, cost and ROI. In the terminal (``tell``)
+and as one HTML page (``write_html``).
 
 Every number comes from the journeys' reports (``reports.funnel``) or from the store, so
 the story, ``recall report`` and ``recall export`` agree.
@@ -43,6 +44,13 @@ def tell(result: DemoResult, console: Console) -> None:
     console.print(_arms_table(result))
     console.print(_uplift_table(result))
     console.print(_funnel_table(result))
+    if any(r.get("variants") for r in result.reports):
+        console.print(_variants_table(result))
+        for report in result.reports:
+            for v in report.get("variants") or []:
+                if (v["uplift"] or {}).get("warning"):
+                    console.print(f"A/B {report['journey_id']}/{v['step_id']} {v['variant']}: "
+                                  f"{v['uplift']['warning']}", highlight=False)
     for report in result.reports:
         for step in report["steps"]:
             if step.get("note") and step["sent"]:
@@ -149,6 +157,29 @@ def _funnel_table(result: DemoResult) -> Table:
             table.add_row(report["journey_id"] if i == 0 else "", step["step_id"],
                           step["channel"], *(fmt.count(step[k]) for k in FUNNEL), suppressed,
                           end_section=last)
+    return table
+
+
+def _variants_table(result: DemoResult) -> Table:
+    table = Table(title="A/B variants: treatment users who reached the step (each once), "
+                        "converted, each variant against the step's first")
+    for column in ("journey", "step", "variant", "at", "sent", "converted", "95% CI",
+                   "uplift", "95% CI ", "p"):
+        table.add_column(column, justify="left" if column in ("journey", "step", "variant",
+                                                              "at") else "right",
+                         no_wrap=True)
+    for report in result.reports:
+        rows = report.get("variants") or []
+        for i, v in enumerate(rows):
+            up = v["uplift"]
+            table.add_row(
+                report["journey_id"] if i == 0 else "", v["step_id"], v["variant"],
+                v["at"] or "when due", f"{v['sent']:,}",
+                f"{v['converted']:,}/{v['users']:,} = {fmt.pct(v['rate'])}",
+                _interval(v["ci95"]), fmt.pp(up["absolute"]) if up else "reference",
+                fmt.interval(up) if up else "",
+                f"{fmt.p_value(up['p_value'])} {fmt.stars(up)}".strip() if up else "",
+                end_section=i == len(rows) - 1)
     return table
 
 

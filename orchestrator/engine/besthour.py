@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Engine
 from orchestrator.audience.config import load_audience_config
 from orchestrator.audience.hours import user_profiles
 from orchestrator.engine.runtime import Runtime
+from orchestrator.journeys.assign import variant_for
 from orchestrator.journeys.besthour import allowed_hours, best_time
 from orchestrator.journeys.model import Journey, Policy, SendStep
 
@@ -66,12 +67,13 @@ def preview_times(
     now: datetime,
     activity_events: Collection[str],
 ) -> dict[str, tuple[datetime, ZoneInfo, str]]:
-    """For ``recall preview``: each ``best_hour`` step's time if it came due at ``now``,
+    """For ``recall preview``: each step that goes at ``best_hour`` for this user (the step's
+    or their variant's ``at``), the time if it came due at ``now``,
     the user's zone and where the profile came from (own, journey, population)."""
     from orchestrator.engine.cursors import user_timezone  # cursors imports us
 
-    steps = [(i, s) for i, s in enumerate(journey.steps)
-             if isinstance(s, SendStep) and s.at == "best_hour"]
+    steps = [(i, s) for i, s in enumerate(journey.steps) if isinstance(s, SendStep)
+             and s.at_for(variant_for(journey.id, s, user["user_id"])) == "best_hour"]
     if not steps:
         return {}
     tz = user_timezone(user, policy.timezone)

@@ -61,7 +61,7 @@ def run_cursors(rt: Runtime, enrollment_ids: Sequence[int]) -> int:
             moves.append(_move(row, nxt))
             if nxt.kind == "send":
                 touches.append(_touch(row, journey, nxt, journey.priority))
-                if _step_at(journey, nxt.cursor) == "best_hour":
+                if _step_at(journey, nxt.cursor, touches[-1]["variant"]) == "best_hour":
                     timed.append(BestHour(touches[-1], journey, nxt.cursor, tz))
         if timed:
             schedule_best_hours(rt, conn, timed, now=now)
@@ -83,9 +83,9 @@ def run_cursors(rt: Runtime, enrollment_ids: Sequence[int]) -> int:
     return len(touches)
 
 
-def _step_at(journey: Journey, index: int) -> str | None:
+def _step_at(journey: Journey, index: int, variant: str | None) -> str | None:
     step = journey.steps[index]
-    return step.at if isinstance(step, SendStep) else None
+    return step.at_for(variant) if isinstance(step, SendStep) else None
 
 
 def _move(row: RowMapping, nxt: Next) -> dict[str, Any]:

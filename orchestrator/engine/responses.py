@@ -51,6 +51,25 @@ class Delays(BaseModel):
         return parse_duration(value) if isinstance(value, str) else value
 
 
+class ActiveHours(BaseModel):
+    """How much likelier a click, join or conversion is when the touch lands in the person's
+    top hours, inside their active hours, or outside them (multipliers of the probabilities,
+    capped at 1). The hours come from the person's hour-of-week activity profile, the one
+    ``at: best_hour`` ranks hours by (``journeys.besthour.placement``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    top_hours: int = Field(3, ge=1, le=24)  # how many of the day's best hours are "top"
+    top: float = Field(1.0, ge=0)
+    inside: float = Field(1.0, ge=0)
+    outside: float = Field(1.0, ge=0)
+
+    def factor(self, placement: str | None) -> float:
+        """The multiplier for a placement; 1 when nothing is known of the person."""
+        return {"top": self.top, "inside": self.inside, "outside": self.outside}.get(
+            placement or "", 1.0)
+
+
 class Responses(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -68,6 +87,8 @@ class Responses(BaseModel):
     })
     delays: Delays = Field(default_factory=Delays)
     order_value: float = 28.0  # mean goal event value (CNY)
+    active_hours: ActiveHours | None = Field(default_factory=lambda: ActiveHours(
+        top=3.0, inside=1.8, outside=0.6))
 
     def reaction(self, channel: str, tier: str | None) -> Reaction:
         table = self.channels.get(channel, {})
@@ -110,13 +131,16 @@ class Action:
 
 def plan_touch(r: Responses, seed: int, *, touch_id: int, enrollment_id: int, user_id: str,
                channel: str, tier: str | None, sent_at: datetime,
-               goal_within: timedelta | None) -> list[Action]:
-    """What this person does after this touch (nothing, click/join, opt out, convert)."""
+               goal_within: timedelta | None, placement: str | None = None) -> list[Action]:
+    """What this person does after this touch (nothing, click/join, opt out, convert);
+    ``placement`` is where the touch landed in their day (``top``, ``inside``,
+    ``outside``, or ``None`` when unknown), which scales click, join and convert."""
     reaction = r.reaction(channel, tier)
+    factor = r.active_hours.factor(placement) if r.active_hours is not None else 1.0
     actions: list[Action] = []
     engaged = False
     engage_kind: ActionKind = "join" if channel == "wecom_group_invite" else "click"
-    engage_p = reaction.join if engage_kind == "join" else reaction.click
+    engage_p = min(1.0, factor * (reaction.join if engage_kind == "join" else reaction.click))
     if draw(seed, engage_kind, touch_id) < engage_p:
         engaged = True
         at = sent_at + delay(seed, getattr(r.delays, engage_kind), engage_kind, touch_id)
@@ -124,8 +148,9 @@ def plan_touch(r: Responses, seed: int, *, touch_id: int, enrollment_id: int, us
     if draw(seed, "opt_out", touch_id) < reaction.opt_out:
         at = sent_at + delay(seed, r.delays.opt_out, "opt_out", touch_id)
         actions.append(Action(at, "opt_out", touch_id, enrollment_id, user_id, channel))
-    p_convert = reaction.convert_if_clicked if engaged and reaction.convert_if_clicked \
-        is not None else reaction.convert
+    p_convert = min(1.0, factor * (
+        reaction.convert_if_clicked if engaged and reaction.convert_if_clicked is not None
+        else reaction.convert))
     if goal_within is not None and draw(seed, "convert", touch_id) < p_convert:
         at = sent_at + delay(seed, r.delays.convert, "convert", touch_id)
         value = round(r.order_value * (0.5 + draw(seed, "value", touch_id)), 2)

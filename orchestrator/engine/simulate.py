@@ -31,6 +31,7 @@ from sqlalchemy import select
 
 from orchestrator.clock import as_utc, utcnow
 from orchestrator.config import Settings
+from orchestrator.engine.active_hours import placements
 from orchestrator.engine.dispatch import BatchClaim, TouchClaim
 from orchestrator.engine.importer import import_users, read_events
 from orchestrator.engine.ingest import ingest_events
@@ -323,6 +324,10 @@ class Driver:
                 .where(ENROLLMENTS.c.entered_at <= now,
                        ENROLLMENTS.c.entered_at >= self._planned_until)
             ).all()
+            landed = placements(self.rt, conn, [t for t in sent if t.id not in
+                                                self.seen_touches], now=now,
+                                top=self.responses.active_hours.top_hours) \
+                if self.responses.active_hours is not None else {}
         self._planned_until = now
         for t in sent:
             if t.id in self.seen_touches:
@@ -333,7 +338,8 @@ class Driver:
                                      enrollment_id=t.enrollment_id, user_id=t.user_id,
                                      channel=t.channel, tier=self._tier(t.user_id),
                                      sent_at=as_utc(t.sent_at),
-                                     goal_within=goal.within if goal else None):
+                                     goal_within=goal.within if goal else None,
+                                     placement=landed.get(t.id)):
                 heapq.heappush(self.actions, action)
         for e in entered:
             if e.id in self.seen_enrollments:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from orchestrator.journeys.durations import LocalWindow
@@ -81,6 +82,24 @@ def best_time(
     return due if best is None else best[1]
 
 
+Placement = Literal["top", "inside", "outside"]
+
+
+def placement(profile: Sequence[float], local: datetime, top: int = 3) -> Placement | None:
+    """Where a local time falls in the person's day, by the same scores ``best_time`` ranks
+    hours with: ``top`` among the ``top`` best-scoring hours of that weekday, ``inside``
+    their active hours (a score at least the day's mean), else ``outside``; ``None`` for an
+    empty profile (nothing known about them)."""
+    scores = hour_scores(profile)
+    day = scores[local.weekday() * 24:local.weekday() * 24 + 24]
+    if not any(day):
+        return None
+    score = day[local.hour]
+    if score > 0 and score >= sorted(day, reverse=True)[min(top, 24) - 1]:
+        return "top"
+    return "inside" if score > 0 and score >= sum(day) / 24 else "outside"
+
+
 def allowed_hours(
     policy: Policy, channel: str, window: LocalWindow | None
 ) -> Callable[[datetime], bool]:
@@ -103,4 +122,5 @@ __all__ = [
     "candidates",
     "hour_of_week",
     "hour_scores",
+    "placement",
 ]

@@ -13,7 +13,7 @@ from rich.markup import escape
 from orchestrator import console
 from orchestrator.config import get_settings
 from orchestrator.errors import InputError, RecallError
-from orchestrator.journeys.assign import arm_for
+from orchestrator.journeys.assign import arm_for, variant_for
 from orchestrator.journeys.loader import check_paths, find_journey
 from orchestrator.journeys.model import Journey, Policy
 from orchestrator.journeys.preview import (
@@ -120,7 +120,8 @@ def preview(
 def _best_hours(journey: Journey, policy: Policy, user: dict[str, Any]) -> dict[str, str]:
     """``at: best_hour`` steps: when each would go if it came due now (business time),
     from the user's activity in the store; a line saying why not without a store."""
-    steps = [s.id for s in journey.send_steps() if s.at == "best_hour"]
+    steps = [s.id for s in journey.send_steps()
+             if s.at_for(variant_for(journey.id, s, user["user_id"])) == "best_hour"]
     if not steps:
         return {}
     try:

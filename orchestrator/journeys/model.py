@@ -252,11 +252,30 @@ class Entry(_Model):
         return self
 
 
+def _send_at_in(value: Any) -> str:
+    if value != "best_hour":
+        raise ValueError(
+            f"bad at {value!r}: write at: best_hour (the user's most active local hour), "
+            "or leave it out to send when due"
+        )
+    return "best_hour"
+
+
+SendAt = Annotated[
+    Literal["best_hour"],
+    PlainValidator(_send_at_in),
+    WithJsonSchema({"type": "string", "enum": ["best_hour"]}),
+]
+
+
 class Variant(_Model):
     weight: int = Field(ge=0, le=100)
     """Share of users in percent; the weights of a step sum to 100."""
     template: str = Field(min_length=1)
     """Template path relative to the templates folder."""
+    at: SendAt | None = None
+    """best_hour: this variant goes at the user's most active local hour; without it, when
+    due. An A/B of the send time: one variant with at: best_hour, one without."""
 
 
 # What the providers take (docs/sandbox.md cites the pages): WeChat's draft/add counts
@@ -323,22 +342,6 @@ class InviteCard(_Model):
         str | None, _max_bytes(CARD_URL_MAX_BYTES, "card.picurl"), AfterValidator(_web_url)
     ] = None
     """Picture URL, at most 2048 bytes; default the group's QR code."""
-
-
-def _send_at_in(value: Any) -> str:
-    if value != "best_hour":
-        raise ValueError(
-            f"bad at {value!r}: write at: best_hour (the user's most active local hour), "
-            "or leave it out to send when due"
-        )
-    return "best_hour"
-
-
-SendAt = Annotated[
-    Literal["best_hour"],
-    PlainValidator(_send_at_in),
-    WithJsonSchema({"type": "string", "enum": ["best_hour"]}),
-]
 
 
 class SendStep(_Model):
@@ -417,7 +420,27 @@ class SendStep(_Model):
                 raise located(f"{key} applies to wechat_article steps, not {self.send}", key)
         if self.card is not None and self.send != "wecom_group_invite":
             raise located(f"card applies to wecom_group_invite steps, not {self.send}", "card")
+        timed = [name for name, v in (self.variants or {}).items() if v.at is not None]
+        if self.at is not None and timed:
+            raise located(
+                f"at is set on send step {self.id!r} and on its variant {timed[0]!r}: put it "
+                "on the step (every variant) or on the variants (an A/B of the send time)",
+                "variants", timed[0], "at")
         return self
+
+    def at_for(self, variant: str | None) -> str | None:
+        """When a touch of ``variant`` goes: ``best_hour``, or ``None`` (when due). A
+        variant's own ``at`` wins; otherwise the step's."""
+        chosen = (self.variants or {}).get(variant or "")
+        if chosen is not None and chosen.at is not None:
+            return chosen.at
+        return self.at
+
+    @property
+    def timed(self) -> bool:
+        """Whether some touch of this step may go at ``best_hour``."""
+        return self.at is not None or any(
+            v.at is not None for v in (self.variants or {}).values())
 
     def template_for(self, variant: str | None) -> str:
         """The template path for ``variant`` (``None`` when the step has no variants)."""

@@ -24,6 +24,7 @@ from orchestrator.reports.retention import by_arm as retention_by_arm
 from orchestrator.reports.retention import retention
 from orchestrator.reports.rungs import rungs
 from orchestrator.reports.stats import ArmCount, compare, wilson_interval
+from orchestrator.reports.variants import variants
 from orchestrator.store.clock import StoredClock
 from orchestrator.store.tables import CONVERSIONS, ENROLLMENTS, TOUCHES
 from orchestrator.store.tables import SEND_BATCHES as BATCHES
@@ -52,6 +53,7 @@ def journey_report(engine: Engine, journey: Journey, policy: Policy, *,
         revenue_by_arm = _revenue_by_arm(conn, journey.id)
         steps = _steps(conn, journey)
         senders = _wecom_senders(conn, journey.id)
+        ab = variants(conn, journey)
         windows = retention(conn, journey.id, journey.retention, active, now)
         first_entry = conn.execute(select(func.min(ENROLLMENTS.c.entered_at))
                                    .where(ENROLLMENTS.c.journey_id == journey.id)).scalar()
@@ -67,6 +69,7 @@ def journey_report(engine: Engine, journey: Journey, policy: Policy, *,
         "uplift": compare(control, treatment).as_dict(),
         "retention": windows,
         "steps": steps,
+        "variants": ab,
         "cost": cost,
         "revenue": revenue,
         "currency": policy.currency,

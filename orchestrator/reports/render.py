@@ -2,8 +2,11 @@
 self-contained HTML page with inline SVG charts (no script, nothing fetched).
 
 CSV layout (one header, one row per line, empty cells where a column does not apply):
-``kind=arm`` rows (control, treatment), then ``kind=step`` rows (one per step and channel,
-in journey order), then one ``kind=total`` row (uplift, cost, revenue, ROI).
+``kind=arm`` rows (control, treatment), ``kind=retention`` and ``kind=retention_uplift``
+rows, then ``kind=step`` rows (one per step and channel, in journey order), then
+``kind=variant`` rows (per step and A/B variant: users in ``enrolled``, the rate and its
+interval) each followed, but for a step's first variant, by a ``kind=variant_uplift`` row
+(against the first), then one ``kind=total`` row (uplift, cost, revenue, ROI).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ CSV_COLUMNS = (
     "uplift_absolute", "uplift_relative", "ci95_low", "ci95_high", "p_value", "significant",
     "warning", "roi", "currency", "note", "window", "retained", "rung_share", "rung_holdout",
     "rung_holdout_converted", "rung_treatment", "rung_treatment_converted",
-    "incremental_conversions", "cost_per_incremental", "incremental_revenue",
+    "incremental_conversions", "cost_per_incremental", "incremental_revenue", "variant", "at",
 )
 
 
@@ -70,6 +73,14 @@ def to_csv(report: dict[str, Any]) -> str:
             "suppressed_by_reason": ";".join(f"{r}={n}" for r, n in step["suppressed"].items()),
             "currency": currency, "note": step.get("note"), **_rung_cells(step.get("rung")),
         })
+    for v in report.get("variants", []):
+        low, high = v.get("ci95") or (None, None)
+        cells = {"name": v["step_id"], "variant": v["variant"], "at": v["at"]}
+        writer.writerow({"kind": "variant", **cells, "enrolled": v["users"], "sent": v["sent"],
+                         "clicked": v["clicked"], "converted": v["converted"],
+                         "rate": v["rate"], "ci95_low": low, "ci95_high": high})
+        if v["uplift"] is not None:
+            writer.writerow({"kind": "variant_uplift", **cells, **_uplift_cells(v["uplift"])})
     writer.writerow(_total_row(report))
     return buffer.getvalue()
 
@@ -126,6 +137,11 @@ def to_table(report: dict[str, Any], width: int = 120) -> str:
         for step in rungs:
             if step["rung"]["uplift"].get("warning"):
                 line(f"rung {step['step_id']}: warning: {step['rung']['uplift']['warning']}")
+    if report.get("variants"):
+        console.print(_variants_table(report["variants"]))
+        for v in report["variants"]:
+            if (v["uplift"] or {}).get("warning"):
+                line(f"variant {v['step_id']}/{v['variant']}: warning: {v['uplift']['warning']}")
     line(_money_line(report))
     if report.get("wecom_senders"):
         console.print(_senders_table(report))
@@ -206,6 +222,26 @@ def _rungs_table(report: dict[str, Any], steps: list[dict[str, Any]]) -> Table:
             _money(report, rung["cost"]), _money(report, rung["cost_per_incremental"]),
             fmt.num(rung["roi"]), fmt.interval(up),
             fmt.p_value(up["p_value"]) + (f" {mark}" if mark else ""))
+    return table
+
+
+def _variants_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="A/B variants: treatment users who reached the step (each once), "
+                        "converted; each variant against the step's first")
+    for column in ("step", "variant", "at", "sent", "converted", "95% CI", "uplift",
+                   "uplift 95% CI", "p"):
+        table.add_column(column, justify="left" if column in ("step", "variant", "at")
+                         else "right", no_wrap=column != "step")
+    for v in rows:
+        up = v["uplift"]
+        ci = v["ci95"]
+        mark = fmt.stars(up) if up else ""
+        table.add_row(
+            v["step_id"], v["variant"], v["at"] or "when due", fmt.count(v["sent"]),
+            _share({"retained": v["converted"], "eligible": v["users"], "rate": v["rate"]}),
+            f"[{fmt.pct(ci[0])}, {fmt.pct(ci[1])}]" if ci else "—",
+            fmt.pp(up["absolute"]) if up else "reference", fmt.interval(up) if up else "",
+            (fmt.p_value(up["p_value"]) + (f" {mark}" if mark else "")) if up else "")
     return table
 
 

@@ -11,6 +11,7 @@ from orchestrator.clock import ManualClock
 from orchestrator.engine.enroll import enroll
 from orchestrator.engine.runner import run_until_idle
 from orchestrator.engine.runtime import Runtime
+from orchestrator.journeys.assign import variant_for
 from orchestrator.sandbox.server import SandboxHandle
 from orchestrator.store.models import Touch
 from tests.audience.helpers import add_events, ev
@@ -67,3 +68,44 @@ def test_touches_wait_for_each_users_best_hour(
     run_until_idle(rt)
     sent = [r for r in sandbox.state.records("twilio") if r["outcome"] == "accepted"]
     assert [r["body"]["To"] for r in sent] == ["+8613800000001"]
+
+
+AB = """\
+id: timed-ab
+name: 发送时段 A/B
+entry:
+  segment: "true"
+holdout: 0%
+steps:
+  - id: sms
+    send: sms
+    link: "https://m.example.com/coupon?u={{ user_id }}"
+    variants:
+      due:  { weight: 50, template: w/sms.j2 }
+      best: { weight: 50, template: w/sms.j2, at: best_hour }
+"""
+
+
+def test_a_variant_with_at_best_hour_waits_and_the_other_goes_when_due(
+    make_runtime: Callable[..., Runtime], sandbox: SandboxHandle
+) -> None:
+    """An A/B of the send time: the same step, one variant at the best hour."""
+    rt = make_runtime({"timed-ab": AB}, TEMPLATES, users=6)
+    users = [f"u{i:04d}" for i in range(6)]
+    add_events(rt.db, [ev(u, "login", _local(d, 19)) for u in users for d in range(1, 11)])
+    with rt.db.begin() as conn:
+        enroll(conn, rt.book.latest("timed-ab"), users, now=T0)
+
+    run_until_idle(rt)
+    with rt.db.connect() as conn:
+        rows = conn.execute(select(TOUCHES.c.user_id, TOUCHES.c.variant, TOUCHES.c.due_at)).all()
+    step = rt.book.latest("timed-ab").send_steps()[0]
+    expected = {u: variant_for("timed-ab", step, u) for u in users}
+    assert {r.user_id: r.variant for r in rows} == expected
+    assert set(expected.values()) == {"due", "best"}  # both variants are exercised
+    evening = datetime(2026, 3, 2, 11, 0, tzinfo=UTC)  # 19:00 in Shanghai
+    assert {r.user_id: r.due_at.replace(tzinfo=UTC) for r in rows} == {
+        u: evening if v == "best" else T0 for u, v in expected.items()}
+    sent = [r["body"]["To"][-4:] for r in sandbox.state.records("twilio")
+            if r["outcome"] == "accepted"]
+    assert sorted(sent) == sorted(u[1:] for u, v in expected.items() if v == "due")

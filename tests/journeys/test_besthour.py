@@ -16,6 +16,7 @@ from orchestrator.journeys.besthour import (
     candidates,
     hour_of_week,
     hour_scores,
+    placement,
 )
 from orchestrator.journeys.durations import LocalWindow
 from orchestrator.journeys.model import Policy
@@ -144,3 +145,33 @@ def test_holiday_send_hours_apply_on_holidays() -> None:
 def test_a_profile_must_cover_the_week() -> None:
     with pytest.raises(ValueError, match="a profile has 168 hours of the week, got 24"):
         hour_scores([0.0] * 24)
+
+
+def test_placement_ranks_the_hour_in_the_persons_day() -> None:
+    """Top hours, active hours, outside: by the same scores as the best hour."""
+    monday = 0
+    # Lunch peak (12:00), dinner peak (18:00), some 21:00, a little 09:00; every Monday.
+    profile = [0.0] * HOURS_OF_WEEK
+    for hour, count in ((12, 9.0), (18, 8.0), (21, 4.0), (9, 1.0), (15, 0.5)):
+        profile[monday * 24 + hour] = count
+    at = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
+    found = {h: placement(profile, at.replace(hour=h)) for h in (12, 18, 21, 9, 15, 3)}
+    # Active hours: a score at least the day's mean (22.5 × 8/7 / 24 ≈ 1.07): 09:00 (1.14)
+    # is, 15:00 (0.57) is not.
+    assert found == {12: "top", 18: "top", 21: "top", 9: "inside", 15: "outside",
+                     3: "outside"}
+    assert placement(profile, at.replace(hour=21), top=2) == "inside"
+    # Tuesday has no activity of its own; the same hour of the other days still counts.
+    assert placement(profile, at.replace(day=3, hour=12)) == "top"
+    assert placement([0.0] * HOURS_OF_WEEK, at) is None
+
+
+@given(st.lists(st.floats(0, 50), min_size=HOURS_OF_WEEK, max_size=HOURS_OF_WEEK),
+       st.integers(0, HOURS_OF_WEEK - 1))
+@settings(max_examples=80, deadline=None)
+def test_the_best_hour_of_a_day_is_always_a_top_hour(profile: list[float], hour: int) -> None:
+    scores = hour_scores(profile)
+    day = hour // 24
+    best = max(range(day * 24, day * 24 + 24), key=lambda h: scores[h])
+    local = datetime(2026, 3, 2 + day, best % 24, tzinfo=UTC)
+    assert placement(profile, local) in (("top",) if any(profile) else (None,))

@@ -128,6 +128,33 @@ CASES: list[tuple[str, str, list[str]]] = [
         ["journeys/j.yaml:25:7: variant weights sum to 90, not 100"],
     ),
     (
+        "bad send time on a variant",
+        VALID.replace(
+            "    template: sms.j2\n",
+            "    variants:\n"
+            "      a: { weight: 50, template: sms.j2 }\n"
+            "      b: { weight: 50, template: sms.j2, at: later }\n",
+        ),
+        [
+            "journeys/j.yaml:26:46: bad at 'later': write at: best_hour (the user's most "
+            "active local hour), or leave it out to send when due"
+        ],
+    ),
+    (
+        "send time on the step and on a variant",
+        VALID.replace(
+            "    template: sms.j2\n",
+            "    at: best_hour\n"
+            "    variants:\n"
+            "      a: { weight: 50, template: sms.j2 }\n"
+            "      b: { weight: 50, template: sms.j2, at: best_hour }\n",
+        ),
+        [
+            "journeys/j.yaml:27:46: at is set on send step 'sms' and on its variant 'b': put "
+            "it on the step (every variant) or on the variants (an A/B of the send time)"
+        ],
+    ),
+    (
         "holdout above 50%",
         VALID.replace("holdout: 10%", "holdout: 60%"),
         ["journeys/j.yaml:5:10: holdout 60% is outside 0–50%"],

@@ -67,6 +67,7 @@ def test_report_numbers_are_exact(dataset: Dataset) -> None:
             _step("sms", "sms", 5, 3, 2, 1, 2, {"sms_opt_out": 1}, 0.225),
             _aggregate(_step("sms", "wechat_article", 1, 1, 0, 0, 0, {}, 0.0)),
         ],
+        "variants": [],
         "cost": pytest.approx(0.225),
         # (120/8 − 30/4) × 8 = 60 incremental; ROI = (60 − 0.225) / 0.225
         "revenue": pytest.approx(60.0),
