@@ -42,6 +42,8 @@ def tell(result: DemoResult, console: Console) -> None:
                   f"{sum(sim.actions.values()):,} simulated responses", highlight=False)
     console.print(_journeys_table(result))
     console.print(_arms_table(result))
+    for line in retention_notes(result):
+        console.print(line, highlight=False)
     console.print(_uplift_table(result))
     console.print(_funnel_table(result))
     if any(r.get("variants") for r in result.reports):
@@ -121,9 +123,18 @@ def _arms_table(result: DemoResult) -> Table:
             table.add_row(
                 report["journey_id"] if not treated else "", arm, f"{n['enrolled']:,}",
                 f"{n['converted']:,}", fmt.pct(n["rate"]), _interval(n.get("ci95")),
-                *(fmt.pct(windows[w][arm]["rate"]) if w in windows else "—" for w in retention),
+                *(fmt.retention_rate(windows[w], arm) if w in windows else "not measured"
+                  for w in retention),
                 end_section=treated)
     return table
+
+
+def retention_notes(result: DemoResult) -> list[str]:
+    """Why a retention cell reads ``not yet`` (or counts only some users): one line per
+    journey and window."""
+    return [f"{report['journey_id']} retained {w['window']}: {w['note']}"
+            for report in result.reports for w in report.get("retention") or []
+            if w.get("note")]
 
 
 def _interval(ci: Any) -> str:

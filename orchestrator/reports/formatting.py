@@ -11,6 +11,7 @@ from orchestrator.clock import as_utc
 
 FUNNEL = ("eligible", "sent", "delivered", "clicked", "converted")
 NOT_MEASURED = "n/m"  # not measured per touch (aggregate-only)
+NOT_YET = "not yet"  # a retention window that no user's data covers yet
 
 
 def pct(value: float | None) -> str:
@@ -100,3 +101,20 @@ def window_label(window: dict[str, Any]) -> str:
 
 
 
+
+
+def retention_rate(window: dict[str, Any], arm: str) -> str:
+    """An arm's rate in a retention window; ``not yet`` when no user's window has closed
+    within the data (the window's ``note`` says why)."""
+    numbers = window[arm]
+    if numbers["rate"] is None and window.get("pending"):
+        return NOT_YET
+    return pct(numbers["rate"])
+
+
+def retention_share(window: dict[str, Any], arm: str) -> str:
+    """``retained/eligible = rate``, or ``not yet``."""
+    numbers = window[arm]
+    if numbers["rate"] is None and window.get("pending"):
+        return NOT_YET
+    return f"{numbers['retained']:,}/{numbers['eligible']:,} = {pct(numbers['rate'])}"

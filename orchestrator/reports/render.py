@@ -62,9 +62,11 @@ def to_csv(report: dict[str, Any]) -> str:
             low, high = numbers.get("ci95") or (None, None)
             writer.writerow({"kind": "retention", "name": arm, "window": window["window"],
                              "eligible": numbers["eligible"], "retained": numbers["retained"],
-                             "rate": numbers["rate"], "ci95_low": low, "ci95_high": high})
+                             "rate": numbers["rate"], "ci95_low": low, "ci95_high": high,
+                             "note": window.get("note")})
         writer.writerow({"kind": "retention_uplift", "name": window["window"],
-                         "window": window["window"], **_uplift_cells(window["uplift"])})
+                         "window": window["window"], **_uplift_cells(window["uplift"]),
+                         "note": window.get("note")})
     for step in report["steps"]:
         writer.writerow({
             "kind": "step", "name": step["step_id"],
@@ -125,6 +127,8 @@ def to_table(report: dict[str, Any], width: int = 120) -> str:
     if report.get("retention"):
         console.print(_retention_table(report))
         for window in report["retention"]:
+            if window.get("note"):
+                line(f"retention {window['window']}: {window['note']}")
             if window["uplift"].get("warning"):
                 line(f"retention {window['window']}: warning: {window['uplift']['warning']}")
     console.print(_steps_table(report))
@@ -178,7 +182,8 @@ def _retention_table(report: dict[str, Any]) -> Table:
     for w in report["retention"]:
         up = w["uplift"]
         mark = fmt.stars(up)
-        table.add_row(fmt.window_label(w), *(_share(w[arm]) for arm in ("control", "treatment")),
+        table.add_row(fmt.window_label(w),
+                      *(fmt.retention_share(w, arm) for arm in ("control", "treatment")),
                       fmt.pp(up["absolute"]), fmt.interval(up),
                       fmt.p_value(up["p_value"]) + (f" {mark}" if mark else ""))
     return table

@@ -6,7 +6,8 @@ the journey, from that enrollment's ``entered_at``. The windows follow each othe
 the second days 8–30, ``(entered + 7d, entered + 30d]``. A user is *retained* in a window
 when they have an activity event (the audience's ``activity_events``) inside it. Only users
 whose window has fully passed at the report's ``now`` count (the window's *eligible*
-users): a window still open says nothing yet, in either arm.
+users): a window still open says nothing yet, in either arm. Each window says why when
+some or all of its users are not counted yet (``pending``, ``note``).
 
 One grouped query per report (all windows at once), no Python loop over users or events.
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, case, func, literal, select
 
+from orchestrator.clock import as_utc
 from orchestrator.journeys.durations import format_duration
 from orchestrator.reports.stats import ArmCount, compare, wilson_interval
 from orchestrator.store.tables import ENROLLMENTS, EVENTS
@@ -34,17 +36,36 @@ def retention(conn: Connection, journey_id: str, windows: Sequence[timedelta],
     if not windows:
         return []
     bounds = list(zip([timedelta(0), *windows[:-1]], windows, strict=True))
-    counts = _counts(conn, journey_id, bounds, activity_events, now)
+    counts, users, first_entry = _counts(conn, journey_id, bounds, activity_events, now)
     report = []
     for i, (start, end) in enumerate(bounds):
         arms = {arm: ArmCount(*counts.get((arm, i), (0, 0))) for arm in ARMS}
-        report.append({
+        window = {
             "window": format_duration(end), "first_day": start // DAY + 1,
             "last_day": end // DAY,
             **{arm: _arm(count) for arm, count in arms.items()},
             "uplift": compare(arms["control"], arms["treatment"]).as_dict(),
-        })
+        }
+        eligible = sum(count.enrolled for count in arms.values())
+        window["pending"] = users - eligible
+        window["note"] = _note(window, eligible, first_entry, end, now)
+        report.append(window)
     return report
+
+
+def _note(window: dict[str, Any], eligible: int, first_entry: datetime | None,
+          end: timedelta, now: datetime) -> str | None:
+    """Why a window's rates are missing or partial: its users' windows are still open."""
+    days = f"days {window['first_day']}–{window['last_day']} after entry"
+    if eligible == 0 and first_entry is not None:
+        closes = as_utc(first_entry) + end
+        return (f"not observable yet: the window ({days}) ends after the data, which ends "
+                f"{as_utc(now):%Y-%m-%d %H:%M} UTC; the earliest closes "
+                f"{closes:%Y-%m-%d %H:%M} UTC")
+    if window["pending"] > 0 and eligible > 0:
+        return (f"{eligible:,} users counted; {window['pending']:,} who entered later are not "
+                f"counted yet (their window, {days}, ends after the data)")
+    return None
 
 
 def by_arm(windows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
@@ -62,8 +83,9 @@ Bounds = list[tuple[timedelta, timedelta]]
 
 
 def _counts(conn: Connection, journey_id: str, bounds: Bounds, activity_events: Sequence[str],
-            now: datetime) -> dict[tuple[str, int], tuple[int, int]]:
-    """``{(arm, window index): (eligible, retained)}``."""
+            now: datetime) -> tuple[dict[tuple[str, int], tuple[int, int]], int, datetime | None]:
+    """``{(arm, window index): (eligible, retained)}``, the users counted once each (both
+    arms) and the first entry."""
     e = ENROLLMENTS.c
     ranked = select(
         e.user_id, e.arm, e.entered_at,
@@ -89,10 +111,17 @@ def _counts(conn: Connection, journey_id: str, bounds: Bounds, activity_events: 
         columns += [func.sum(case((closed, 1), else_=0)),
                     func.sum(case((closed, per_user.c[f"in_{i}"]), else_=0))]
     found: dict[tuple[str, int], tuple[int, int]] = {}
-    for arm, *sums in conn.execute(select(per_user.c.arm, *columns).group_by(per_user.c.arm)):
+    users, first_entry = 0, None
+    for arm, n, entered, *sums in conn.execute(
+            select(per_user.c.arm, func.count(), func.min(per_user.c.entered_at), *columns)
+            .group_by(per_user.c.arm)):
+        users += int(n)
+        if entered is not None:
+            entered = as_utc(entered)
+            first_entry = entered if first_entry is None else min(first_entry, entered)
         for i in range(len(bounds)):
             found[(arm, i)] = (int(sums[2 * i] or 0), int(sums[2 * i + 1] or 0))
-    return found
+    return found, users, first_entry
 
 
 def _ms(span: timedelta) -> Any:

@@ -90,7 +90,9 @@ def test_journey_page_shows_report_sections_and_masked_touches(local: httpx.Clie
         assert heading in text
     # Business time is T0 + 18 days: days 1-7 are over for everyone, days 8-30 for nobody.
     assert "7d (days 1–7) 2/4 = 50.00% 3/8 = 37.50%" in text
-    assert "30d (days 8–30) 0/0 = — 0/0 = —" in text
+    assert "30d (days 8–30) not yet not yet" in text  # with the reason, no bare dash
+    assert ("not observable yet: the window (days 8–30 after entry) ends after the data"
+            in text)
     assert "0.22 CNY" in text and "n/m" not in text  # the chart says it in words
     assert "not measured per touch (aggregate-only)" in text
     assert page.text.count('aria-label="funnel ') == 4  # article, invite, sms, sms→article

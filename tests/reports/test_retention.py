@@ -63,6 +63,35 @@ def test_a_window_still_open_counts_nobody(dataset: Dataset) -> None:
     assert _counts(later["retention"][0])["treatment"] == (9, 4)
 
 
+def test_a_window_not_observable_yet_says_why_in_every_format(dataset: Dataset) -> None:
+    """No bare dash: a window that no user's data covers yet reads ``not yet`` with the
+    reason (it ends after the data) in the table, the CSV and the HTML page (the
+    dashboard's journey page includes the same sections); a window that counts only the
+    earlier entrants says how many wait."""
+    with dataset.engine.begin() as conn:
+        conn.execute(insert(ENROLLMENTS), [_enrollment(40, "t9", "treatment", T0 + 15 * DAY)])
+    report = journey_report(dataset.engine, dataset.journey, dataset.policy, now=T0 + 20 * DAY)
+    first, second = report["retention"]
+    assert second["pending"] == 13
+    assert second["note"].startswith("not observable yet: the window (days 8–30 after entry) "
+                                     "ends after the data")
+    closes = f"{T0 + 30 * DAY:%Y-%m-%d %H:%M} UTC"
+    assert second["note"].endswith(f"the earliest closes {closes}")
+    assert first["pending"] == 1
+    assert first["note"] == ("12 users counted; 1 who entered later are not counted yet "
+                             "(their window, days 1–7 after entry, ends after the data)")
+    table = render(report, "table")
+    assert f"retention 30d: {second['note']}" in table
+    assert "not yet" in table.split("retention by arm")[1]
+    cells = [r for r in csv.DictReader(io.StringIO(render(report, "csv")))
+             if r["window"] == "30d"]
+    assert {r["note"] for r in cells} == {second["note"]}
+    assert all(r["rate"] == "" for r in cells)
+    page = render(report, "html")
+    assert second["note"] in page and first["note"] in page
+    assert page.count("<td>not yet</td>") == 4  # both arms, in the arms and retention tables
+
+
 @pytest.mark.parametrize("days", [5, 7, 8, 29, 30, 31, 60])
 def test_retention_is_recomputable_from_the_exports(dataset: Dataset, days: int) -> None:
     now = T0 + days * DAY
