@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -151,12 +151,7 @@ class JourneyBook:
         insert = upsert(engine)
         with begin_write(engine) as conn:
             for j in self.current.values():
-                conn.execute(
-                    insert(VERSIONS)
-                    .values(journey_id=j.id, version=j.version, source=self._source(j),
-                            created_at=now)
-                    .on_conflict_do_nothing()
-                )
+                self._store_version(conn, j, now)
                 conn.execute(
                     insert(STATES)
                     .values(journey_id=j.id, version=j.version, state="active",
@@ -166,6 +161,20 @@ class JourneyBook:
                         set_={"version": j.version, "priority": j.priority},
                     )
                 )
+
+    def record_version(self, engine: Engine, journey: Journey, *, now: datetime) -> None:
+        """Store one version's files without touching any journey's state: a test send of a
+        journey not launched yet must not launch it (a state row lets its schedule run)."""
+        with begin_write(engine) as conn:
+            self._store_version(conn, journey, now)
+
+    def _store_version(self, conn: Connection, journey: Journey, now: datetime) -> None:
+        conn.execute(
+            upsert(conn.engine)(VERSIONS)
+            .values(journey_id=journey.id, version=journey.version,
+                    source=self._source(journey), created_at=now)
+            .on_conflict_do_nothing()
+        )
 
     def _source(self, journey: Journey) -> dict[str, Any]:
         path = Path(journey.source_path)

@@ -1,14 +1,17 @@
-"""Engine commands: import, enroll, run/worker/beat, simulate, export, pause/resume/stop."""
+"""Engine commands: import, enroll, run/worker/beat, simulate, export, send-test,
+pause/resume/stop."""
 
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -150,6 +153,56 @@ def control_cmd(action: Literal["pause", "resume", "stop"]) -> Callable[[str], N
     return command
 
 
+def send_test_cmd(
+    journey: Annotated[str, typer.Argument(help="journey id")],
+    to: Annotated[str, typer.Option(
+        "--to", metavar="LIST",
+        help="who gets it: user ids of imported users, separated by commas (--to u1,u2), or "
+             "@FILE: a file of user ids, one a line or comma-separated, # starts a comment; "
+             "at most 100 people")],
+) -> None:
+    """Send every send step of a journey to a few people now, to check what they get.
+
+    Each step is rendered for each person and sent through the real channel (the configured
+    provider or the sandbox), now: caps and quiet hours are skipped, consent is not (an
+    opted-out person is not sent to). Test sends are never counted (reports, exports, the
+    dashboard) and each run is written to the audit log. Exit 1 if a send failed."""
+    from orchestrator.engine.runtime import Runtime
+    from orchestrator.engine.testsends import parse_recipients, send_test
+    from orchestrator.logs import redact
+
+    settings = get_settings()
+    try:
+        recipients = parse_recipients(to)
+        rt = Runtime.from_settings(settings, db=_db(settings))
+        try:
+            result = send_test(rt, journey, recipients)
+        finally:
+            rt.close()
+    except RecallError as exc:
+        raise _fail(exc) from None
+    # Plain aligned columns, not a rich table: piped, a table would cut its cells to 80.
+    lines = [("step", "channel", "recipient", "to", "outcome")]
+    for o in result.outcomes:
+        why = o.reason or ""
+        if o.outcome == "pending":
+            why = f"{o.status}, a running worker settles it" + (f" ({why})" if why else "")
+        if o.error:
+            why = f"{why}: {o.error}" if why else o.error
+        outcome = f"{o.outcome}: {why}" if why else o.outcome
+        lines.append((o.step_id, o.channel, redact(o.user_id), o.address, outcome))
+    widths = [max(len(line[i]) for line in lines) for i in range(4)]
+    _say(f"send-test {result.journey_id} (version {result.version})", out)
+    for line in lines:
+        _say("  ".join([*(cell.ljust(w) for cell, w in zip(line, widths, strict=False)),
+                        line[4]]), out)
+    counts = Counter(o.outcome for o in result.outcomes)
+    _say(", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+         + "; test sends are never counted; written to the audit log", out)
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
 def export_cmd(
     kind: Annotated[Literal["touches", "enrollments"], typer.Argument()],
     fmt: Annotated[Literal["jsonl", "csv"], typer.Option("--format")] = "jsonl",
@@ -256,8 +309,8 @@ def run_cmd(port: Annotated[int, typer.Option(help="API port")] = 8000) -> None:
     raise typer.Exit(1)
 
 
-def _say(message: str) -> None:
-    err.print(message, soft_wrap=True, highlight=False, markup=False)
+def _say(message: str, console: Console = err) -> None:
+    console.print(message, soft_wrap=True, highlight=False, markup=False)
 
 
 def _say_running(stack: Stack) -> None:
@@ -345,6 +398,7 @@ def register(app: typer.Typer) -> None:
     app.command("enroll")(enroll_cmd)
     app.command("simulate")(simulate_cmd)
     app.command("export")(export_cmd)
+    app.command("send-test")(send_test_cmd)
     app.command("forget")(forget_cmd)
     app.command("run")(run_cmd)
     app.command("worker")(worker_cmd)

@@ -49,6 +49,7 @@ from orchestrator.engine.policy_gates import gates_for, release_caps
 from orchestrator.engine.runtime import Runtime
 from orchestrator.engine.step_options import step_options
 from orchestrator.engine.steps import Next, after_send
+from orchestrator.engine.testsends import stand_in_enrollment
 from orchestrator.errors import ChannelConfig, ChannelRetryable, ChannelUnknown
 from orchestrator.journeys.model import SendStep
 from orchestrator.policy.consent import record_opt_out
@@ -105,8 +106,12 @@ def _load_works(rt: Runtime, conn: Connection, ids: Sequence[int], token: str) -
         assert isinstance(step, SendStep)
         user = users.get(t["user_id"]) or {"user_id": t["user_id"], "attributes": {}}
         policy = rt.book.policy_for(journey)
+        enrollment = enrollments.get(t["enrollment_id"])
+        if enrollment is None and t["test"]:
+            enrollment = stand_in_enrollment(t, journey)
+        assert enrollment is not None, f"touch {t['id']} has no enrollment"
         works.append(Work(
-            touch=dict(t), enrollment=enrollments[t["enrollment_id"]], user=user,
+            touch=dict(t), enrollment=enrollment, user=user,
             journey=journey, policy=policy, step=step,
             tz=user_timezone(user, policy.timezone), channel=t["channel"],
         ))
@@ -154,13 +159,15 @@ def _freeze(rt: Runtime, conn: Connection, works: Sequence[Work], token: str,
               "clicks": 0, "created_at": now} for w in works if w.link and w.link_target]
     if links:
         conn.execute(insert(LINKS), links)
-    groups: dict[tuple[str, str, str, str, str | None], list[Work]] = defaultdict(list)
+    # Test touches go in batches of their own: a real batch's call and its aggregate
+    # result (a mass send's counts) never include a seed.
+    groups: dict[tuple[str, str, str, str, str | None, bool], list[Work]] = defaultdict(list)
     for w in works:
         t = w.touch
         groups[(w.channel, t["journey_id"], t["journey_version"], t["step_id"],
-                t["variant"])].append(w)
+                t["variant"], bool(t.get("test")))].append(w)
     batch_ids = []
-    for (channel, journey_id, version, step_id, variant), members in groups.items():
+    for (channel, journey_id, version, step_id, variant, _test), members in groups.items():
         adapter = rt.channel(channel)
         for chunk, shared in content_batches(members, size=adapter.max_batch,
                                              one_text=adapter.one_text):
@@ -528,6 +535,7 @@ def _audit_config(rt: Runtime, batch_id: str, channel: str, error: str, now: dat
         conn.execute(insert(AUDIT).values(at=now, actor="engine", action="channel_config",
                                           subject=channel,
                                           detail={"batch": batch_id, "error": error}))
+        conn.execute(update(BATCHES).where(BATCHES.c.id == batch_id).values(error=error))
 
 
 class LeaseKeeper:
@@ -635,7 +643,7 @@ def settle(rt: Runtime, conn: Connection, touches: Sequence[Mapping[str, Any] | 
     here; otherwise the cursor is due at once and a cursor pass decides."""
     rows = []
     for t in touches:
-        if t["status"] == "cancelled":
+        if t["status"] == "cancelled" or t.get("test"):  # a test touch has no enrollment
             continue
         journey = rt.book.get(rt.db, t["journey_id"], t["journey_version"])
         index = journey.step_index(t["step_id"])

@@ -9,6 +9,9 @@ its rung holdout, opted out, not reachable, capped), ``deferred`` to a later due
 (quiet hours, capped with ``when_capped: defer``) or ``failed`` (the template would not
 render). What is left after
 ``render`` holds its cap reservation and is ready to freeze into batches.
+
+A test send (``touch.test``: ``recall send-test``, a journey's ``test_recipients``) passes
+the same gates except quiet hours and caps, which let it through untouched.
 """
 
 from __future__ import annotations

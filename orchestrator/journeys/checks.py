@@ -132,7 +132,7 @@ def _test_recipients(check: JourneyCheck) -> Iterator[Problem]:
         yield check.problem(
             ("test_recipients",),
             "test_recipients is accepted but not acted on yet: the engine sends no seed-list "
-            "copies (and recall send-test is not built); remove it or expect nothing",
+            "copies; remove it and use `recall send-test JOURNEY --to LIST` meanwhile",
             key=True, severity="warning",
         )
 

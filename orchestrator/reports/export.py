@@ -1,5 +1,7 @@
 """``recall export touches|enrollments``: every row a report number is computed from.
 
+Test sends (``recall send-test``, ``test_recipients``) are left out, as from every count.
+
 Streamed in chunks (no full load into memory), times as ISO 8601 UTC.
 """
 
@@ -42,7 +44,8 @@ def rows(engine: Engine, kind: Kind, journey_id: str | None = None) -> Iterator[
     columns: tuple[str, ...]
     if kind == "touches":
         query = select(*[TOUCHES.c[c] for c in TOUCH_COLUMNS if c != "enrollment_id"],
-                       TOUCHES.c.enrollment_id).order_by(TOUCHES.c.id)
+                       TOUCHES.c.enrollment_id).where(TOUCHES.c.test.is_(False))\
+            .order_by(TOUCHES.c.id)
         if journey_id:
             query = query.where(TOUCHES.c.journey_id == journey_id)
         columns = TOUCH_COLUMNS
@@ -86,7 +89,7 @@ class _MergedVariants:
 def _variants(engine: Engine, journey_id: str | None) -> _MergedVariants:
     query = (
         select(TOUCHES.c.enrollment_id, TOUCHES.c.step_id, TOUCHES.c.variant)
-        .where(TOUCHES.c.variant.is_not(None))
+        .where(TOUCHES.c.variant.is_not(None), TOUCHES.c.test.is_(False))
         .order_by(TOUCHES.c.enrollment_id, TOUCHES.c.id)
     )
     if journey_id:

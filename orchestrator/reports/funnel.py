@@ -139,8 +139,16 @@ def reached_provider(t: Any) -> Any:
 
 
 def _live_touches(journey_id: str) -> Any:
-    # Test sends (journey test_recipients) are never counted.
+    # Test sends (recall send-test, journey test_recipients) are never counted.
     return and_(TOUCHES.c.journey_id == journey_id, TOUCHES.c.test.is_(False))
+
+
+def _live_batches(journey_id: str) -> Any:
+    """The journey's batches but those of test sends (which hold test touches only)."""
+    tests = select(TOUCHES.c.batch_id).where(
+        TOUCHES.c.journey_id == journey_id, TOUCHES.c.test.is_(True),
+        TOUCHES.c.batch_id.is_not(None))
+    return and_(BATCHES.c.journey_id == journey_id, BATCHES.c.id.not_in(tests))
 
 
 def _steps(conn: Connection, journey: Journey) -> list[dict[str, Any]]:
@@ -192,7 +200,7 @@ def _mass_send_reports(conn: Connection, journey_id: str) -> dict[tuple[str, str
     found: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
     for step_id, channel, result in conn.execute(
         select(b.step_id, b.channel, b.result)
-        .where(b.journey_id == journey_id, b.channel == AGGREGATE_DELIVERY, b.state == "sent")
+        .where(_live_batches(journey_id), b.channel == AGGREGATE_DELIVERY, b.state == "sent")
     ).all():
         totals = found[(step_id, channel)]
         totals["batches"] += 1
@@ -254,7 +262,7 @@ def _wecom_senders(conn: Connection, journey_id: str) -> list[dict[str, Any]]:
                                          TOUCHES.c.batch_id.is_not(None)))
     confirmed = and_(b.confirmed_at.is_not(None), not_(timed_out))
     sender = func.coalesce(b.sender, DEFAULT_SENDER)
-    tasks = and_(b.journey_id == journey_id, b.channel == WECOM, b.state == "sent")
+    tasks = and_(_live_batches(journey_id), b.channel == WECOM, b.state == "sent")
     counted = conn.execute(
         select(sender, func.count(), _count_if(confirmed), _count_if(timed_out))
         .where(tasks).group_by(sender)

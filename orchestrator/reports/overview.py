@@ -125,7 +125,7 @@ def recent_touches(engine: Engine, journey_id: str,
                    t.joined_at, t.converted_at, t.cost, t.test, u.phone, u.openid,
                    u.external_userid)
             .select_from(TOUCHES.outerjoin(USERS, u.user_id == t.user_id))
-            .where(t.journey_id == journey_id)
+            .where(t.journey_id == journey_id, t.test.is_(False))
             .order_by(t.id.desc()).limit(limit)
         ).mappings().all()
     return [_masked(dict(row)) for row in rows]

@@ -145,7 +145,9 @@ def _invite_touches_by_member(conn: Connection, external_userids: Sequence[str])
                 TOUCHES.c.status.in_(REACHED),
                 TOUCHES.c.joined_at.is_(None),
             )
-            .order_by(TOUCHES.c.sent_at.desc(), TOUCHES.c.id.desc())
+            # A journey's own invite before a test send's copy of it (a seed list's member
+            # may be in the audience too).
+            .order_by(TOUCHES.c.test, TOUCHES.c.sent_at.desc(), TOUCHES.c.id.desc())
             .limit(1)
         ).scalar()
         if touch_id is not None:

@@ -29,6 +29,6 @@ def test_test_recipients_is_flagged_as_not_acted_on(tmp_path: Path) -> None:
     problems = validate_paths([tmp_path], REPO / "templates")
     assert [str(p) for p in problems] == [
         f"{tmp_path / 'tr.yaml'}:5:1: warning: test_recipients is accepted but not acted on "
-        "yet: the engine sends no seed-list copies (and recall send-test is not built); "
-        "remove it or expect nothing"
+        "yet: the engine sends no seed-list copies; remove it and use "
+        "`recall send-test JOURNEY --to LIST` meanwhile"
     ]
