@@ -65,7 +65,7 @@ from orchestrator.channels.errors import (
 from orchestrator.channels.fanout import Outcome, from_entry, send_each, settle
 from orchestrator.channels.ledger import SendLedger
 from orchestrator.channels.pacing import Backoff, TokenBucket, shared_bucket
-from orchestrator.channels.smstext import body_too_long, compose_sms, count_segments
+from orchestrator.channels.smstext import body_too_long, count_segments, sms_with_link
 from orchestrator.errors import ChannelError, ChannelRetryable, ChannelUnknown, ConfigError
 
 if TYPE_CHECKING:
@@ -109,13 +109,8 @@ def _retry_after(headers: Mapping[str, str] | None) -> float | None:
 
 def sms_body(message: Message, options: Mapping[str, str]) -> str:
     """The text sent: rendered text + the touch's short link + signature + opt-out suffix."""
-    text = message.text.strip()
-    if message.link and message.link not in text:
-        text = f"{text} {message.link}"
-    suffix = options.get("opt_out_suffix", "")
-    if suffix and not text.endswith(suffix) and message.link and text.endswith(message.link):
-        suffix = " " + suffix  # keep the suffix out of the URL a phone will linkify
-    return compose_sms(text, signature=options.get("signature", ""), opt_out_suffix=suffix)
+    return sms_with_link(message.text, message.link, signature=options.get("signature", ""),
+                         opt_out_suffix=options.get("opt_out_suffix", ""))
 
 
 class SmsChannel:

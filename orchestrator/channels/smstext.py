@@ -44,6 +44,18 @@ def count_segments(text: str) -> int:
     return 1 if n <= single else -(-n // part)
 
 
+def sms_with_link(text: str, link: str | None, *, signature: str = "",
+                  opt_out_suffix: str = "") -> str:
+    """The text sent: rendered text, the touch's short link (appended when the text does not
+    carry it), signature and opt-out suffix (kept out of the URL a phone will linkify)."""
+    text = text.strip()
+    if link and link not in text:
+        text = f"{text} {link}"
+    if opt_out_suffix and not text.endswith(opt_out_suffix) and link and text.endswith(link):
+        opt_out_suffix = " " + opt_out_suffix
+    return compose_sms(text, signature=signature, opt_out_suffix=opt_out_suffix)
+
+
 def compose_sms(text: str, *, signature: str = "", opt_out_suffix: str = "") -> str:
     """The final SMS body: registered signature first, opt-out suffix last (China rules)."""
     body = text.strip()

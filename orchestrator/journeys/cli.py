@@ -99,7 +99,8 @@ def preview(
         person = read_user_csv(users, user) if users else read_user_from_store(user)
         props = _json_object(event_props) if event_props else None
         touches = preview_journey(
-            loaded, policy, person, templates_dir=templates_dir, event_props=props
+            loaded, policy, person, templates_dir=templates_dir, event_props=props,
+            public_base_url=settings.public_base_url,
         )
         times = _best_hours(loaded, policy, person)
     except RecallError as exc:
@@ -162,8 +163,11 @@ def _print_touch(out: Console, preview: TouchPreview, send_at: str | None = None
     else:
         out.print("text:")
         out.print(escape(touch.text))
-    if touch.link:
-        out.print(f"link:     {escape(touch.link)} (shortened at send time)")
+    if preview.link_target and touch.link:
+        out.print(f"link:     {escape(touch.link)} -> {escape(preview.link_target)} "
+                  "(a new code for each touch)")
+    elif touch.link:
+        out.print(f"landing:  {escape(touch.link)} (the same for everyone)")
 
 
 def _json_object(text: str) -> dict[str, Any]:

@@ -13,27 +13,37 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator.channels.smstext import compose_sms, count_segments
+from orchestrator.channels.smstext import count_segments, sms_with_link
 from orchestrator.clock import utcnow
 from orchestrator.errors import InputError, NotFoundError
 from orchestrator.journeys.assign import arm_for, variant_for
 from orchestrator.journeys.expressions import USER_COLUMNS
 from orchestrator.journeys.model import Journey, Policy
 from orchestrator.journeys.pools import read_codes
-from orchestrator.journeys.render import RenderedTouch, render_touch, template_context
+from orchestrator.journeys.render import (
+    RenderedTouch,
+    render_link,
+    render_touch,
+    template_context,
+)
+from orchestrator.tracking.links import new_code, short_url
 
 USERS_CSV_COLUMNS = ("user_id", *USER_COLUMNS, "sms_opt_out", "wechat_followed")
 _BOOLEAN_COLUMNS = ("sms_opt_out", "wechat_followed")
 _TRUE = {"1", "true", "yes", "y", "t"}
+# A step's link is shortened at send time to a code of its own per touch: the preview shows a
+# code of the same length (so an SMS counts the same segments), not the long target.
+PREVIEW_CODE = ("preview" + "0" * 32)[: len(new_code())]
 
 
 @dataclass(frozen=True)
 class TouchPreview:
     step_id: str
-    touch: RenderedTouch
-    sms_text: str | None = None  # the SMS as sent: signature + text + opt-out suffix
+    touch: RenderedTouch  # ``link``: the short link (a sample code), or the fixed landing
+    sms_text: str | None = None  # the SMS as sent: signature + text + link + opt-out suffix
     segments: int | None = None
     cost: float | None = None
+    link_target: str | None = None  # where the short link leads (a step's ``link:``)
 
 
 def read_user_csv(path: Path, user_id: str) -> dict[str, Any]:
@@ -115,8 +125,11 @@ def preview_journey(
     templates_dir: Path,
     event_props: Mapping[str, Any] | None = None,
     now: datetime | None = None,
+    public_base_url: str = "http://127.0.0.1:8000",
 ) -> list[TouchPreview]:
-    """Render every send step of ``journey`` for ``user`` (the treatment content)."""
+    """Render every send step of ``journey`` for ``user`` (the treatment content), as the
+    engine renders it: a step's ``link`` becomes a short link under ``public_base_url``
+    (with a sample code), and an SMS is the body the adapter sends."""
     event = None
     if journey.entry.event:
         event = {
@@ -133,18 +146,25 @@ def preview_journey(
         context = template_context(
             journey, user=user, arm=arm, variant=variant, event=event, pools=pools
         )
+        target = render_link(step, context)
+        if target:
+            context = {**context, "link": short_url(public_base_url, PREVIEW_CODE)}
         touch = render_touch(
             journey, step, variant=variant, context=context, templates_dir=templates_dir
         )
-        previews.append(_with_sms_cost(step.id, touch, policy))
+        previews.append(_with_sms_cost(step.id, touch, policy, target))
     return previews
 
 
-def _with_sms_cost(step_id: str, touch: RenderedTouch, policy: Policy) -> TouchPreview:
+def _with_sms_cost(step_id: str, touch: RenderedTouch, policy: Policy,
+                   target: str | None) -> TouchPreview:
     if touch.channel != "sms":
-        return TouchPreview(step_id, touch)
-    text = compose_sms(
-        touch.text, signature=policy.sms.signature, opt_out_suffix=policy.sms.opt_out_suffix
-    )
+        return TouchPreview(step_id, touch, link_target=target)
+    # The adapter appends the touch's short link when the text lacks it; a fixed landing URL
+    # is only where the template puts {{ link }}.
+    text = sms_with_link(touch.text, touch.link if target else None,
+                         signature=policy.sms.signature,
+                         opt_out_suffix=policy.sms.opt_out_suffix)
     segments = count_segments(text)
-    return TouchPreview(step_id, touch, text, segments, segments * policy.sms.price_per_segment)
+    return TouchPreview(step_id, touch, text, segments, segments * policy.sms.price_per_segment,
+                        link_target=target)

@@ -21,9 +21,11 @@ from orchestrator.config import get_settings
 from orchestrator.journeys.assign import variant_for
 from orchestrator.journeys.cli import register
 from orchestrator.journeys.loader import load_all
+from orchestrator.journeys.preview import PREVIEW_CODE
 from orchestrator.store.clock import StoredClock
 from orchestrator.store.db import dispose_engines
 from orchestrator.store.models import User, UserFeatures
+from orchestrator.tracking.links import short_url
 from tests.audience.helpers import add_events, ev
 
 REPO = Path(__file__).resolve().parents[2]
@@ -185,7 +187,8 @@ def _expected_sms(user_id: str) -> tuple[str, str, int]:
     journey = next(j for j in journeys if j.id == "winback-at-risk")
     variant = variant_for(journey.id, journey.send_step("sms"), user_id)
     assert variant is not None
-    text = SMS_TEXT[variant].format(link=f"https://m.example.com/coupon?u={user_id}")
+    short = short_url(get_settings().public_base_url, PREVIEW_CODE)  # a code of its length
+    text = SMS_TEXT[variant].format(link=short)
     sms = compose_sms(
         text, signature=policy.sms.signature, opt_out_suffix=policy.sms.opt_out_suffix
     )
@@ -213,7 +216,9 @@ def test_preview_winback_for_a_user_from_csv(
     assert f"sms:      {sms}\n" in out
     assert sms.startswith("【校园外卖】") and sms.endswith("拒收请回复R")
     assert f"segments: {segments} · cost {segments * 0.045:.3f}" in out
-    assert "link:     https://m.example.com/coupon?u=u001 (shortened at send time)" in out
+    short = short_url(get_settings().public_base_url, PREVIEW_CODE)
+    assert f"link:     {short} -> https://m.example.com/coupon?u=u001 (a new code for each " \
+        "touch)" in out
 
 
 def test_preview_reports_an_unknown_user(app: typer.Typer, in_repo: None, tmp_path: Path) -> None:
