@@ -41,6 +41,8 @@ def tell(result: DemoResult, console: Console) -> None:
                   f"({result.future_events['payment_failed']:,} payment failures), "
                   f"{sum(sim.actions.values()):,} simulated responses", highlight=False)
     console.print(_journeys_table(result))
+    for line in money_warnings(result):
+        console.print(line, highlight=False)
     console.print(_arms_table(result))
     for line in retention_notes(result):
         console.print(line, highlight=False)
@@ -101,7 +103,8 @@ def _journeys_table(result: DemoResult) -> Table:
         table.add_row(report["journey_id"], _count(figures["enrollments"]),
                       _count(figures["touches"]), f"{figures['sent']:,}",
                       fmt.money(report["cost"], currency),
-                      fmt.money(report["revenue"], currency), fmt.num(report["roi"]))
+                      fmt.unjudged(fmt.money(report["revenue"], currency), report),
+                      fmt.unjudged(fmt.num(report["roi"]), report))
     return table
 
 
@@ -208,13 +211,22 @@ def pacing_lines(result: DemoResult) -> list[str]:
     ]
 
 
+def money_warnings(result: DemoResult) -> list[str]:
+    """Why a journey's incremental revenue and ROI read ``(too few users)``."""
+    return [f"{fmt.TOO_FEW} {report['journey_id']}: {report['money_warning']}"
+            for report in result.reports if report.get("money_warning")]
+
+
 def _money_line(result: DemoResult) -> str:
     currency = str(next((r["currency"] for r in result.reports if r.get("currency")), ""))
     cost = sum(r["cost"] for r in result.reports)
     revenue = sum(r["revenue"] or 0.0 for r in result.reports)
     roi = (revenue - cost) / cost if cost > 0 else None
+    unjudged = [r["journey_id"] for r in result.reports if r.get("money_warning")]
+    caveat = (f" (includes {', '.join(unjudged)}: {fmt.TOO_FEW} to judge)" if unjudged
+              else "")
     return (f"all journeys: cost {fmt.money(cost, currency)} · incremental revenue "
-            f"{fmt.money(revenue, currency)} · ROI {fmt.num(roi)}")
+            f"{fmt.money(revenue, currency)} · ROI {fmt.num(roi)}{caveat}")
 
 
 def write_html(result: DemoResult, path: Path) -> None:

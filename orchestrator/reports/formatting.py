@@ -118,3 +118,21 @@ def retention_share(window: dict[str, Any], arm: str) -> str:
     if numbers["rate"] is None and window.get("pending"):
         return NOT_YET
     return f"{numbers['retained']:,}/{numbers['eligible']:,} = {pct(numbers['rate'])}"
+
+
+TOO_FEW = "too few users"  # beside a sum of money whose comparison is too small to judge
+
+
+def unjudged(text: str, report: dict[str, Any]) -> str:
+    """A money figure of the report (incremental revenue, ROI), marked when the arms are
+    too small to judge it (the report's ``money_warning`` says why)."""
+    return f"{text} ({TOO_FEW})" if report.get("money_warning") and text != "—" else text
+
+
+def money_line(report: dict[str, Any]) -> str:
+    """Cost, incremental revenue and ROI in one line, with the warning when there is one."""
+    currency = report.get("currency") or ""
+    text = (f"cost {money(report['cost'], currency)} · incremental revenue "
+            f"{money(report['revenue'], currency)} · ROI {num(report['roi'])}")
+    warning = report.get("money_warning")
+    return f"{text} — warning: {warning}" if warning else text

@@ -61,12 +61,13 @@ def journey_report(engine: Engine, journey: Journey, policy: Policy, *,
     cost = sum(step["cost"] for step in steps)
     revenue = _incremental_revenue(control, treatment, revenue_by_arm)
     retained = retention_by_arm(windows)
+    uplift = compare(control, treatment).as_dict()
     return {
         "journey_id": journey.id,
         "journey_name": journey.name,
         "arms": {arm: _arm(counts[arm], revenue_by_arm[arm]) | {"retention": retained[arm]}
                  for arm in ARMS},
-        "uplift": compare(control, treatment).as_dict(),
+        "uplift": uplift,
         "retention": windows,
         "steps": steps,
         "variants": ab,
@@ -74,11 +75,24 @@ def journey_report(engine: Engine, journey: Journey, policy: Policy, *,
         "revenue": revenue,
         "currency": policy.currency,
         "roi": (revenue - cost) / cost if revenue is not None and cost > 0 else None,
+        "money_warning": money_warning(uplift, revenue, control, treatment),
         "sms_price_per_segment": policy.sms.price_per_segment,
         "wecom_senders": senders,
         "period": {"from": _iso(first_entry), "to": _iso(now)},
         "generated_at": _iso(utcnow()),
     }
+
+
+def money_warning(uplift: dict[str, Any], revenue: float | None, control: ArmCount,
+                  treatment: ArmCount) -> str | None:
+    """The recall uplift's small-sample warning, said of the money: the incremental revenue
+    and ROI are the same comparison of the arms, in currency, and no surer than it."""
+    if revenue is None or not uplift.get("warning"):
+        return None
+    return (f"too few users to judge: the incremental revenue and ROI compare the same arms "
+            f"as the recall uplift (control {control.converted:,}/{control.enrolled:,}, "
+            f"treatment {treatment.converted:,}/{treatment.enrolled:,}); read them as "
+            "unknown, neither a loss nor a gain")
 
 
 def _arm(count: ArmCount, revenue: float) -> dict[str, Any]:

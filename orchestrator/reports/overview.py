@@ -108,6 +108,7 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         "cost": report["cost"],
         "revenue": report["revenue"],
         "roi": report["roi"],
+        "money_warning": report.get("money_warning"),
         "currency": report.get("currency", ""),
     }
 

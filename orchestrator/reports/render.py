@@ -90,7 +90,8 @@ def to_csv(report: dict[str, Any]) -> str:
 def _total_row(report: dict[str, Any]) -> dict[str, Any]:
     return {"kind": "total", "name": report["journey_id"], "cost": report["cost"],
             "revenue": report["revenue"], "roi": report["roi"],
-            "currency": report.get("currency"), **_uplift_cells(report["uplift"])}
+            "currency": report.get("currency"), **_uplift_cells(report["uplift"]),
+            "note": report.get("money_warning")}
 
 
 def _rung_cells(rung: dict[str, Any] | None) -> dict[str, Any]:
@@ -157,8 +158,7 @@ def _money(report: dict[str, Any], value: float | None) -> str:
 
 
 def _money_line(report: dict[str, Any]) -> str:
-    return (f"cost {_money(report, report['cost'])} · incremental revenue "
-            f"{_money(report, report['revenue'])} · ROI {fmt.num(report['roi'])}")
+    return fmt.money_line(report)
 
 
 def _arms_table(report: dict[str, Any]) -> Table:

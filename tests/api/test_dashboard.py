@@ -94,6 +94,8 @@ def test_journey_page_shows_report_sections_and_masked_touches(local: httpx.Clie
     assert ("not observable yet: the window (days 8–30 after entry) ends after the data"
             in text)
     assert "0.22 CNY" in text and "n/m" not in text  # the chart says it in words
+    # 4 against 8 users: the ROI carries the uplift's small-sample warning, with the reason.
+    assert "(too few users)" in text and "read them as unknown" in text
     assert "not measured per touch (aggregate-only)" in text
     assert page.text.count('aria-label="funnel ') == 4  # article, invite, sms, sms→article
     for sender in ("alice", "bob"):

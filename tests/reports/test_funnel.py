@@ -73,6 +73,10 @@ def test_report_numbers_are_exact(dataset: Dataset) -> None:
         "revenue": pytest.approx(60.0),
         "currency": "CNY",
         "roi": pytest.approx((60.0 - 0.225) / 0.225),
+        # The money compares the same small arms: it carries the uplift's warning.
+        "money_warning": ("too few users to judge: the incremental revenue and ROI compare "
+                          "the same arms as the recall uplift (control 2/4, treatment 5/8); "
+                          "read them as unknown, neither a loss nor a gain"),
         "sms_price_per_segment": 0.045,
         "period": {"from": "2026-03-02T02:00:00Z", "to": "2026-03-22T02:00:00Z"},
         "wecom_senders": [

@@ -69,3 +69,44 @@ def test_uplift_chart_labels_its_axes_and_values() -> None:
     # 0 is on the scale even though the whole interval is above it: the leftmost tick.
     assert 'x1="90.0" y1="108" x2="90.0"' in page and ">+0.00 pp<" in page
     assert "p = 0.002 ** — significant at 5%" in page
+
+
+def test_money_on_a_sample_too_small_to_judge_carries_the_warning_everywhere() -> None:
+    """Incremental revenue and ROI compare the same arms as the uplift: when the uplift
+    says the arms are too small to judge, the money says so too, in every format."""
+    from orchestrator.reports.funnel import money_warning
+    from orchestrator.reports.stats import ArmCount
+
+    small = {"absolute": -0.113, "relative": -0.13, "ci95": [-0.30, 0.27], "p_value": 0.52,
+             "significant": None,
+             "warning": "too few users to judge (control 6/7, treatment 32/43)"}
+    control, treatment = ArmCount(7, 6), ArmCount(43, 32)
+    warning = money_warning(small, -341.12, control, treatment)
+    assert warning == ("too few users to judge: the incremental revenue and ROI compare the "
+                       "same arms as the recall uplift (control 6/7, treatment 32/43); read "
+                       "them as unknown, neither a loss nor a gain")
+    assert money_warning({**small, "warning": None}, -341.12, control, treatment) is None
+    # No revenue figure (no holdout), nothing to warn about.
+    assert money_warning(small, None, control, treatment) is None
+    arms = {"control": {"enrolled": 7, "converted": 6, "rate": 6 / 7, "revenue": 150.0,
+                        "ci95": [0.49, 0.97]},
+            "treatment": {"enrolled": 43, "converted": 32, "rate": 32 / 43, "revenue": 950.0,
+                          "ci95": [0.6, 0.85]}}
+    report = _report(arms=arms, uplift=small, cost=1.71, revenue=-341.12, roi=-200.48,
+                     money_warning=warning)
+    table = render(report, "table")
+    assert (f"cost 1.71 CNY · incremental revenue -341.12 CNY · ROI -200.48 — warning: "
+            f"{warning}") in table
+    total = list(csv.DictReader(io.StringIO(render(report, "csv"))))[-1]
+    assert total["kind"] == "total" and total["roi"] == "-200.48"
+    assert total["note"] == warning and total["warning"] == small["warning"]
+    assert json.loads(render(report, "json"))["money_warning"] == warning
+    page = render(report, "html")
+    assert "ROI -200.48 (too few users)" in page
+    assert "incremental revenue\n-341.12 CNY (too few users)" in page
+    assert f"Small sample: {warning}" in page
+    # A sample large enough to judge: the figures stand bare.
+    judged = _report(arms=arms, uplift={**small, "warning": None}, cost=1.71,
+                     revenue=-341.12, roi=-200.48, money_warning=None)
+    assert "too few users" not in render(judged, "html")
+    assert "warning" not in render(judged, "table").split("cost 1.71 CNY")[1].splitlines()[0]
