@@ -1,7 +1,7 @@
 """What the demo tells: the population by tier, the churn model, then per journey the
 recall rate per arm with its interval, the funnel of every touch, the A/B variants against
-each other, what caps and quiet hours held back, cost and ROI. In the terminal (``tell``)
-and as one HTML page (``write_html``).
+each other, each channel's own increment (rung holdouts), what caps and quiet hours held
+back, cost and ROI. In the terminal (``tell``) and as one HTML page (``write_html``).
 
 Every number comes from the journeys' reports (``reports.funnel``) or from the store, so
 the story, ``recall report`` and ``recall export`` agree.
@@ -55,6 +55,14 @@ def tell(result: DemoResult, console: Console) -> None:
                 if (v["uplift"] or {}).get("warning"):
                     console.print(f"A/B {report['journey_id']}/{v['step_id']} {v['variant']}: "
                                   f"{v['uplift']['warning']}", highlight=False)
+    if any(step.get("rung") for r in result.reports for step in r["steps"]):
+        console.print(_rungs_table(result))
+        console.print(_rung_money_table(result))
+        for report in result.reports:
+            for step in report["steps"]:
+                if step.get("rung") and step["rung"]["uplift"].get("warning"):
+                    console.print(f"rung {report['journey_id']}/{step['step_id']}: "
+                                  f"{step['rung']['uplift']['warning']}", highlight=False)
     for report in result.reports:
         for step in report["steps"]:
             if step.get("note") and step["sent"]:
@@ -175,25 +183,67 @@ def _funnel_table(result: DemoResult) -> Table:
 
 
 def _variants_table(result: DemoResult) -> Table:
-    table = Table(title="A/B variants: treatment users who reached the step (each once), "
-                        "converted, each variant against the step's first")
-    for column in ("journey", "step", "variant", "at", "sent", "converted", "95% CI",
-                   "uplift", "95% CI ", "p"):
-        table.add_column(column, justify="left" if column in ("journey", "step", "variant",
-                                                              "at") else "right",
-                         no_wrap=True)
+    table = Table(title="A/B variants: users who reached the step, converted; each variant "
+                        "against the step's first")
+    for column in ("step", "variant (sent at)", "sent", "converted", "uplift", "95% CI", "p"):
+        table.add_column(column, justify="left" if column in ("step", "variant (sent at)")
+                         else "right", no_wrap=True)
     for report in result.reports:
         rows = report.get("variants") or []
         for i, v in enumerate(rows):
             up = v["uplift"]
             table.add_row(
-                report["journey_id"] if i == 0 else "", v["step_id"], v["variant"],
-                v["at"] or "when due", f"{v['sent']:,}",
+                f"{report['journey_id']}/{v['step_id']}" if i == 0 or
+                rows[i - 1]["step_id"] != v["step_id"] else "",
+                f"{v['variant']} ({v['at'] or 'when due'})", f"{v['sent']:,}",
                 f"{v['converted']:,}/{v['users']:,} = {fmt.pct(v['rate'])}",
-                _interval(v["ci95"]), fmt.pp(up["absolute"]) if up else "reference",
-                fmt.interval(up) if up else "",
+                fmt.pp(up["absolute"]) if up else "reference", fmt.interval(up) if up else "",
                 f"{fmt.p_value(up['p_value'])} {fmt.stars(up)}".strip() if up else "",
                 end_section=i == len(rows) - 1)
+    return table
+
+
+def _rung_steps(result: DemoResult) -> list[tuple[str, dict[str, Any], str]]:
+    """``(journey/step (share), step row, currency)`` of every step with a rung holdout."""
+    return [(f"{r['journey_id']}/{step['step_id']}"
+             + (f" ({step['rung']['share'] * 100:g}%)" if step["rung"]["share"] else ""),
+             step, r.get("currency", ""))
+            for r in result.reports for step in r["steps"] if step.get("rung")]
+
+
+def _rungs_table(result: DemoResult) -> Table:
+    table = Table(title="each channel's own increment: users who reached the step, held out "
+                        "of it (rung holdout) or not")
+    for column in ("step (holdout)", "channel", "held out", "reached", "uplift", "95% CI", "p"):
+        table.add_column(column, justify="left" if column in ("step (holdout)", "channel")
+                         else "right", no_wrap=True)
+    for name, step, _ in _rung_steps(result):
+        rung = step["rung"]
+        up = rung["uplift"]
+        table.add_row(
+            name, step["channel"],
+            f"{rung['holdout_converted']:,}/{rung['holdout']:,} = {fmt.pct(rung['holdout_rate'])}",
+            f"{rung['treatment_converted']:,}/{rung['treatment']:,} = "
+            f"{fmt.pct(rung['treatment_rate'])}",
+            fmt.pp(up["absolute"]), fmt.interval(up),
+            f"{fmt.p_value(up['p_value'])} {fmt.stars(up)}".strip())
+    return table
+
+
+def _rung_money_table(result: DemoResult) -> Table:
+    table = Table(title="each channel's incremental return (against its rung holdout)")
+    for column in ("step (holdout)", "channel", "incremental conversions", "cost",
+                   "cost per incremental", "incremental revenue", "ROI"):
+        table.add_column(column, justify="left" if column in ("step (holdout)", "channel")
+                         else "right", no_wrap=True)
+    for name, step, currency in _rung_steps(result):
+        rung = step["rung"]
+        table.add_row(
+            name, step["channel"],
+            "—" if rung["incremental_conversions"] is None
+            else f"{rung['incremental_conversions']:+,.1f}",
+            fmt.money(rung["cost"], currency), fmt.money(rung["cost_per_incremental"], currency),
+            fmt.money(rung["incremental_revenue"], currency), fmt.num(rung["roi"]))
     return table
 
 

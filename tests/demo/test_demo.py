@@ -87,6 +87,71 @@ def test_demo_prints_what_the_exports_hold(tmp_path: Path) -> None:
     page = (tmp_path / "reports" / "demo.html").read_text(encoding="utf-8")
     assert all(f'id="{journey_id}"' in page for journey_id in journeys)
 
+    # The send-time A/B and each channel's rung: users and conversions as the exports say.
+    ab = printed["A/B variants: users who reached the step, converted; each variant "
+                 "against the step's first"]
+    assert _ab(ab) == _ab_from(touches, enrollments)
+    assert {row[1] for row in ab} >= {"due (when due)", "best (best_hour)"}
+    rungs = printed["each channel's own increment: users who reached the step, held out of "
+                    "it (rung holdout) or not"]
+    assert [row[0] for row in rungs] == ["winback-at-risk/article (10%)",
+                                         "winback-at-risk/invite (10%)",
+                                         "winback-at-risk/sms (20%)"]
+    for row in rungs:
+        step = row[0].split("/")[1].split(" ")[0]
+        assert (_ratio(row[2]), _ratio(row[3])) == _rung_from(
+            touches, enrollments, "winback-at-risk", step)
+    money = printed["each channel's incremental return (against its rung holdout)"]
+    assert [row[0] for row in money] == [row[0] for row in rungs]
+    assert "A/B variants" in page and "Each channel's own increment" in page
+
+
+def _ratio(cell: str) -> tuple[int, int]:
+    """``"12/34 = 35.29%"`` → ``(12, 34)``."""
+    converted, users = cell.split(" = ")[0].split("/")
+    return number(converted), number(users)
+
+
+def _ab(rows: list[list[str]]) -> dict[tuple[str, str], tuple[int, int]]:
+    found, step = {}, ""
+    for row in rows:
+        step = row[0] or step
+        found[step, row[1].split(" ")[0]] = _ratio(row[3])
+    return found
+
+
+def _converted_enrollments(enrollments: list[dict[str, str]]) -> set[str]:
+    return {e["enrollment_id"] for e in enrollments if e["converted_at"]}
+
+
+def _ab_from(touches: list[dict[str, str]], enrollments: list[dict[str, str]]
+             ) -> dict[tuple[str, str], tuple[int, int]]:
+    """Per step and variant: treatment users who got the variant (not rung-held-out), and
+    those of them whose enrollment at the step converted."""
+    won = _converted_enrollments(enrollments)
+    users: dict[tuple[str, str], set[str]] = defaultdict(set)
+    converted: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for t in touches:
+        if t["variant"] and t["arm"] == "treatment" and t["rung_arm"] != "holdout":
+            key = (f"{t['journey_id']}/{t['step_id']}", t["variant"])
+            users[key].add(t["user_id"])
+            if t["enrollment_id"] in won:
+                converted[key].add(t["user_id"])
+    return {key: (len(converted[key]), len(users[key])) for key in users}
+
+
+def _rung_from(touches: list[dict[str, str]], enrollments: list[dict[str, str]],
+               journey_id: str, step_id: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(converted, users) held out of the step and reached at it, from the exports."""
+    won = _converted_enrollments(enrollments)
+    cells = []
+    for arm in ("holdout", "treatment"):
+        at_step = [t for t in touches if t["journey_id"] == journey_id and
+                   t["step_id"] == step_id and t["arm"] == "treatment" and t["rung_arm"] == arm]
+        cells.append((len({t["user_id"] for t in at_step if t["enrollment_id"] in won}),
+                      len({t["user_id"] for t in at_step})))
+    return cells[0], cells[1]
+
 
 def _funnel(rows: list[list[str]]) -> dict[tuple[str, str], list[str]]:
     """``(journey, step) → cells`` of the funnel (a long suppressed list wraps onto lines

@@ -128,7 +128,8 @@ def test_validate_counts_every_file_checked_valid_or_not(
     monkeypatch.chdir(tmp_path)
     shutil.copytree(REPO / "journeys", "journeys")
     broken = Path("journeys/winback-at-risk.yaml")
-    broken.write_text(broken.read_text("utf-8").replace("holdout: 10%", "holdout: 70%"),
+    # The journey's own holdout (at the line start), not its steps' rung holdouts.
+    broken.write_text(broken.read_text("utf-8").replace("\nholdout: 10%", "\nholdout: 70%"),
                       encoding="utf-8")
     policy = Path("journeys/policy.yaml")
     policy.write_text(policy.read_text("utf-8") + "bogus: 1\n", encoding="utf-8")
