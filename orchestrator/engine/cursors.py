@@ -15,6 +15,7 @@ from orchestrator.engine.besthour import BestHour, schedule_best_hours
 from orchestrator.engine.book import upsert
 from orchestrator.engine.runtime import Runtime
 from orchestrator.engine.steps import Facts, Next, advance
+from orchestrator.engine.testsends import seed_copies
 from orchestrator.journeys.assign import rung_arm_for, variant_for
 from orchestrator.journeys.model import Journey, SendStep
 from orchestrator.store.db import begin_write
@@ -67,6 +68,7 @@ def run_cursors(rt: Runtime, enrollment_ids: Sequence[int]) -> int:
             schedule_best_hours(rt, conn, timed, now=now)
         if touches:
             conn.execute(upsert(conn.engine)(TOUCHES).on_conflict_do_nothing(), touches)
+            _seed_lists(rt, conn, touches, now)
         conn.execute(
             update(ENROLLMENTS)
             .where(
@@ -81,6 +83,22 @@ def run_cursors(rt: Runtime, enrollment_ids: Sequence[int]) -> int:
             moves,
         )
     return len(touches)
+
+
+def _seed_lists(rt: Runtime, conn: Connection, touches: Sequence[Mapping[str, Any]],
+                now: datetime) -> None:
+    """A journey's ``test_recipients`` get a copy of each send step of each version, due with
+    that step's first treatment touches (``seed_copies`` makes it once per version and step;
+    later passes find it made)."""
+    firsts: dict[tuple[str, str], dict[str, datetime]] = defaultdict(dict)
+    for t in touches:
+        if t["arm"] == "treatment":
+            due = firsts[(t["journey_id"], t["journey_version"])]
+            due[t["step_id"]] = min(due.get(t["step_id"], t["due_at"]), t["due_at"])
+    for (journey_id, version), steps in firsts.items():
+        journey = rt.book.get(rt.db, journey_id, version)
+        for step_id, due_at in steps.items() if journey.test_recipients else ():
+            seed_copies(conn, journey, [step_id], due_at, now=now)
 
 
 def _step_at(journey: Journey, index: int, variant: str | None) -> str | None:

@@ -86,7 +86,6 @@ def journey_problems(
         *graph,
         *_reentry(check),
         *_rung_holdouts(check),
-        *_test_recipients(check),
         *_branch_calls(check),
         *_pools(check),
         *_templates(check),
@@ -124,16 +123,6 @@ def _reentry(check: JourneyCheck) -> Iterator[Problem]:
             f"reentry {format_duration(spec.reentry)} is shorter than goal.within "
             f"{format_duration(spec.goal.within)}: a user could enter again while the last "
             "entry is still measured",
-        )
-
-
-def _test_recipients(check: JourneyCheck) -> Iterator[Problem]:
-    if check.spec.test_recipients:
-        yield check.problem(
-            ("test_recipients",),
-            "test_recipients is accepted but not acted on yet: the engine sends no seed-list "
-            "copies; remove it and use `recall send-test JOURNEY --to LIST` meanwhile",
-            key=True, severity="warning",
         )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -261,3 +262,100 @@ def _audit(rt: Runtime) -> list[Any]:
         return list(conn.execute(select(AUDIT).order_by(AUDIT.c.id)))
 
 
+
+
+# --- test_recipients ------------------------------------------------------------------------
+
+SEEDED = """\
+id: seeded
+name: 两条短信
+entry:
+  segment: "True"
+test_recipients: [u0004, u0005]
+steps:
+  - id: first
+    send: sms
+    template: w/sms.j2
+    link: "https://m.example.com/a?u={{ user_id }}"
+  - wait: 1d
+  - id: second
+    send: sms
+    template: w/last.j2
+    link: "https://m.example.com/b?u={{ user_id }}"
+"""
+SEEDED_TEMPLATES = {**TEMPLATES_HERE, "w/last.j2": "券明天过期 {{ link }}"}
+
+
+def sms_texts(sandbox: SandboxHandle) -> Counter[tuple[str, str]]:
+    """(phone, text without its link) of every SMS the sandbox accepted."""
+    return Counter((address, body.rsplit(" http", 1)[0])
+                   for channel, address, body in received(sandbox) if channel == "sms")
+
+
+def test_the_seed_list_gets_each_step_once_per_version_with_its_first_touches(
+    make_runtime: Callable[..., Runtime], sandbox: SandboxHandle, tmp_path: Any
+) -> None:
+    rt = make_runtime(journeys={"seeded": SEEDED}, templates=SEEDED_TEMPLATES, users=8)
+    clock = rt.clock
+    assert isinstance(clock, ManualClock)
+    with rt.db.begin() as conn:
+        enroll(conn, rt.book.latest("seeded"), ["u0000", "u0001"], now=T0)
+    run_until_idle(rt)
+    first = "【校园外卖】送你一张5元券"
+    assert sms_texts(sandbox) == {(phone(i), first): 1 for i in (0, 1, 4, 5)}
+
+    clock.advance(3600)  # a later entrant: its first step goes, the seeds got theirs already
+    with rt.db.begin() as conn:
+        enroll(conn, rt.book.latest("seeded"), ["u0002"], now=clock.now())
+    run_until_idle(rt)
+    assert sms_texts(sandbox)[(phone(4), first)] == 1
+    assert sms_texts(sandbox)[(phone(2), first)] == 1
+
+    clock.set(T0 + timedelta(days=1, hours=1))  # 10:00 local: the second step's first touches
+    run_until_idle(rt)
+    last = "【校园外卖】券明天过期"
+    assert {key: n for key, n in sms_texts(sandbox).items() if key[1] == last} == {
+        (phone(i), last): 1 for i in (0, 1, 2, 4, 5)}
+    assert rt.caps.held("u0004") == [] and rt.caps.held("u0005") == []  # never counted
+    assert len(rt.caps.held("u0000")) == 2
+
+    touches = _touches(rt)
+    assert {(t.step_id, t.user_id) for t in touches if t.test} == {
+        (s, u) for s in ("first", "second") for u in ("u0004", "u0005")}
+    assert {t.test for t in touches if t.user_id in ("u0004", "u0005")} == {True}
+    assert {r["user_id"] for r in export_rows(rt.db, "touches")} == {"u0000", "u0001", "u0002"}
+    report = journey_report(rt.db, rt.book.latest("seeded"),
+                            rt.book.policy_for(rt.book.latest("seeded")), now=clock.now())
+    assert [(s["step_id"], s["eligible"], s["sent"]) for s in report["steps"]] == [
+        ("first", 3, 3), ("second", 3, 3)]
+    assert [(r.action, r.actor, r.detail["steps"], r.detail["recipients"]) for r in _audit(rt)
+            ] == [("test_recipients", "engine", ["first"], ["u0004", "u0005"]),
+                  ("test_recipients", "engine", ["second"], ["u0004", "u0005"])]
+
+    # A new version (the template changed): its first touches bring the seeds a new copy.
+    (tmp_path / "templates" / "w" / "sms.j2").write_text("新券 {{ link }}", encoding="utf-8")
+    rt.book.reload()
+    rt.book.sync(rt.db, now=clock.now())
+    with rt.db.begin() as conn:
+        enroll(conn, rt.book.latest("seeded"), ["u0003"], now=clock.now())
+    run_until_idle(rt)
+    assert sms_texts(sandbox)[(phone(4), "【校园外卖】新券")] == 1
+    assert sms_texts(sandbox)[(phone(5), "【校园外卖】新券")] == 1
+    assert sms_texts(sandbox)[(phone(4), first)] == 1
+
+
+def test_seed_copies_skip_quiet_hours_and_keep_consent(
+    make_runtime: Callable[..., Runtime], sandbox: SandboxHandle
+) -> None:
+    rt = make_runtime(journeys={"seeded": SEEDED}, templates=SEEDED_TEMPLATES, users=8)
+    assert isinstance(rt.clock, ManualClock)
+    record_opt_out(rt.db, channel="sms", user_id="u0005", reason="sms_reply:TD", at=T0)
+    rt.clock.set(T0.replace(hour=15))  # 23:00 in Shanghai
+    with rt.db.begin() as conn:
+        enroll(conn, rt.book.latest("seeded"), ["u0000"], now=rt.clock.now())
+    run_until_idle(rt)
+    by_user = {t.user_id: (t.status, t.reason) for t in _touches(rt)}
+    assert by_user == {"u0000": ("scheduled", "quiet_hours:sms"),  # the real one waits
+                       "u0004": ("sent", None),  # the seed's copy does not
+                       "u0005": ("suppressed", "opted_out:sms")}
+    assert set(sms_texts(sandbox)) == {(phone(4), "【校园外卖】送你一张5元券")}
