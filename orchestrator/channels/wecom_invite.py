@@ -18,7 +18,8 @@ to the ``SendLedger`` and a retried batch never creates a second task. ``reconci
 for each task in ``get_groupmsg_list_v2`` (the sender's tasks around the batch's time) by the
 reference carried in its link (the batch's; in a ``per_recipient`` batch the batch's and the
 touch's), and never sends: a task it does not find is ``absent`` (the engine may then create
-it), whatever the ledger said, since the ledger is only a cache.
+it), whatever the ledger said, since the ledger is only a cache; but when the sender has more
+tasks in the window than it reads, one not found among them is in doubt, never ``absent``.
 
 The link card under the text is the step's ``card:`` (``link_title``, ``link_desc``,
 ``link_picurl``), written for the recipients, who read Chinese; unset fields default to
@@ -154,8 +155,10 @@ class WeComInviteChannel:
         *,
         key_prefix: str = "recall",
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        list_pages: int = MAX_LIST_PAGES,
     ) -> None:
         self._corp_id = settings.wecom_corp_id
+        self._list_pages = list_pages
         self._default_sender = settings.wecom_default_sender
         self._redis = redis
         self._key_prefix = key_prefix
@@ -374,7 +377,8 @@ class WeComInviteChannel:
                 f"{EC}/get_groupmsg_list_v2",
                 body,
                 "group_msg_list",
-                max_pages=MAX_LIST_PAGES,
+                max_pages=self._list_pages,
+                cut_off=True,
             ):
                 if item.get("creator") not in (None, "", sender):
                     continue  # another staff member's task: not one of these
@@ -384,6 +388,15 @@ class WeComInviteChannel:
                     break
         except ChannelUnknown as exc:  # a read with no answer: safe to ask again
             raise ChannelRetryable(str(exc), provider=PROVIDER) from exc
+        except _ListCutOff:
+            # A task not among the tasks read may still be among those not read: in doubt,
+            # never "absent" (that would make it a second time).
+            raise ChannelRetryable(
+                f"{sender!r} has more than {self._list_pages * LIST_PAGE} tasks around the "
+                f"batch; {len(refs) - len(found)} of the tasks looked for are not among them, "
+                "so whether they were made is unknown",
+                provider=PROVIDER,
+            ) from None
         return found
 
     @staticmethod
@@ -394,8 +407,10 @@ class WeComInviteChannel:
         rows: str,
         *,
         max_pages: int = 1000,
+        cut_off: bool = False,
     ) -> Iterator[dict[str, Any]]:
-        """Rows of a cursor-paged WeCom list."""
+        """Rows of a cursor-paged WeCom list; ``cut_off``: raise ``_ListCutOff`` when
+        ``max_pages`` were read and more remain."""
         cursor = ""
         for _ in range(max_pages):
             page_body = {**body, "cursor": cursor}
@@ -404,6 +419,12 @@ class WeComInviteChannel:
             cursor = str(answer.get("next_cursor") or "")
             if not cursor:
                 return
+        if cut_off:
+            raise _ListCutOff(path)
+
+
+class _ListCutOff(Exception):
+    """A paged list was read up to its bound and has more pages."""
 
 
 def batch_ref(batch_id: str) -> str:

@@ -266,6 +266,27 @@ def test_a_senders_task_that_never_arrived_is_absent_though_another_senders_is_f
         ("staff-b", ["wm00000002", "wm00000003"]), ("staff-a", ["wm00000000", "wm00000001"])]
 
 
+def test_a_task_beyond_the_tasks_reconcile_reads_is_in_doubt_never_absent(
+    settings: Any, redis_client: Any, key_prefix: str, sandbox: SandboxHandle
+) -> None:
+    """staff-a has more tasks around the batch than reconcile reads (here one page of 100):
+    the batch's task, made but not on that page, is not called absent, or it would be made
+    again."""
+    invite = WeComInviteChannel(settings, redis_client, key_prefix=key_prefix, list_pages=1)
+    now = datetime.now(UTC)
+    for i in range(100):  # the sender's other tasks, listed first
+        invite.send(request(f"w-other-{i}", CHANNEL, messages(1, start=i), options=GROUP))
+    batch = request("w-late", CHANNEL, messages(2, start=200), options=GROUP, created_at=now)
+    fault(sandbox, "drop", "wecom", TASK)  # made; its answer lost
+    with pytest.raises(ChannelUnknown):
+        invite.send(batch)
+    with pytest.raises(ChannelRetryable, match=r"more than 100 tasks around the batch"):
+        invite.reconcile(batch)
+    with pytest.raises(ChannelUnknown):  # still in doubt: not made a second time
+        invite.send(batch)
+    assert len(tasks(sandbox, "accepted")) == 101
+
+
 def test_an_expired_token_is_refreshed_once_and_the_task_created_once(
     invite: WeComInviteChannel, sandbox: SandboxHandle
 ) -> None:
