@@ -10,6 +10,7 @@ default, so a policy without the section (or no policy file at all) works::
         activity_drop: { min_drop_pct: 50 }
         payment_failure: { after_hours: 2 }
         churn_score: { threshold: 0.6 }
+        holiday_factor: 0.5     # on public holidays (the policy's holidays: CN) windows halve
 """
 
 from __future__ import annotations
@@ -82,6 +83,12 @@ class GoldenConfig(_Strict):
     churn_score: ChurnScoreConfig = ChurnScoreConfig()
     # Edge detectors compare "now" with one detection interval earlier (daily refresh).
     interval_hours: float = Field(24.0, gt=0)
+    # People drift away faster over a public holiday: on a holiday (the policy's
+    # ``holidays`` calendar) the windows shrink by this factor, so the moment comes sooner.
+    holiday_factor: float = Field(
+        0.5, gt=0, le=1,
+        description="on a public holiday: activity_drop.recent_days and "
+                    "payment_failure.after_hours times this (1 = no change)")
 
 
 class AudienceConfig(_Strict):
@@ -90,6 +97,7 @@ class AudienceConfig(_Strict):
     payment_failed_event: str = "payment_failed"
     rfm_window_days: int = Field(90, ge=1)
     timezone: str = "Asia/Shanghai"  # day/hour habits; the policy's timezone when it has one
+    holidays: str | None = None  # holiday calendar (country code); the policy's by default
     horizon_days: float = Field(14.0, gt=0, description="default churn horizon")
     tiers: TierConfig = TierConfig()
     golden: GoldenConfig = GoldenConfig()
@@ -108,6 +116,17 @@ class AudienceConfig(_Strict):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown timezone {value!r}") from exc
+        return value
+
+    @field_validator("holidays")
+    @classmethod
+    def _known_calendar(cls, value: str | None) -> str | None:
+        import holidays as holidays_lib
+
+        if value is not None and value not in holidays_lib.list_supported_countries():
+            raise ValueError(
+                f"unknown holiday calendar {value!r}: a country code of the holidays "
+                "package, e.g. CN")
         return value
 
     @property
@@ -131,6 +150,8 @@ def load_audience_config(
         raise ConfigError(f"{path}: 'audience' must be a mapping, got {type(section).__name__}")
     values: dict[str, Any] = dict(section)
     values.setdefault("timezone", document.get("timezone") or settings.timezone)
+    if document.get("holidays") is not None:
+        values.setdefault("holidays", document["holidays"])
     try:
         return AudienceConfig.model_validate(values)
     except ValidationError as exc:

@@ -99,7 +99,10 @@ def detect_signals(
         return frames[cutoff, cfg]
 
     if golden.activity_drop.enabled:
-        signals += activity_drop_signals(frame(at, config), frame(previous, config), config)
+        # The rule in force at ``at`` judges both moments: the edge is the user's, not the
+        # calendar's.
+        drop = narrowed(config) if is_holiday(config, at) else config
+        signals += activity_drop_signals(frame(at, drop), frame(previous, drop), drop)
     if golden.payment_failure.enabled:
         signals += payment_failure_signals(engine, at=at, config=config)
     if golden.churn_score.enabled:
@@ -113,6 +116,30 @@ def detect_signals(
             config=config,
         )
     return sorted(signals, key=lambda s: (s.name, s.user_id, s.day))
+
+
+def is_holiday(config: AudienceConfig, moment: datetime) -> bool:
+    """Whether ``moment``'s local date is inside a public-holiday break of the configured
+    calendar (``policy.quiet.HolidayCalendar.is_holiday``): a make-up working day (调休)
+    or an ordinary weekend is not."""
+    if config.holidays is None:
+        return False
+    from orchestrator.policy.quiet import holiday_calendar
+
+    return holiday_calendar(config.holidays).is_holiday(_local_date(moment, config))
+
+
+def narrowed(config: AudienceConfig) -> AudienceConfig:
+    """``config`` with its golden windows shrunk by ``holiday_factor``: the activity drop's
+    recent window (whole days, at least 1) and the delay after a payment failure."""
+    golden = config.golden
+    factor = golden.holiday_factor
+    drop = golden.activity_drop.model_copy(update={
+        "recent_days": max(1, round(golden.activity_drop.recent_days * factor))})
+    payment = golden.payment_failure.model_copy(update={
+        "after_hours": golden.payment_failure.after_hours * factor})
+    return config.model_copy(update={"golden": golden.model_copy(update={
+        "activity_drop": drop, "payment_failure": payment})})
 
 
 def activity_drop_signals(
@@ -157,7 +184,9 @@ def payment_failure_signals(
     ``max_age_hours``) with no order after it by ``at``."""
     at = as_utc(at)
     rule = config.golden.payment_failure
-    ripe_by = at - timedelta(hours=rule.after_hours)
+    # A failure on a holiday ripens after the narrowed delay (see ``narrowed``).
+    holiday_rule = narrowed(config).golden.payment_failure if config.holidays else rule
+    ripe_by = at - timedelta(hours=min(rule.after_hours, holiday_rule.after_hours))
     oldest = at - timedelta(hours=rule.max_age_hours)
     e = EVENTS.c
     failures = (
@@ -173,17 +202,21 @@ def payment_failure_signals(
     with engine.connect() as conn:
         last_failure = {uid: as_utc(ts) for uid, ts in conn.execute(failures)}
         last_order = {uid: as_utc(ts) for uid, ts in conn.execute(orders)}
-    return [
-        Signal(
-            name="payment_failure",
-            user_id=uid,
-            ts=failed_at + timedelta(hours=rule.after_hours),
-            day=_local_date(failed_at, config),
-            props={"failed_at": failed_at.isoformat(), "after_hours": rule.after_hours},
-        )
-        for uid, failed_at in sorted(last_failure.items())
-        if uid not in last_order or last_order[uid] <= failed_at
-    ]
+    signals = []
+    for uid, failed_at in sorted(last_failure.items()):
+        if uid in last_order and last_order[uid] > failed_at:
+            continue
+        holiday = is_holiday(config, failed_at)
+        hours = (holiday_rule if holiday else rule).after_hours
+        if failed_at + timedelta(hours=hours) > at:
+            continue  # not ripe yet: the ordinary delay on an ordinary day
+        props: dict[str, Any] = {"failed_at": failed_at.isoformat(), "after_hours": hours}
+        if holiday:
+            props["holiday"] = True
+        signals.append(Signal(name="payment_failure", user_id=uid,
+                              ts=failed_at + timedelta(hours=hours),
+                              day=_local_date(failed_at, config), props=props))
+    return signals
 
 
 def churn_score_signals(

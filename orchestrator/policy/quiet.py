@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -95,6 +96,12 @@ class HolidayCalendar:
                 run.append(other)
                 other += step
         return run
+
+
+@lru_cache(maxsize=8)
+def holiday_calendar(country: str) -> HolidayCalendar:
+    """One ``HolidayCalendar`` per country per process (it caches what it has looked up)."""
+    return HolidayCalendar(country)
 
 
 @dataclass(frozen=True)
@@ -194,6 +201,7 @@ class _Days:
 
 
 __all__ = [
+    "holiday_calendar",
     "DayHours",
     "HolidayCalendar",
     "HolidayWindows",

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -117,3 +117,58 @@ def test_signals_are_spec_events(golden: Engine, tmp_path: Path) -> None:
         "value": None,
         "props": {"failed_at": "2026-03-09T13:00:00+00:00", "after_hours": 2.0},
     }
+
+
+# Asia/Shanghai midnights: Friday 2026-10-02 is in the National Day break; Sunday 2026-09-20
+# is a make-up working day (调休) for it; Saturday 2026-09-12 is an ordinary weekend.
+HOLIDAY = datetime(2026, 10, 1, 16, 0, tzinfo=UTC)
+MAKEUP_WORKDAY = datetime(2026, 9, 19, 16, 0, tzinfo=UTC)
+WEEKEND = datetime(2026, 9, 11, 16, 0, tzinfo=UTC)
+CN = AudienceConfig(holidays="CN")  # holiday_factor 0.5 by default
+
+
+def _habit_then_quiet(user: str, at: datetime) -> list[dict[str, object]]:
+    """Active every day for five weeks, silent for the last two days before ``at``: 5 of
+    the last 7 days (a 29 % drop, not enough), 2 of the last 4 (50 %: enough)."""
+    return [ev(user, "login", days_ago(k, hours=12, at=at)) for k in range(2, 40)]
+
+
+@pytest.mark.parametrize(("at", "fires"), [
+    (HOLIDAY, True), (MAKEUP_WORKDAY, False), (WEEKEND, False)])
+def test_activity_drop_looks_at_a_shorter_window_on_a_holiday(
+    db_engine: Engine, tmp_path: Path, at: datetime, fires: bool
+) -> None:
+    add_events(db_engine, _habit_then_quiet("quiet", at))
+    signals = detect_signals(db_engine, at=at, config=CN, models_dir=tmp_path)
+    drops = [s for s in signals if s.name == "activity_drop"]
+    assert _fired(drops) == ([("activity_drop", "quiet")] if fires else [])
+    if fires:
+        assert drops[0].props == {"drop_pct": 50.0, "recent_active_days": 2,
+                                  "baseline_active_days": 28, "recent_days": 4,
+                                  "baseline_days": 28}
+    # Without a calendar, or with a factor of 1, a holiday is a day like any other.
+    for config in (AudienceConfig(), AudienceConfig.model_validate(
+            {"holidays": "CN", "golden": {"holiday_factor": 1}})):
+        assert [s for s in detect_signals(db_engine, at=at, config=config, models_dir=tmp_path)
+                if s.name == "activity_drop"] == []
+
+
+@pytest.mark.parametrize(("at", "sooner"), [
+    (HOLIDAY, True), (MAKEUP_WORKDAY, False), (WEEKEND, False)])
+def test_a_payment_failure_on_a_holiday_ripens_sooner(
+    db_engine: Engine, tmp_path: Path, at: datetime, sooner: bool
+) -> None:
+    failed = at + timedelta(hours=10)  # 10:00 local on the day
+    add_events(db_engine, [ev("payer", "payment_failed", failed, 25.0)])
+    early = detect_signals(db_engine, at=failed + timedelta(hours=1.5), config=CN,
+                           models_dir=tmp_path)
+    assert _fired(early) == ([("payment_failure", "payer")] if sooner else [])
+    if sooner:
+        assert early[0].ts == failed + timedelta(hours=1)
+        assert early[0].props == {"failed_at": failed.isoformat(), "after_hours": 1.0,
+                                  "holiday": True}
+    # The ordinary delay still applies on an ordinary day: ripe after 2 h.
+    later = detect_signals(db_engine, at=failed + timedelta(hours=2), config=CN,
+                           models_dir=tmp_path)
+    assert _fired(later) == [("payment_failure", "payer")]
+    assert later[0].ts == failed + timedelta(hours=1 if sooner else 2)

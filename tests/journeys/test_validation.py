@@ -531,6 +531,20 @@ def test_policy_audience_section_is_checked_not_refused(ws: Workspace) -> None:
     ]
 
 
+def test_policy_golden_holiday_factor_is_checked_where_it_is_written(ws: Workspace) -> None:
+    from tests.journeys.conftest import POLICY
+
+    ws.write("journeys/policy.yaml",
+             POLICY + "audience:\n  golden:\n    holiday_factor: 0.5\n")
+    assert ws.problems() == []
+    ws.write("journeys/policy.yaml",
+             POLICY + "audience:\n  golden:\n    holiday_factor: 2\n")
+    lines = len(POLICY.splitlines())
+    assert ws.problems() == [
+        f"journeys/policy.yaml:{lines + 3}:21: audience.golden.holiday_factor: input should "
+        "be less than or equal to 1, not 2"]
+
+
 def test_policy_wecom_cap_over_a_week_is_above_the_daily_platform_limit(ws: Workspace) -> None:
     from tests.journeys.conftest import POLICY
 
