@@ -16,6 +16,7 @@ each run: its SQLite database and embedded Redis never touch a configured deploy
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 from sqlalchemy import Engine, and_, func, select
 
 from orchestrator.clock import as_utc
@@ -201,12 +203,39 @@ def _churn(result: DemoResult, engine: Engine) -> str:
     m = trained.metrics
     result.churn = {"model": trained.kind, "cutoff": trained.cutoff,
                     "eval_cutoff": trained.eval_cutoff, "train_rows": trained.train_rows,
+                    "windows": len(trained.origins), "calibration": trained.calibration,
+                    "calibration_rows": trained.calibration_rows,
                     "auc": m.auc, "brier": m.brier, "ece": m.ece,
+                    "ece_floor": ece_by_chance(m.calibration),
                     "recency_auc": m.recency_rule_auc, "lift": m.top_decile_lift, "n": m.n,
                     "base_rate": m.base_rate}
     return (f"{trained.kind} on {trained.train_rows:,} rows: held-out AUC {m.auc:.3f} "
             f"(recency rule {m.recency_rule_auc:.3f}), ECE {m.ece:.3f}, top-decile lift "
             f"{m.top_decile_lift:.2f}")
+
+
+def ece_by_chance(rows: list[Any]) -> float:
+    """The ECE a perfectly calibrated model would show on this sample by chance alone: in
+    each group of the calibration table, the expected ``|observed - predicted|`` when the
+    observed churners are Binomial(n, predicted). On a few thousand users this is a few
+    hundredths, the floor under the measured ECE."""
+    total = sum(row.n for row in rows)
+    expected = 0.0
+    for row in rows:
+        p = min(max(row.mean_predicted, 0.0), 1.0)
+        expected += row.n * _mean_abs_error(row.n, p)
+    return expected / total if total else float("nan")
+
+
+def _mean_abs_error(n: int, p: float) -> float:
+    """E|K/n - p| for K ~ Binomial(n, p)."""
+    if p in (0.0, 1.0):
+        return 0.0
+    k = np.arange(n + 1)
+    log_choose = np.array([math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+                           for i in range(n + 1)])
+    pmf = np.exp(log_choose + k * math.log(p) + (n - k) * math.log1p(-p))
+    return float((pmf * np.abs(k / n - p)).sum())
 
 
 # --- 4. tiers --------------------------------------------------------------------------

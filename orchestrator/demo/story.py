@@ -9,13 +9,14 @@ the story, ``recall report`` and ``recall export`` agree.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.clock import utcnow
+from orchestrator.clock import as_utc, utcnow
 from orchestrator.demo.run import DemoResult
 from orchestrator.reports import formatting as fmt
 
@@ -35,6 +36,7 @@ def tell(result: DemoResult, console: Console) -> None:
                   f"{c['recency_auc']:.3f}), Brier {c['brier']:.3f}, ECE {c['ece']:.3f}, "
                   f"top-decile lift "
                   f"{c['lift']:.2f} on {c['n']:,} users", highlight=False)
+    console.print(churn_reading(c), highlight=False, soft_wrap=True)
     sim = result.simulated
     console.print(f"simulated {o.days} days in {sim.seconds:.1f}s: "
                   f"{sim.events_replayed:,} events replayed "
@@ -42,10 +44,10 @@ def tell(result: DemoResult, console: Console) -> None:
                   f"{sum(sim.actions.values()):,} simulated responses", highlight=False)
     console.print(_journeys_table(result))
     for line in money_warnings(result):
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, soft_wrap=True)
     console.print(_arms_table(result))
     for line in retention_notes(result):
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, soft_wrap=True)
     console.print(_uplift_table(result))
     console.print(_funnel_table(result))
     if any(r.get("variants") for r in result.reports):
@@ -71,6 +73,18 @@ def tell(result: DemoResult, console: Console) -> None:
     for line in pacing_lines(result):
         console.print(line, highlight=False)
     console.print(_money_line(result), highlight=False)
+
+
+def churn_reading(c: dict[str, Any]) -> str:
+    """How the model was trained, and what its ECE means on a sample this size."""
+    floor = c["ece_floor"]
+    verdict = ("within what chance alone gives: the sample, not the calibration, limits it"
+               if c["ece"] <= 1.5 * floor else "more than chance alone explains")
+    return (f"  trained as `recall churn train` does: {c['windows']} weekly windows "
+            f"({c['train_rows']:,} rows), {c['calibration']} calibration on the latest "
+            f"({c['calibration_rows']:,} users); ECE {c['ece']:.3f} against "
+            f"{floor:.3f} that a perfectly calibrated model would show on {c['n']:,} users, "
+            f"{verdict}")
 
 
 def _providers(result: DemoResult) -> str:
@@ -121,7 +135,7 @@ def _count(value: int | None) -> str:
 
 
 def _arms_table(result: DemoResult) -> Table:
-    retention = sorted({w["window"] for r in result.reports for w in r.get("retention") or []})
+    retention = _window_labels(result)
     table = Table(title="recall rate by arm (each user once, first entry)")
     for column in ("journey", "arm", "users", "converted", "recall rate", "95% CI",
                    *(f"retained {w}" for w in retention)):
@@ -141,11 +155,54 @@ def _arms_table(result: DemoResult) -> Table:
 
 
 def retention_notes(result: DemoResult) -> list[str]:
-    """Why a retention cell reads ``not yet`` (or counts only some users): one line per
-    journey and window."""
-    return [f"{report['journey_id']} retained {w['window']}: {w['note']}"
-            for report in result.reports for w in report.get("retention") or []
-            if w.get("note")]
+    """Why a retention cell reads ``not yet``, and whom a rate counts: one line per window
+    (the reports' notes, said once for all journeys)."""
+    lines = []
+    for label in _window_labels(result):
+        windows = [(r["journey_id"], w) for r in result.reports
+                   for w in r.get("retention") or [] if w["window"] == label]
+        unseen = [(j, w) for j, w in windows if w.get("note") and _nobody(w)]
+        partial = [(j, w) for j, w in windows if w.get("note") and not _nobody(w)]
+        if unseen:
+            first = min(_first_entry(result, j) for j, _ in unseen)
+            _, w = unseen[0]
+            who = ("every journey" if len(unseen) == len(windows)
+                   else ", ".join(j for j, _ in unseen))
+            closes = first + timedelta(days=w["last_day"])
+            lines.append(f"{fmt.NOT_YET}: retained {label} (days {w['first_day']}–"
+                         f"{w['last_day']} after entry) is not observable in this run: the "
+                         f"window ends after the data, which ends {_end(result)}; the earliest "
+                         f"closes {closes:%Y-%m-%d} ({who})")
+        if partial:
+            counted = ", ".join(
+                f"{j} {_counted(w):,} of {_counted(w) + w['pending']:,}" for j, w in partial)
+            _, w = partial[0]
+            lines.append(f"retained {label} counts the users whose days {w['first_day']}–"
+                         f"{w['last_day']} ended by {_end(result)}: {counted}")
+    return lines
+
+
+def _window_labels(result: DemoResult) -> list[str]:
+    """The retention windows of all journeys, shortest first (7d before 30d)."""
+    last = {w["window"]: w["last_day"] for r in result.reports for w in r.get("retention") or []}
+    return sorted(last, key=lambda label: last[label])
+
+
+def _nobody(window: dict[str, Any]) -> bool:
+    return all(window[arm]["rate"] is None for arm in ("control", "treatment"))
+
+
+def _counted(window: dict[str, Any]) -> int:
+    return int(window["control"]["eligible"] + window["treatment"]["eligible"])
+
+
+def _first_entry(result: DemoResult, journey_id: str) -> datetime:
+    report = next(r for r in result.reports if r["journey_id"] == journey_id)
+    return as_utc(datetime.fromisoformat(report["period"]["from"].replace("Z", "+00:00")))
+
+
+def _end(result: DemoResult) -> str:
+    return f"{result.end:%Y-%m-%d %H:%M} (UTC{result.end:%z})".replace("+0800", "+08:00")
 
 
 def _interval(ci: Any) -> str:
@@ -263,7 +320,7 @@ def pacing_lines(result: DemoResult) -> list[str]:
 
 def money_warnings(result: DemoResult) -> list[str]:
     """Why a journey's incremental revenue and ROI read ``(too few users)``."""
-    return [f"{fmt.TOO_FEW} {report['journey_id']}: {report['money_warning']}"
+    return [f"{report['journey_id']}: {report['money_warning']}"
             for report in result.reports if report.get("money_warning")]
 
 
@@ -288,4 +345,5 @@ def write_html(result: DemoResult, path: Path) -> None:
         "demo.html.j2", result=result, reports=result.reports, tiers=result.tiers,
         figures={r["journey_id"]: journey_figures(result, r) for r in result.reports},
         pacing=pacing_lines(result), money=_money_line(result), generated_at=utcnow(),
+        churn_reading=churn_reading(result.churn).strip(),
     ), encoding="utf-8")

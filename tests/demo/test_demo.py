@@ -82,6 +82,16 @@ def test_demo_prints_what_the_exports_hold(tmp_path: Path) -> None:
     # later, is reached inside the run (a run that ends before it shows eligible 0).
     funnel = _funnel(printed["funnel per touch (treatment)"])
     assert number(funnel["tier-churned-care", "sms"][3]) > 0
+    # Never an unexplained dash: a retention cell is a rate, or "not yet" with its reason.
+    arm_rows = printed["recall rate by arm (each user once, first entry)"]
+    retention_cells = {cell for row in arm_rows for cell in row[6:]}
+    assert "—" not in retention_cells and "" not in retention_cells
+    if "not yet" in retention_cells:
+        assert "not yet: retained 30d (days 8–30 after entry) is not observable in this run: " \
+               "the window ends after the data" in done.stdout
+    # The churn model: ECE beside AUC and Brier, and what it means on a sample this size.
+    assert "Brier" in done.stdout and "ECE" in done.stdout
+    assert "that a perfectly calibrated model would show on" in done.stdout
     arms = _arms(printed["recall rate by arm (each user once, first entry)"])
     assert arms == _arms_from(enrollments, set(journeys))
     page = (tmp_path / "reports" / "demo.html").read_text(encoding="utf-8")
