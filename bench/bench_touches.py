@@ -25,6 +25,7 @@ everything else. Prints one JSON line per figure.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -113,9 +114,10 @@ def measure_recall(stack: Stack, rt: Runtime, users: Users, journeys: Sequence[s
                    ) -> Run:
     per = n // len(journeys)
     recall_cohort(stack, rt, {j: users.take(WARM) for j in journeys}, timeout_s=600)
-    with Profiler(stack, f"{'+'.join(journeys)}-{n}"):
+    with Profiler(stack, f"{'+'.join(journeys)}-{n}") as profiler:
         run = recall_cohort(stack, rt, {j: users.take(per) for j in journeys},
                             timeout_s=120 + n / 20)
+        profiler.touches = run.touches + run.other
     if run.other:
         log(f"  {run.other:,} touches were not sent (see the touches table)")
     return run
@@ -123,35 +125,76 @@ def measure_recall(stack: Stack, rt: Runtime, users: Users, journeys: Sequence[s
 
 class Profiler:
     """With ``--profile DIR``: py-spy samples every worker child and the sandbox while a
-    measured cohort runs (collapsed stacks, one file per process)."""
+    measured cohort runs (collapsed stacks, one file per process; ``--gil``: only the thread
+    holding the GIL, i.e. Python's own CPU, not threads waiting on a socket), and the CPU
+    each of those processes and the database's backends spent, user and system, is logged
+    per touch."""
 
     out: Path | None = None
+    gil = False
 
     def __init__(self, stack: Stack, label: str) -> None:
         self.stack, self.label = stack, label
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.cpu: dict[str, tuple[float, float]] = {}
+        self.touches = 0
 
     def __enter__(self) -> Profiler:
         if self.out is None:
             return self
         spy = Path(sys.executable).with_name("py-spy")
-        for service in self.stack.services:
-            if not service.alive() or service.name == "beat":
-                continue
-            pids = [p for p in service.group() if p != service.pid] or [service.pid]
-            for pid in pids:
-                target = self.out / f"{self.label}-{service.name}-{pid}.txt"
-                self.procs.append(subprocess.Popen(
-                    [str(spy), "record", "--pid", str(pid), "--format", "raw", "--rate", "50",
-                     "--nonblocking", "-o", str(target)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for name, pid in self._targets():
+            target = self.out / f"{self.label}-{name}-{pid}.txt"
+            self.procs.append(subprocess.Popen(
+                [str(spy), "record", "--pid", str(pid), "--format", "raw", "--rate", "100",
+                 "--nonblocking", *(["--gil"] if self.gil else []), "-o", str(target)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.cpu = self._cpu()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.out is None:
+            return
+        after = self._cpu()
         for proc in self.procs:
             proc.send_signal(signal.SIGINT)
         for proc in self.procs:
             proc.wait(timeout=60)
+        per = max(1, self.touches)
+        spent = {k: (after[k][0] - v[0], after[k][1] - v[1]) for k, v in self.cpu.items()
+                 if k in after}
+        for name, (user, system) in sorted(spent.items()):
+            log(f"  cpu {name}: user {1000 * user / per:.2f} ms + sys {1000 * system / per:.2f}"
+                f" ms per touch ({user + system:.1f} s)")
+        total = sum(u + s for u, s in spent.values())
+        log(f"  cpu measured processes: {1000 * total / per:.2f} ms per touch")
+
+    def _targets(self) -> list[tuple[str, int]]:
+        targets = []
+        for service in self.stack.services:
+            if not service.alive() or service.name == "beat":
+                continue
+            pids = [p for p in service.group() if p != service.pid] or [service.pid]
+            targets += [(service.name, pid) for pid in pids]
+        return targets
+
+    def _cpu(self) -> dict[str, tuple[float, float]]:
+        """(user, system) CPU seconds of each profiled process and of the database's
+        backends taken together."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        found: dict[str, tuple[float, float]] = {}
+        backends = [int(r[0]) for r in self.stack.rows(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()")]
+        for name, pid in [*self._targets(), *(("postgres", p) for p in backends)]:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            key = name if name == "postgres" else f"{name}-{pid}"
+            user, system = found.get(key, (0.0, 0.0))
+            found[key] = (user + int(fields[11]) / ticks, system + int(fields[12]) / ticks)
+        return found
 
 
 def start_recall(stack: Stack, workers: int, concurrency: int) -> list[Service]:
@@ -238,12 +281,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller cohorts")
     parser.add_argument("--profile", type=Path, help="py-spy every worker child and the "
                         "sandbox during the measured cohorts; collapsed stacks go here")
+    parser.add_argument("--gil", action="store_true", help="with --profile: sample only the "
+                        "thread holding the GIL (Python's own CPU)")
     parser.add_argument("--only", choices=["sms", "batched"], help="one Recall figure, "
                         "no baseline (for profiling)")
     args = parser.parse_args()
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
         Profiler.out = args.profile.resolve()
+        Profiler.gil = args.gil
     size = {k: v[1] if args.quick else v[0] for k, v in SIZES.items()}
     if args.only:
         only(args.only, size[args.only])
