@@ -15,9 +15,9 @@ record is made, whatever handler or formatter later writes it. What is masked (`
   ``nickname``…): ``[masked 42 chars]``;
 - credentials in URLs (``access_token``, ``secret``, ``corpsecret``).
 
-It also quiets the Twilio SDK's request logger (it writes every request URL and header at
-INFO). SQL errors never carry their bound values: every engine is made with
-``hide_parameters=True`` (``orchestrator.store.db``).
+It also quiets the per-request loggers of the Twilio SDK (every request URL and header at
+INFO) and of httpx (every request line at INFO). SQL errors never carry their bound values:
+every engine is made with ``hide_parameters=True`` (``orchestrator.store.db``).
 """
 
 from __future__ import annotations
@@ -126,7 +126,9 @@ def mask_record(record: logging.LogRecord) -> logging.LogRecord:
 
 _installed = False
 _install_lock = threading.Lock()
-QUIET_LOGGERS = {"twilio.http_client": logging.WARNING}
+# Per-request lines at INFO: the Twilio SDK's client (URL and headers of every request) and
+# httpx's ("HTTP Request: POST …"), one or more per SMS at the INFO level workers log at.
+QUIET_LOGGERS = {"twilio.http_client": logging.WARNING, "httpx": logging.WARNING}
 
 
 def configure_logging() -> None:

@@ -6,7 +6,7 @@ one error tree (``orchestrator.errors``):
 
 - ``wechat_error`` for WeChat OA and WeCom ``errcode``s (and HTTP statuses),
 - ``twilio_error`` for Twilio REST errors,
-- ``transport_error`` for ``requests`` failures, where *when* it failed decides:
+- ``transport_error`` for ``requests`` and ``httpx`` failures, where *when* it failed decides:
   the connection was never made (refused, DNS, connect timeout) -> retryable; the request
   went out and the answer never came (read timeout, dropped connection) -> unknown, because
   the provider may have acted and a blind resend could send twice.
@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import httpx
 import requests
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
@@ -184,8 +185,13 @@ def wechat_reason(exc: ChannelError) -> str:
     return classify_wechat(code, wecom=exc.provider == "wecom").reason
 
 
-def never_connected(exc: requests.RequestException) -> bool:
+TransportFailure = requests.RequestException | httpx.TransportError
+
+
+def never_connected(exc: TransportFailure) -> bool:
     """True when the request provably never reached the server (safe to send again)."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        return True  # no connection was made, or none was free: nothing was written
     if isinstance(exc, requests.ConnectTimeout):
         return True
     if isinstance(exc, requests.ConnectionError) and exc.args:
@@ -201,11 +207,13 @@ _MALFORMED = (
     requests.exceptions.MissingSchema,
     requests.exceptions.URLRequired,
     requests.exceptions.InvalidHeader,
+    httpx.UnsupportedProtocol,
+    httpx.LocalProtocolError,
 )
 
 
 def transport_error(
-    exc: requests.RequestException, *, provider: str, action: str, sent: bool = True
+    exc: TransportFailure, *, provider: str, action: str, sent: bool = True
 ) -> ChannelError:
     """Translate a transport failure. ``sent=False`` for calls without side effects (token
     fetch, reads), whose failures are always safe to retry."""

@@ -1,7 +1,8 @@
 """SMS through Twilio: one ``messages.create`` per touch, many in flight, paced.
 
-Throughput comes from a thread pool (one Twilio client, i.e. one keep-alive connection, per
-thread) behind a process-wide token bucket (``rate_per_s``, real time). Retries:
+Throughput comes from a thread pool (a Twilio client per thread, all over one pooled ``httpx``
+client: ``twilio_http``) behind a process-wide token bucket (``rate_per_s``, real time).
+Retries:
 
 - *inside* the adapter, for cheap transient refusals where Twilio provably did not act
   (20429/429, 5xx, connection refused): at most ``Backoff.attempts`` calls per message,
@@ -40,10 +41,8 @@ from functools import partial
 from itertools import count
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import requests
+import httpx
 from twilio.base.exceptions import TwilioException
-from twilio.http.http_client import TwilioHttpClient
-from twilio.http.response import Response
 from twilio.rest import Client
 
 from orchestrator.channels.base import Message, SendRequest, TouchResult, TouchStatus
@@ -66,6 +65,7 @@ from orchestrator.channels.fanout import Outcome, from_entry, send_each, settle
 from orchestrator.channels.ledger import SendLedger
 from orchestrator.channels.pacing import Backoff, TokenBucket, shared_bucket
 from orchestrator.channels.smstext import body_too_long, count_segments, sms_with_link
+from orchestrator.channels.twilio_http import TwilioHttp, pooled_client
 from orchestrator.errors import ChannelError, ChannelRetryable, ChannelUnknown, ConfigError
 
 if TYPE_CHECKING:
@@ -86,25 +86,6 @@ DELIVERY_STATUS: dict[str, TouchStatus] = {
     "failed": "failed",
     "undelivered": "failed",
 }
-
-
-class _PacedHttpClient(TwilioHttpClient):  # type: ignore[misc]
-    """Twilio's HTTP client, remembering the last answer's Retry-After (one per thread)."""
-
-    retry_after_s: float | None = None
-
-    def request(self, *args: Any, **kwargs: Any) -> Response:
-        response: Response = super().request(*args, **kwargs)
-        self.retry_after_s = _retry_after(response.headers) if response.status_code >= 400 else None
-        return response
-
-
-def _retry_after(headers: Mapping[str, str] | None) -> float | None:
-    value = (headers or {}).get("Retry-After") or (headers or {}).get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None  # an HTTP-date: rare from Twilio; the back-off applies instead
 
 
 def sms_body(message: Message, options: Mapping[str, str]) -> str:
@@ -146,6 +127,7 @@ class SmsChannel:
         self._on_opt_out = on_opt_out
         self._ledger = SendLedger(redis, prefix=key_prefix, channel=self.name)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recall-sms")
+        self._http = pooled_client(timeout, connections=workers)
         self._clients = PerThread(self._new_client)
 
     def __repr__(self) -> str:
@@ -153,6 +135,7 @@ class SmsChannel:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._http.close()
 
     # -- send ---------------------------------------------------------------------------
 
@@ -194,7 +177,7 @@ class SmsChannel:
             )
         except TwilioException as exc:
             return self._refused(message, exc, client.http_client.retry_after_s)
-        except requests.RequestException as exc:
+        except httpx.TransportError as exc:
             error = transport_error(exc, provider=PROVIDER, action=ACTION)
             if isinstance(error, ChannelUnknown):
                 return Outcome(message, result=unknown(message))
@@ -245,7 +228,7 @@ class SmsChannel:
         except TwilioException as exc:
             retry_after = self._client().http_client.retry_after_s
             raise _rest_error(exc, "GET Messages.json", retry_after)[1] from exc
-        except requests.RequestException as exc:
+        except httpx.TransportError as exc:
             raise transport_error(
                 exc, provider=PROVIDER, action="GET Messages.json", sent=False
             ) from exc
@@ -269,16 +252,11 @@ class SmsChannel:
     # -- plumbing -----------------------------------------------------------------------
 
     def _client(self) -> Client:
-        """This thread's Twilio client (its own session and keep-alive connection)."""
+        """This thread's Twilio client (its own ``retry_after_s``; the pool is shared)."""
         return self._clients.get()
 
     def _new_client(self) -> Client:
-        # Proxies from the environment are resolved once, not per request (requests would
-        # walk os.environ on every call: a fifth of the CPU per message).
-        http = _PacedHttpClient(proxy=requests.utils.get_environ_proxies(self._base))
-        http.session.trust_env = False
-        http.timeout = self._timeout  # the constructor refuses a (connect, read) tuple
-        client = Client(self._account_sid, self._auth_token, http_client=http)
+        client = Client(self._account_sid, self._auth_token, http_client=TwilioHttp(self._http))
         client.edge = None
         client.region = None
         client.api.base_url = self._base

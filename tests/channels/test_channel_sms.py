@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -16,6 +18,7 @@ from orchestrator.channels.pacing import Backoff
 from orchestrator.channels.sms import sms_body
 from orchestrator.config import Settings
 from orchestrator.errors import ChannelConfig, ChannelRetryable, ChannelUnknown, ConfigError
+from orchestrator.logs import configure_logging
 from orchestrator.sandbox.faults import FaultSpec
 from orchestrator.sandbox.server import SandboxHandle
 
@@ -333,3 +336,65 @@ def test_latency_below_the_read_timeout_is_just_slow(
     (result,) = sms.send(request("s-slow", CHANNEL, messages(1), options=POLICY))
     assert result.status == "sent"
     assert [c["outcome"] for c in creates(sandbox)] == ["accepted"]
+
+
+# -- the transport: a pooled httpx client behind the Twilio SDK's own client interface ---------
+
+
+def test_the_call_carries_what_the_sdk_built_and_nothing_unset(
+    sms: SmsChannel, sandbox: SandboxHandle, settings: Settings
+) -> None:
+    (result,) = sms.send(request("s-wire", CHANNEL, messages(1, text="回来领券"), options=POLICY))
+    (created,) = creates(sandbox)
+    assert created["body"] == {
+        "To": "+8613800000000",
+        "From": settings.twilio_from,
+        "Body": sms_body(message(0, text="回来领券"), POLICY),
+        "StatusCallback": "http://127.0.0.1:8000/v1/callbacks/twilio",
+        "ValidityPeriod": "3600",
+    }
+    assert result.provider_message_id == created["ref"]
+
+
+def test_a_retry_after_the_provider_sets_is_the_wait(
+    sms: SmsChannel, sandbox: SandboxHandle, sleeps: list[float]
+) -> None:
+    sandbox.state.add_fault(FaultSpec(provider="twilio", path_contains=CREATE,
+                                      kind="rate_limit", count=1, retry_after=1))
+    (result,) = sms.send(request("s-retry-after", CHANNEL, messages(1), options=POLICY))
+    assert result.status == "sent"
+    assert sleeps == [1.0]
+
+
+def test_a_connection_refused_is_retryable_and_nothing_was_sent(
+    redis_client: redis.Redis, key_prefix: str, sleeps: list[float]
+) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        twilio_api_base=f"http://127.0.0.1:{port}",
+        public_base_url="http://127.0.0.1:8000",
+    )
+    channel = SmsChannel(settings, redis_client, key_prefix=key_prefix, sleep=sleeps.append)
+    batch = request("s-refused", CHANNEL, messages(1), options=POLICY)
+    try:
+        with pytest.raises(ChannelRetryable, match=r"nothing was sent, retry later"):
+            channel.send(batch)
+        with pytest.raises(ChannelRetryable, match=r"could not reach the provider"):
+            channel.reconcile(batch)
+    finally:
+        channel.close()
+    assert len(sleeps) == 2  # retried inside with back-off first
+
+
+def test_the_sdk_logs_nothing_per_request(
+    sms: SmsChannel, sandbox: SandboxHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    configure_logging()  # as every recall process does
+    with caplog.at_level(logging.DEBUG):
+        sms.send(request("s-quiet", CHANNEL, messages(5), options=POLICY))
+    assert len(creates(sandbox)) == 5
+    assert [r for r in caplog.records if r.name.startswith(("twilio", "httpx"))
+            and r.levelno >= logging.INFO] == []
