@@ -1,8 +1,8 @@
 """SMS through Twilio: one ``messages.create`` per touch, many in flight, paced.
 
-Throughput comes from a thread pool (a Twilio client per thread, all over one pooled ``httpx``
-client: ``twilio_http``) behind a process-wide token bucket (``rate_per_s``, real time).
-Retries:
+Throughput comes from a thread pool (a Twilio client per thread, each over its own ``httpx``
+client and keep-alive connection: ``twilio_http``) behind a process-wide token bucket
+(``rate_per_s``, real time). Retries:
 
 - *inside* the adapter, for cheap transient refusals where Twilio provably did not act
   (20429/429, 5xx, connection refused): at most ``Backoff.attempts`` calls per message,
@@ -65,7 +65,7 @@ from orchestrator.channels.fanout import Outcome, from_entry, send_each, settle
 from orchestrator.channels.ledger import SendLedger
 from orchestrator.channels.pacing import Backoff, TokenBucket, shared_bucket
 from orchestrator.channels.smstext import body_too_long, count_segments, sms_with_link
-from orchestrator.channels.twilio_http import TwilioHttp, pooled_client
+from orchestrator.channels.twilio_http import TwilioHttp
 from orchestrator.errors import ChannelError, ChannelRetryable, ChannelUnknown, ConfigError
 
 if TYPE_CHECKING:
@@ -127,15 +127,16 @@ class SmsChannel:
         self._on_opt_out = on_opt_out
         self._ledger = SendLedger(redis, prefix=key_prefix, channel=self.name)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recall-sms")
-        self._http = pooled_client(timeout, connections=workers)
         self._clients = PerThread(self._new_client)
+        self._transports: list[TwilioHttp] = []
 
     def __repr__(self) -> str:
         return f"SmsChannel(account_sid={self._account_sid!r}, base={self._base!r}, token=***)"
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-        self._http.close()
+        for transport in self._transports:
+            transport.close()
 
     # -- send ---------------------------------------------------------------------------
 
@@ -252,11 +253,13 @@ class SmsChannel:
     # -- plumbing -----------------------------------------------------------------------
 
     def _client(self) -> Client:
-        """This thread's Twilio client (its own ``retry_after_s``; the pool is shared)."""
+        """This thread's Twilio client (its own connection and ``retry_after_s``)."""
         return self._clients.get()
 
     def _new_client(self) -> Client:
-        client = Client(self._account_sid, self._auth_token, http_client=TwilioHttp(self._http))
+        transport = TwilioHttp(self._timeout)
+        self._transports.append(transport)
+        client = Client(self._account_sid, self._auth_token, http_client=transport)
         client.edge = None
         client.region = None
         client.api.base_url = self._base

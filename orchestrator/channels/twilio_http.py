@@ -1,11 +1,15 @@
-"""The Twilio SDK's transport: a pooled ``httpx`` client behind the SDK's own client interface.
+"""The Twilio SDK's transport: an ``httpx`` client behind the SDK's own client interface.
 
 The SDK keeps building every request (URL, form fields, auth) and turning every answer into
 its objects and its errors (``TwilioRestException`` with the REST code); only the HTTP
 exchange is ours. Compared with the SDK's ``requests`` session this costs less CPU per call
-(no per-request environment or settings merge, no hooks), logs nothing per request (the
-SDK's client writes every request's URL and headers at INFO), and shares one connection pool
-among the channel's threads.
+(no per-request environment or settings merge, no hooks) and logs nothing per request (the
+SDK's client writes every request's URL and headers at INFO).
+
+Each sending thread has a client of its own, keeping its one connection alive. One pool
+shared by the channel's 32 threads measured worse than ``requests``: the threads queue on
+the pool's lock (0.56 ms of CPU per call against 0.49 for ``requests`` and 0.44 for a
+client per thread, 32 threads against the sandbox).
 
 What the rest of the adapter relies on, kept as the ``requests`` client had it:
 
@@ -31,24 +35,21 @@ from twilio.http.response import Response
 _logger = logging.getLogger("twilio.http_client")
 
 
-def pooled_client(timeout: tuple[float, float], connections: int) -> httpx.Client:
-    """One connection pool for a channel's threads (``connections`` kept alive)."""
-    connect, read = timeout
-    return httpx.Client(
-        timeout=httpx.Timeout(read, connect=connect),
-        limits=httpx.Limits(max_connections=connections,
-                            max_keepalive_connections=connections),
-        follow_redirects=False,
-    )
-
-
 class TwilioHttp(HttpClient):  # type: ignore[misc]
-    """``twilio.http.HttpClient`` over a shared ``httpx.Client``; one per calling thread."""
+    """``twilio.http.HttpClient`` over an ``httpx.Client`` of its own; one per calling thread.
+    ``timeout`` is (connect, read) seconds."""
 
-    def __init__(self, client: httpx.Client) -> None:
+    def __init__(self, timeout: tuple[float, float]) -> None:
         super().__init__(_logger, False, None)
-        self._client = client
+        connect, read = timeout
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(read, connect=connect),
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        )
         self.retry_after_s: float | None = None
+
+    def close(self) -> None:
+        self._client.close()
 
     def request(
         self,
