@@ -7,6 +7,7 @@ message (a visibility timeout, a restart that loses it).
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -43,6 +44,7 @@ def runtime() -> Runtime:
     global _RUNTIME
     if _RUNTIME is None:
         _RUNTIME = Runtime.from_settings()
+        gc.freeze()  # the runtime lives as long as the process: no collection walks it
     return _RUNTIME
 
 
