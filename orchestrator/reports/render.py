@@ -233,16 +233,16 @@ def _rungs_table(report: dict[str, Any], steps: list[dict[str, Any]]) -> Table:
 def _variants_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="A/B variants: treatment users who reached the step (each once), "
                         "converted; each variant against the step's first")
-    for column in ("step", "variant", "at", "sent", "converted", "95% CI", "uplift",
+    for column in ("step", "variant (sent at)", "converted", "95% CI", "uplift",
                    "uplift 95% CI", "p"):
-        table.add_column(column, justify="left" if column in ("step", "variant", "at")
-                         else "right", no_wrap=column != "step")
+        table.add_column(column, justify="left" if column in ("step", "variant (sent at)")
+                         else "right", no_wrap=True)
     for v in rows:
         up = v["uplift"]
         ci = v["ci95"]
         mark = fmt.stars(up) if up else ""
         table.add_row(
-            v["step_id"], v["variant"], v["at"] or "when due", fmt.count(v["sent"]),
+            v["step_id"], f"{v['variant']} ({v['at'] or 'when due'})",
             _share({"retained": v["converted"], "eligible": v["users"], "rate": v["rate"]}),
             f"[{fmt.pct(ci[0])}, {fmt.pct(ci[1])}]" if ci else "—",
             fmt.pp(up["absolute"]) if up else "reference", fmt.interval(up) if up else "",

@@ -120,7 +120,7 @@ def test_every_format_shows_the_variants(dataset: Dataset) -> None:
     report = journey_report(dataset.engine, _ab_journey(dataset), dataset.policy, now=NOW)
     table = render(report, "table")
     assert "A/B variants" in table
-    assert "best_hour" in table and "when due" in table and "reference" in table
+    assert "best (best_hour)" in table and "due (when due)" in table and "reference" in table
     assert "1/6 = 16.67%" in table and "4/6 = 66.67%" in table
     assert "+50.00 pp" in table  # 4/6 − 1/6
     assert "variant sms/best: warning: too few users to judge" in table
