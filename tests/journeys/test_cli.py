@@ -20,7 +20,7 @@ from orchestrator.channels.smstext import compose_sms, count_segments
 from orchestrator.config import get_settings
 from orchestrator.journeys.assign import variant_for
 from orchestrator.journeys.cli import register
-from orchestrator.journeys.loader import load_all
+from orchestrator.journeys.loader import find_journey, load_all
 from orchestrator.journeys.preview import PREVIEW_CODE
 from orchestrator.store.clock import StoredClock
 from orchestrator.store.db import dispose_engines
@@ -326,3 +326,18 @@ def test_preview_shows_the_best_hour(
     assert result.exit_code == 0, result.output
     assert ("send at:  best hour: 2026-03-02 18:00 CST if due now (2026-03-02 09:00 CST); "
             "profile: own") in result.stdout
+
+    # An A/B of the send time: the time shows only when the user's variant has at: best_hour.
+    for timed_variant in ("a", "b"):
+        at = {name: ", at: best_hour" if name == timed_variant else "" for name in "ab"}
+        ab = TIMED.replace("    template: sms.j2\n    at: best_hour\n", (
+            "    variants:\n"
+            f"      a: {{ weight: 50, template: sms.j2{at['a']} }}\n"
+            f"      b: {{ weight: 50, template: sms.j2{at['b']} }}\n"))
+        (journeys / "timed.yaml").write_text(ab, encoding="utf-8")
+        result = CliRunner().invoke(app, ["preview", "timed", "--user", "u9"])
+        assert result.exit_code == 0, result.output
+        step = find_journey(journeys, "timed", templates)[0].send_steps()[0]
+        mine = variant_for("timed", step, "u9")
+        assert ("send at:  best hour: 2026-03-02 18:00 CST" in result.stdout) == (
+            mine == timed_variant)
