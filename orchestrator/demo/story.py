@@ -319,9 +319,12 @@ def pacing_lines(result: DemoResult) -> list[str]:
 
 
 def money_warnings(result: DemoResult) -> list[str]:
-    """Why a journey's incremental revenue and ROI read ``(too few users)``."""
+    """Why a journey's incremental revenue and ROI read ``(too few users)``, or its ROI
+    ``—``."""
     return [f"{report['journey_id']}: {report['money_warning']}"
-            for report in result.reports if report.get("money_warning")]
+            for report in result.reports if report.get("money_warning")] + [
+        f"{report['journey_id']}: ROI —{fmt.roi_reason(report)}"
+        for report in result.reports if fmt.roi_reason(report)]
 
 
 def _money_line(result: DemoResult) -> str:

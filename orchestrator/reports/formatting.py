@@ -129,10 +129,20 @@ def unjudged(text: str, report: dict[str, Any]) -> str:
     return f"{text} ({TOO_FEW})" if report.get("money_warning") and text != "—" else text
 
 
+def roi_reason(report: dict[str, Any]) -> str:
+    """Why a report's ROI is undefined (`` (…)``), or nothing when it is a number."""
+    if report.get("roi") is not None:
+        return ""
+    if report.get("revenue") is None:
+        return " (no holdout to compare: no incremental revenue)"
+    return " (nothing spent: no return on cost)" if not report.get("cost") else ""
+
+
 def money_line(report: dict[str, Any]) -> str:
     """Cost, incremental revenue and ROI in one line, with the warning when there is one."""
     currency = report.get("currency") or ""
     text = (f"cost {money(report['cost'], currency)} · incremental revenue "
-            f"{money(report['revenue'], currency)} · ROI {num(report['roi'])}")
+            f"{money(report['revenue'], currency)} · ROI {num(report['roi'])}"
+            f"{roi_reason(report)}")
     warning = report.get("money_warning")
     return f"{text} — warning: {warning}" if warning else text

@@ -110,3 +110,11 @@ def test_money_on_a_sample_too_small_to_judge_carries_the_warning_everywhere() -
                      revenue=-341.12, roi=-200.48, money_warning=None)
     assert "too few users" not in render(judged, "html")
     assert "warning" not in render(judged, "table").split("cost 1.71 CNY")[1].splitlines()[0]
+
+
+def test_an_undefined_roi_says_why() -> None:
+    free = _report(cost=0.0, revenue=120.0, roi=None)
+    assert "ROI — (nothing spent: no return on cost)" in render(free, "table")
+    assert "(nothing spent: no return on cost)" in render(free, "html")
+    no_holdout = _report(cost=1.0, revenue=None, roi=None)
+    assert "ROI — (no holdout to compare: no incremental revenue)" in render(no_holdout, "table")
