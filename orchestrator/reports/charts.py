@@ -43,6 +43,19 @@ def _scale(low: float, high: float, left: float, width: float) -> Any:
     return x, sorted({lo, 0.0, hi})
 
 
+TICK_GAP = 60.0  # px: a tick label is about this wide; closer ticks would overprint
+
+
+def _spaced(ticks: list[float], x: Any) -> list[dict[str, Any]]:
+    """The axis ticks as labels, 0 always kept, an end dropped when its label would
+    overprint 0's (the interval's own ends are written out beside the chart)."""
+    kept = [{"x": x(0.0), "text": pp(0.0)}]
+    for t in ticks:
+        if t != 0.0 and all(abs(x(t) - k["x"]) >= TICK_GAP for k in kept):
+            kept.append({"x": x(t), "text": pp(t)})
+    return sorted(kept, key=lambda k: k["x"])
+
+
 def uplift_chart(report: dict[str, Any]) -> dict[str, Any] | None:
     """The arms' rates as bars on a 0–100% axis, and the uplift as a point with its CI
     whisker on a percentage-point axis that always shows 0."""
@@ -56,7 +69,7 @@ def uplift_chart(report: dict[str, Any]) -> dict[str, Any] | None:
     return {"zero": x(0.0), "low": x(low), "high": x(high), "point": x(uplift["absolute"]),
             "rates": rates, "uplift": uplift, "low_text": pp(low), "high_text": pp(high),
             "point_text": pp(uplift["absolute"]), "left": AXIS_LEFT,
-            "ticks": [{"x": x(t), "text": pp(t)} for t in ticks],
+            "ticks": _spaced(ticks, x),
             "rate_ticks": [{"x": AXIS_LEFT + 400 * t / 100, "text": f"{t}%"}
                            for t in (0, 25, 50, 75, 100)]}
 
@@ -82,4 +95,4 @@ def forest_chart(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     axis_y = 28 + len(rows) * 26
     return {"rows": items, "zero": x(0.0), "left": FOREST_LEFT, "right": FOREST_LEFT + 360,
             "axis_y": axis_y, "height": axis_y + 40,
-            "ticks": [{"x": x(t), "text": pp(t)} for t in ticks]}
+            "ticks": _spaced(ticks, x)}

@@ -118,3 +118,23 @@ def test_an_undefined_roi_says_why() -> None:
     assert "(nothing spent: no return on cost)" in render(free, "html")
     no_holdout = _report(cost=1.0, revenue=None, roi=None)
     assert "ROI — (no holdout to compare: no incremental revenue)" in render(no_holdout, "table")
+
+
+def test_uplift_axis_labels_never_overprint() -> None:
+    """An interval end close to 0 (here -1.33 pp beside 0 on a 20 pp axis) would print its
+    label over 0's: the axis keeps 0, and the ends are written out under the chart."""
+    from orchestrator.reports.charts import TICK_GAP, uplift_chart
+
+    arms = {"control": {"enrolled": 62, "converted": 11, "rate": 0.1774, "revenue": 0.0,
+                        "ci95": [0.10, 0.29]},
+            "treatment": {"enrolled": 678, "converted": 191, "rate": 0.2817, "revenue": 0.0,
+                          "ci95": [0.25, 0.32]}}
+    uplift = {"absolute": 0.1043, "relative": 0.588, "ci95": [-0.0133, 0.1874],
+              "p_value": 0.078, "significant": False, "warning": None}
+    chart = uplift_chart(_report(arms=arms, uplift=uplift))
+    assert chart is not None
+    xs = [t["x"] for t in chart["ticks"]]
+    assert [t["text"] for t in chart["ticks"]] == ["+0.00 pp", "+18.74 pp"]
+    assert all(b - a >= TICK_GAP for a, b in zip(xs, xs[1:], strict=False))
+    page = render(_report(arms=arms, uplift=uplift), "html")
+    assert "95% CI -1.33 pp to +18.74 pp" in page
