@@ -182,9 +182,16 @@ def watch_owner() -> None:
     """In a worker or beat that ``spawn`` started: stop (SIGTERM to itself, the same warm
     shutdown its owner would ask for) once the owner is gone. An owner killed with SIGKILL
     stops nothing itself. Does nothing in any other process: the variable must name this
-    process's parent (a pool process, a shell that inherited it, are not watched)."""
+    process's parent (a pool process, a shell that inherited it, are not watched), unless
+    the owner is already gone: killed while this process was still starting (a loaded
+    machine takes seconds to reach the worker's or beat's init), it stops at once instead
+    of running on as an orphan nobody watches."""
     owner = os.environ.get(OWNER_ENV, "")
-    if not owner.isdigit() or os.getppid() != int(owner):
+    if not owner.isdigit():
+        return
+    if os.getppid() != int(owner):
+        if not _alive(int(owner)):
+            os.kill(os.getpid(), signal.SIGTERM)
         return
 
     def watch() -> None:
@@ -193,6 +200,16 @@ def watch_owner() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="recall-owner-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # somebody else's process took the number: not our owner
+        return False
+    return True
 
 
 def stop_processes(procs: Sequence[subprocess.Popen[Any]],

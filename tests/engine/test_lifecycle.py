@@ -214,3 +214,19 @@ def test_after_a_sigkill_the_children_stop_themselves_and_the_next_run_clears_re
     assert redis_pid(again) != orphan
     again.proc.send_signal(signal.SIGTERM)
     assert again.proc.wait(timeout=DEADLINE_S) == 0
+
+
+def test_a_child_whose_owner_died_before_it_started_watching_stops_itself() -> None:
+    """The owner can be SIGKILLed while its beat or worker is still importing (seconds on a
+    loaded machine): by the time the child would watch its owner, its parent is already
+    init. It must stop then, not run on as an orphan nobody watches."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    child = subprocess.Popen(
+        [sys.executable, "-c", "from orchestrator.engine.lifecycle import watch_owner\n"
+         "watch_owner()\nimport time\ntime.sleep(600)\n"],
+        env={**os.environ, "RECALL_OWNER_PID": str(gone.pid)})
+    try:
+        assert child.wait(timeout=DEADLINE_S) == -signal.SIGTERM
+    finally:
+        child.kill()
