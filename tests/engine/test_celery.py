@@ -174,7 +174,7 @@ def test_a_redelivered_retry_after_the_ledger_was_evicted_does_not_send_twice(
     worker = worker_factory(rt)
     from workers.tasks import CeleryDispatcher
 
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a worker starting on a loaded machine; a bound, not a wait
     while not sms_by_recipient(sandbox) and time.monotonic() < deadline:
         tick(rt, CeleryDispatcher())
         time.sleep(0.05)
