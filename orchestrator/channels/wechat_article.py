@@ -41,7 +41,11 @@ sent).
 Options: ``title`` (else each message's title), ``cover_jpeg_b64``, ``cover_name``,
 ``author``, ``digest``, ``link`` (the article's "read more" URL: a fixed landing page),
 ``send_ignore_reprint``, ``mode`` (``per_recipient``), ``template_id``, ``template_data`` (JSON
-``{field: text}``; ``{title}``, ``{text}``, ``{link}``, ``{user_id}`` are replaced).
+``{field: text}``; ``{title}``, ``{text}``, ``{link}``, ``{user_id}`` are replaced),
+``preview`` (``"1"``: a test send; an article its recipients share, even a lone one's, goes
+to each of them by WeChat's ``message/mass/preview``, one call each, ledger-guarded,
+spending none of their four mass sends a month; a ``per_recipient`` batch still goes by
+template message).
 """
 
 from __future__ import annotations
@@ -153,6 +157,8 @@ class WeChatArticleChannel:
     def send(self, request: SendRequest) -> list[TouchResult]:
         """One mass send for the batch (or template messages, see the module docstring)."""
         check_batch(request, channel=self.name, max_batch=self.max_batch)
+        if _preview_mode(request):
+            return self._send_previews(request)
         if _template_mode(request):
             return self._send_templates(request)
         return self._send_mass(request)
@@ -160,8 +166,9 @@ class WeChatArticleChannel:
     def reconcile(self, request: SendRequest) -> list[TouchResult]:
         """Mass send: repeat the identical call; WeChat's clientmsgid makes it safe (45065 ->
         sent) inside ``dedupe_window``. Template messages have no lookup API: the ledger's
-        record, else ``absent`` while the ledger is intact, else ``unknown``."""
-        if _template_mode(request):
+        record, else ``absent`` while the ledger is intact, else ``unknown``. Previews
+        likewise."""
+        if _template_mode(request) or _preview_mode(request):
             recorded = self._ledger.load(request.batch_id)
             missing = absent if self._ledger.intact(request.batch_id) else unknown
             return [
@@ -179,7 +186,7 @@ class WeChatArticleChannel:
     def dedupe_window(self, request: SendRequest) -> timedelta | None:
         """How long after its first call a repeat of this batch is still deduplicated by
         WeChat (mass send); None when repeats are guarded by the ledger instead."""
-        return None if _template_mode(request) else DEDUPE_WINDOW
+        return None if _template_mode(request) or _preview_mode(request) else DEDUPE_WINDOW
 
     # -- mass send --------------------------------------------------------------------------
 
@@ -404,6 +411,42 @@ class WeChatArticleChannel:
             call=partial(self._send_template, request, template_id),
         )
 
+    # -- previews (test sends) ------------------------------------------------------------
+
+    def _send_previews(self, request: SendRequest) -> list[TouchResult]:
+        """The batch's article to each recipient by WeChat's preview (one call each, guarded
+        by the ledger as template messages are): the person sees the very article, and no
+        mass send of their four a month is spent."""
+        article = _article(request)  # a bad step is refused before any call
+        draft, _ = self._draft(self.client(), request, article)
+        return send_each(
+            request,
+            ledger=self._ledger,
+            pool=self._pool,
+            provider=PROVIDER,
+            precheck=_no_openid,
+            call=partial(self._send_preview, draft),
+        )
+
+    def _send_preview(self, media_id: str, message: Message) -> Outcome:
+        client = self.client()
+        # By OpenID always (wechatpy's helper sends anything not shaped like one as towxname).
+        data = {"touser": message.recipient.openid, "msgtype": "mpnews",
+                "mpnews": {"media_id": media_id}}
+        try:
+            answer = client.call("POST message/mass/preview",
+                                 lambda: client.post("message/mass/preview", data=data))
+        except ChannelRecipient as exc:
+            return Outcome(message, result=failed(message, wechat_reason(exc)))
+        except ChannelUnknown:
+            return Outcome(message, result=unknown(message))
+        except ChannelError as exc:
+            return Outcome(message, error=exc)
+        msg_id = answer.get("msg_id")
+        return Outcome(message, result=TouchResult(
+            touch_id=message.touch_id, status="sent",
+            provider_message_id=str(msg_id) if msg_id is not None else None))
+
     def _send_template(self, request: SendRequest, template_id: str, message: Message) -> Outcome:
         client = self.client()
         data = _template_data(request.options, message)
@@ -446,6 +489,11 @@ def _openid(message: Message) -> str | None:
 
 def _no_openid(message: Message) -> TouchResult | None:
     return None if _openid(message) else failed(message, "no_openid")
+
+
+def _preview_mode(request: SendRequest) -> bool:
+    """A test send (``options["preview"]``) of an article shared by its recipients."""
+    return request.options.get("preview") == "1" and not per_recipient(request)
 
 
 def _template_mode(request: SendRequest) -> bool:

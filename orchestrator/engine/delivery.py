@@ -254,6 +254,8 @@ def _options(rt: Runtime, work: Work) -> dict[str, str]:
         "default_sender": rt.settings.wecom_default_sender,
         "template_id": rt.settings.wechat_template_id,
     }
+    if work.touch.get("test"):
+        options["preview"] = "1"  # an article test goes by WeChat's preview, not a mass send
     if work.step.group:
         options["group"] = work.step.group
         options["chat_id"] = rt.settings.wecom_groups.get(work.step.group, work.step.group)

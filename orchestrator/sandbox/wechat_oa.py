@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 MIN_MASS, MAX_MASS = 2, 10_000
 MONTHLY_MASS_QUOTA = 4
+DAILY_PREVIEWS = 100
 MAX_CLIENTMSGID_BYTES = 64
 MAX_BATCHGET = 100
 LANGS = ("zh_CN", "zh_TW", "en")
@@ -100,6 +101,7 @@ class WeChatOA:
         self.jobs: dict[int, MassJob] = {}
         self.template_sends: dict[int, TemplateSend] = {}
         self.client_msg_ids: dict[str, ClientMsg] = {}
+        self.previews: dict[int, int] = {}  # local day (ordinal) -> previews made that day
         self.library.reset()
 
     # -- replies -------------------------------------------------------------------------
@@ -311,6 +313,32 @@ class WeChatOA:
         self._state.outbox.put(Pending("wechat", "templatesendjobfinish", str(msgid)))
         return Outcome({"errcode": 0, "errmsg": "ok", "msgid": msgid}, ref=str(msgid))
 
+    # -- preview ---------------------------------------------------------------------------
+
+    def mass_preview(self, call: Call) -> Outcome:
+        """``message/mass/preview``: the mass message to one follower, to see it as sent. No
+        monthly quota is spent and the draft stays; at most 100 previews a natural day."""
+        self._authorize(call)
+        body = call.body
+        require("towxname" not in body, 47001, "data format error: the sandbox previews by "
+                "touser (OpenID) only")
+        touser = typed(body.get("touser"), str, 40003, "invalid openid")
+        require(bool(touser), 40003, "invalid openid")
+        content = self._mass_content(body)
+        if content[0] == "mpnews":
+            present(self.library.sendable(content[1].get("media_id")), 40007, "invalid media_id")
+        state = self.followers.get(touser, "followed")
+        if state == "unknown":
+            raise self._invalid_openid()
+        require(state != "unfollowed", 43004, "require subscribe")
+        day = self._state.local_now().date().toordinal()
+        require(self.previews.get(day, 0) < DAILY_PREVIEWS, 45009,
+                "reach max api daily quota limit (mass preview)")
+        self.previews[day] = self.previews.get(day, 0) + 1
+        msg_id = self._state.next_id("wechat_msg", 1_000_000_000)
+        return Outcome({"errcode": 0, "errmsg": "preview success", "msg_id": msg_id},
+                       ref=str(msg_id))
+
     # -- followers ---------------------------------------------------------------------------
 
     def user_batchget(self, call: Call) -> Outcome:
@@ -427,6 +455,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("wechat", "GET", f"{CGI}/token", WeChatOA.token, body_kind="query"),
     Endpoint("wechat", "POST", f"{CGI}/message/mass/send", WeChatOA.mass_send, recipients="touser"),
     Endpoint("wechat", "POST", f"{CGI}/message/mass/get", WeChatOA.mass_get),
+    Endpoint(
+        "wechat", "POST", f"{CGI}/message/mass/preview", WeChatOA.mass_preview,
+        recipients="touser",
+    ),
     Endpoint(
         "wechat",
         "POST",

@@ -196,6 +196,29 @@ def test_template_mode_sends_one_message_per_touch_once(
     )  # each recipient's own link
 
 
+def test_a_test_send_goes_by_preview_once_per_recipient_and_spends_no_quota(
+    article: WeChatArticleChannel, sandbox: SandboxHandle
+) -> None:
+    batch = request("b-preview", CHANNEL, messages(3), options={"preview": "1"})
+    first = article.send(batch)
+    assert len({r.provider_message_id for r in first}) == 3
+    assert article.send(batch) == first  # the ledger: no second call
+    assert article.reconcile(batch) == first
+    assert article.dedupe_window(batch) is None
+    assert len(calls(sandbox, "wechat", "/draft/add")) == 1  # the batch's draft, made once
+    previews = calls(sandbox, "wechat", "/message/mass/preview")
+    assert sorted(p["body"]["touser"] for p in previews) == sorted(
+        m.recipient.openid for m in batch.messages)
+    assert {p["outcome"] for p in previews} == {"accepted"}
+    assert len({p["body"]["mpnews"]["media_id"] for p in previews}) == 1
+    assert calls(sandbox, "wechat", "/message/mass/send") == []
+    # A lone test recipient sees the article too (not a template message).
+    (lone,) = article.send(request("b-preview-1", CHANNEL, messages(1, start=7),
+                                   options={"preview": "1"}))
+    assert lone.status == "sent"
+    assert calls(sandbox, "wechat", "/message/template/send") == []
+
+
 @pytest.mark.parametrize(("kind", "code"), [("busy", -1), ("rate_limit", 45009)])
 def test_busy_and_rate_limit_are_retryable_and_the_retry_sends_once(
     article: WeChatArticleChannel, sandbox: SandboxHandle, kind: str, code: int

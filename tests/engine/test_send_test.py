@@ -97,6 +97,8 @@ def received(sandbox: SandboxHandle) -> Counter[tuple[str, str, str]]:
         elif path.endswith("/message/mass/send"):
             content = drafts[len(drafts) - 1]
             got.update(("wechat_article", o, content) for o in body["touser"])
+        elif path.endswith("/message/mass/preview"):
+            got[("wechat_article", body["touser"], drafts[len(drafts) - 1])] += 1
         elif path.endswith("/message/template/send"):
             got[("wechat_article", body["touser"], "template:" + str(body.get("data")))] += 1
         elif path.endswith("/add_msg_template"):
@@ -135,6 +137,9 @@ def test_each_listed_person_gets_each_step_once_through_the_real_channels(
             "拒收请回复R"): 1 for i, u in ((1, "u0001"), (3, "u0003"))},
     }
     assert {(t.test, t.status) for t in _touches(rt)} == {(True, "sent")}
+    # The article went by WeChat's preview: none of the four mass sends a month was spent.
+    paths = {r["path"].rsplit("/cgi-bin/", 1)[-1] for r in sandbox.state.records("wechat")}
+    assert "message/mass/preview" in paths and "message/mass/send" not in paths
     [row] = _audit(rt)
     assert (row.actor, row.action, row.subject) == ("cli:tester", "send_test", "journey:launch")
     assert row.detail["recipients"] == ["u0001", "u0003"]

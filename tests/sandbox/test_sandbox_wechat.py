@@ -172,6 +172,41 @@ def test_monthly_quota_filters_the_fifth_send_and_resets_next_month_in_shanghai(
     assert (job.total_count, job.filter_count, job.sent_count, job.error_count) == (3, 1, 1, 0)
 
 
+def test_a_preview_spends_no_monthly_quota_and_keeps_the_article(
+    wechat: SandboxWeChatClient, news_media_id: str, control: httpx.Client, state: SandboxState
+) -> None:
+    openid = "o" + "1" * 27  # shaped like an OpenID: wechatpy previews by touser
+    for _ in range(6):  # more than the four mass sends a month
+        answer = wechat.message.send_mass_article(openid, news_media_id, preview=True)
+        assert (answer["errcode"], answer["errmsg"]) == (0, "preview success")
+    entry = state.records("wechat", outcome="accepted")[-1]
+    assert (entry["path"], entry["recipients"]) == ("/cgi-bin/message/mass/preview", [openid])
+    pair = [openid, "o" + "2" * 27]  # the article is still sendable and the quota untouched
+    wechat.message.send_mass_article(pair, news_media_id, client_msg_id="after-previews")
+    assert not state.records("wechat")[-1]["excluded"]  # nobody filtered for quota
+
+    control.post("/_sandbox/followers", json={"wechat": {"oGone" + "0" * 23: "unfollowed"}})
+    gone = errcode_of(lambda: wechat.message.send_mass_article(
+        "oGone" + "0" * 23, news_media_id, preview=True))
+    assert gone.errcode == 43004
+    stale = errcode_of(lambda: wechat.message.send_mass_article(openid, "nope", preview=True))
+    assert stale.errcode == 40007
+
+
+def test_at_most_100_previews_a_day(
+    wechat: SandboxWeChatClient, news_media_id: str, control: httpx.Client
+) -> None:
+    control.post("/_sandbox/clock", json={"now": "2024-03-31T15:30:00Z"})  # 23:30 in Shanghai
+    openid = "o" + "3" * 27
+    for _ in range(100):
+        wechat.message.send_mass_article(openid, news_media_id, preview=True)
+    error = errcode_of(lambda: wechat.message.send_mass_article(openid, news_media_id,
+                                                                 preview=True))
+    assert error.errcode == 45009
+    control.post("/_sandbox/clock", json={"now": "2024-03-31T16:00:00Z"})  # the next day there
+    assert wechat.message.send_mass_article(openid, news_media_id, preview=True)["errcode"] == 0
+
+
 def test_unknown_openid_rejects_the_mass_send_with_40003(
     wechat: SandboxWeChatClient, control: httpx.Client, openids: OpenIds
 ) -> None:
