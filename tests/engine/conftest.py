@@ -122,7 +122,10 @@ def engine_redis_url() -> Iterator[str]:
 @pytest.fixture
 def make_runtime(
     tmp_path: Path, db_engine: Engine, sandbox: SandboxHandle, engine_redis_url: str
-) -> Callable[..., Runtime]:
+) -> Iterator[Callable[..., Runtime]]:
+    """Runtimes on the test's database and sandbox; their channels (connection pools, the
+    SMS adapter's per-thread clients) are closed when the test ends."""
+    made: list[Runtime] = []
     def make(journeys: dict[str, str] | None = None, templates: dict[str, str] | None = None,
              users: int = 20, shared_clock: bool = False, policy: str = POLICY,
              **overrides: object) -> Runtime:
@@ -148,6 +151,9 @@ def make_runtime(
         users_csv = tmp_path / "users.csv"
         write_users(users_csv, users)
         import_users(db_engine, users_csv, now=T0)
+        made.append(rt)
         return rt
 
-    return make
+    yield make
+    for rt in made:
+        rt.close()
