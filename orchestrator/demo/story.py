@@ -300,7 +300,7 @@ def _rung_money_table(result: DemoResult) -> Table:
             "—" if rung["incremental_conversions"] is None
             else f"{rung['incremental_conversions']:+,.1f}",
             fmt.money(rung["cost"], currency), fmt.money(rung["cost_per_incremental"], currency),
-            fmt.money(rung["incremental_revenue"], currency), fmt.num(rung["roi"]))
+            fmt.money(rung["incremental_revenue"], currency), fmt.rung_roi(rung))
     return table
 
 

@@ -146,3 +146,14 @@ def money_line(report: dict[str, Any]) -> str:
             f"{roi_reason(report)}")
     warning = report.get("money_warning")
     return f"{text} — warning: {warning}" if warning else text
+
+
+def rung_roi(rung: dict[str, Any], *, mark: bool = True) -> str:
+    """A rung's ROI: ``— (no cost)`` for a free channel, marked ``(too few users)`` when its
+    own comparison carries the small-sample warning (``mark=False`` where the warning is
+    written beside the table instead)."""
+    if rung.get("roi") is None:
+        return "— (no cost)" if not rung.get("cost") else "—"
+    text = num(rung["roi"])
+    warned = (rung.get("uplift") or {}).get("warning")
+    return f"{text} ({TOO_FEW})" if warned and mark else text

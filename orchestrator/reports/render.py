@@ -141,7 +141,8 @@ def to_table(report: dict[str, Any], width: int = 120) -> str:
         console.print(_rungs_table(report, rungs))
         for step in rungs:
             if step["rung"]["uplift"].get("warning"):
-                line(f"rung {step['step_id']}: warning: {step['rung']['uplift']['warning']}")
+                line(f"rung {step['step_id']}: warning: {step['rung']['uplift']['warning']} "
+                     "(its incremental conversions, cost per incremental and ROI likewise)")
     if report.get("variants"):
         console.print(_variants_table(report["variants"]))
         for v in report["variants"]:
@@ -225,7 +226,7 @@ def _rungs_table(report: dict[str, Any], steps: list[dict[str, Any]]) -> Table:
             "—" if rung["incremental_conversions"] is None
             else f"{rung['incremental_conversions']:+,.2f}",
             _money(report, rung["cost"]), _money(report, rung["cost_per_incremental"]),
-            fmt.num(rung["roi"]), fmt.interval(up),
+            fmt.rung_roi(rung, mark=False), fmt.interval(up),
             fmt.p_value(up["p_value"]) + (f" {mark}" if mark else ""))
     return table
 

@@ -138,3 +138,13 @@ def test_uplift_axis_labels_never_overprint() -> None:
     assert all(b - a >= TICK_GAP for a, b in zip(xs, xs[1:], strict=False))
     page = render(_report(arms=arms, uplift=uplift), "html")
     assert "95% CI -1.33 pp to +18.74 pp" in page
+
+
+def test_a_rung_roi_says_why_it_is_missing_or_unsure() -> None:
+    from orchestrator.reports.formatting import rung_roi
+
+    judged = {"absolute": 0.1, "warning": None}
+    assert rung_roi({"roi": None, "cost": 0.0, "uplift": judged}) == "— (no cost)"
+    assert rung_roi({"roi": 31.54, "cost": 23.04, "uplift": judged}) == "31.54"
+    small = {"absolute": 0.1, "warning": "too few users to judge (holdout 1/3, reached 2/9)"}
+    assert rung_roi({"roi": 31.54, "cost": 23.04, "uplift": small}) == "31.54 (too few users)"
