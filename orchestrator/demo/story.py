@@ -64,7 +64,9 @@ def tell(result: DemoResult, console: Console) -> None:
             for step in report["steps"]:
                 if step.get("rung") and step["rung"]["uplift"].get("warning"):
                     console.print(f"rung {report['journey_id']}/{step['step_id']}: "
-                                  f"{step['rung']['uplift']['warning']}", highlight=False)
+                                  f"{step['rung']['uplift']['warning']} (its incremental "
+                                  "conversions, cost per incremental and ROI likewise)",
+                                  highlight=False, soft_wrap=True)
     for report in result.reports:
         for step in report["steps"]:
             if step.get("note") and step["sent"]:
@@ -300,7 +302,7 @@ def _rung_money_table(result: DemoResult) -> Table:
             "—" if rung["incremental_conversions"] is None
             else f"{rung['incremental_conversions']:+,.1f}",
             fmt.money(rung["cost"], currency), fmt.money(rung["cost_per_incremental"], currency),
-            fmt.money(rung["incremental_revenue"], currency), fmt.rung_roi(rung))
+            fmt.money(rung["incremental_revenue"], currency), fmt.rung_roi(rung, mark=False))
     return table
 
 
