@@ -1,6 +1,6 @@
 """features_1m_events_s: ``compute_features`` over 1,000,000 behaviour events on PostgreSQL.
 
-A synthetic campus (``orchestrator.audience.synth``, ~39,000 students over 60 days) is
+A synthetic campus (``orchestrator.audience.synth``, ~45,000 students over 60 days) is
 generated, cut to exactly 1,000,000 events, and loaded with ``COPY`` into a fresh schema
 of ``RECALL_BENCH_DATABASE_URL`` (else ``RECALL_DATABASE_URL`` when it is PostgreSQL, else
 postgresql://postgres@127.0.0.1:5432/test); the schema is dropped afterwards. The figure
@@ -39,7 +39,7 @@ from orchestrator.store.db import make_engine
 from orchestrator.store.migrate import upgrade
 
 EVENTS = 1_000_000
-STUDENTS = 39_000  # about 1.01 M events over 60 days with the synth defaults
+STUDENTS = 45_000  # over 1 M events in 60 days with the synth defaults (a drifting campus)
 DAYS = 60
 SAMPLE = 300
 ROUNDS = 3
