@@ -364,8 +364,9 @@ class Driver:
 
         assert self.result is not None
         with self.rt.db.connect() as conn:
-            rows = conn.execute(select(TOUCHES.c.status, func.count()).group_by(
-                TOUCHES.c.status)).all()
+            rows = conn.execute(select(TOUCHES.c.status, func.count())
+                                .where(TOUCHES.c.test.is_(False))  # test sends never count
+                                .group_by(TOUCHES.c.status)).all()
             self.result.touches = {status: int(n) for status, n in rows}
             self.result.enrollments = int(conn.execute(
                 select(func.count()).select_from(ENROLLMENTS)).scalar_one())

@@ -791,7 +791,8 @@ class JourneySpec(_Model):
     priority: int = 0
     """Higher goes first when a cap slot is scarce."""
     test_recipients: list[str] = []
-    """User ids that receive every touch, uncapped and never counted."""
+    """User ids of a seed list: each version of the journey sends them one copy of each send
+    step when that step first goes out; uncapped, never counted."""
     policy: PolicyOverride | None = None
     """Stricter caps, quiet hours or deferral for this journey only."""
     pools: dict[PoolName, Pool] = {}
