@@ -291,8 +291,9 @@ def _rungs_table(result: DemoResult) -> Table:
 
 def _rung_money_table(result: DemoResult) -> Table:
     table = Table(title="each channel's incremental return (against its rung holdout)")
-    for column in ("step (holdout)", "channel", "incremental conversions", "cost",
-                   "cost per incremental", "incremental revenue", "ROI"):
+    # Short headers: the table stays inside a 150-column terminal with "— (no cost)".
+    for column in ("step (holdout)", "channel", "incr. conversions", "cost",
+                   "cost per incremental", "incr. revenue", "ROI"):
         table.add_column(column, justify="left" if column in ("step (holdout)", "channel")
                          else "right", no_wrap=True)
     for name, step, currency in _rung_steps(result):
