@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import datetime
 from typing import Any, Literal, TextIO
 
@@ -59,21 +59,25 @@ def rows(engine: Engine, kind: Kind, journey_id: str | None = None) -> Iterator[
         if journey_id:
             query = query.where(ENROLLMENTS.c.journey_id == journey_id)
         columns = ENROLLMENT_COLUMNS
-    with engine.connect() as conn:
-        result = conn.execute(query.execution_options(yield_per=CHUNK))
+    with engine.connect() as conn, \
+            conn.execute(query.execution_options(yield_per=CHUNK)) as result:
         variants = _variants(engine, journey_id) if kind == "enrollments" else None
-        for row in result.mappings():
-            data = dict(row)
+        try:
+            for row in result.mappings():
+                data = dict(row)
+                if variants is not None:
+                    data["variant"] = variants.lookup(data["enrollment_id"])
+                yield {c: _iso(data.get(c)) for c in columns}
+        finally:
             if variants is not None:
-                data["variant"] = variants.lookup(data["enrollment_id"])
-            yield {c: _iso(data.get(c)) for c in columns}
+                variants.close()
 
 
 class _MergedVariants:
     """An enrollment's variants (``step=variant;…``) read from its touches, by merging a
     second stream ordered by enrollment id: no per-row query."""
 
-    def __init__(self, stream: Iterator[Any]) -> None:
+    def __init__(self, stream: Generator[Any, None, None]) -> None:
         self._stream = stream
         self._head = next(stream, None)
 
@@ -85,6 +89,11 @@ class _MergedVariants:
             self._head = next(self._stream, None)
         return ";".join(found) or None
 
+    def close(self) -> None:
+        """End the stream where it stands (touches of later enrollments may be left unread):
+        its cursor and connection go back now, not when the garbage collector finds them."""
+        self._stream.close()
+
 
 def _variants(engine: Engine, journey_id: str | None) -> _MergedVariants:
     query = (
@@ -95,9 +104,10 @@ def _variants(engine: Engine, journey_id: str | None) -> _MergedVariants:
     if journey_id:
         query = query.where(TOUCHES.c.journey_id == journey_id)
 
-    def stream() -> Iterator[Any]:
-        with engine.connect() as conn:
-            yield from conn.execute(query.execution_options(yield_per=CHUNK))
+    def stream() -> Generator[Any, None, None]:
+        with engine.connect() as conn, \
+                conn.execute(query.execution_options(yield_per=CHUNK)) as result:
+            yield from result
 
     return _MergedVariants(stream())
 

@@ -133,3 +133,19 @@ def test_every_format_shows_the_variants(dataset: Dataset) -> None:
     best = dict(zip(header, next(line for line in lines if line.startswith("variant,sms,")
                                  and ",best," in line).split(","), strict=True))
     assert (best["enrolled"], best["converted"], best["at"]) == ("6", "4", "best_hour")
+
+
+def test_an_export_closes_its_variant_stream_when_touches_outrun_the_enrollments(
+    dataset: Dataset,
+) -> None:
+    """The variants merged into the enrollment export come from a second stream of touches;
+    a touch of a later enrollment than the last one exported (here one whose enrollment is
+    not in the export at all) leaves that stream unread at the end. It is closed with the
+    export, not left to the garbage collector with its cursor open."""
+    with dataset.engine.begin() as conn:
+        conn.execute(insert(ENROLLMENTS), [_enrollment(800, "e1", "treatment", T0,
+                                                       journey_id=AB)])
+        conn.execute(insert(TOUCHES), [_at_sms(800, "e1", "due"), _at_sms(900, "e9", "due")])
+    exported = list(rows(dataset.engine, "enrollments", AB))
+    assert [r["variant"] for r in exported] == ["sms=due"]
+    assert dataset.engine.pool.checkedout() == 0
