@@ -137,6 +137,21 @@ def compute_features(
     return FeatureFrame(cutoff=cutoff, user_ids=population, columns=columns, tiers=tiers)
 
 
+# A refresh's feature frames by (cutoff, config): the tiers, RFM and churn scores it writes and
+# the golden-window detection after it read the same computation instead of repeating it.
+Frames = dict[tuple[datetime, AudienceConfig], FeatureFrame]
+
+
+def computed(
+    engine: Engine, frames: Frames, cutoff: datetime, config: AudienceConfig
+) -> FeatureFrame:
+    """``compute_features(cutoff, config)`` of every known user, once per ``frames``."""
+    key = (as_utc(cutoff), config)
+    if key not in frames:
+        frames[key] = compute_features(engine, cutoff=cutoff, config=config)
+    return frames[key]
+
+
 # --------------------------------------------------------------------------- the queries
 
 
@@ -476,7 +491,9 @@ def refresh_features(
 
 __all__ = [
     "FeatureFrame",
+    "Frames",
     "compute_features",
+    "computed",
     "epoch_seconds",
     "refresh_features",
 ]

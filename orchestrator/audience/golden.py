@@ -40,7 +40,7 @@ from orchestrator.audience.churn import (
     score_frame,
 )
 from orchestrator.audience.config import AudienceConfig
-from orchestrator.audience.features import FeatureFrame, FloatArray, compute_features
+from orchestrator.audience.features import FeatureFrame, FloatArray, Frames, computed
 from orchestrator.clock import as_utc
 from orchestrator.store.db import begin_write
 from orchestrator.store.tables import EVENTS
@@ -72,10 +72,12 @@ def detect(
     at: datetime,
     config: AudienceConfig,
     models_dir: Path | None = None,
+    frames: Frames | None = None,
 ) -> list[EventDict]:
     """Every golden-window signal at ``at``, as event dicts ready for ingestion."""
     return signals_to_events(
-        detect_signals(engine, at=at, config=config, models_dir=models_dir), config
+        detect_signals(engine, at=at, config=config, models_dir=models_dir, frames=frames),
+        config,
     )
 
 
@@ -85,18 +87,20 @@ def detect_signals(
     at: datetime,
     config: AudienceConfig,
     models_dir: Path | None = None,
+    frames: Frames | None = None,
 ) -> list[Signal]:
-    """Run the enabled detectors at ``at``; signals sorted by (name, user, day)."""
+    """Run the enabled detectors at ``at``; signals sorted by (name, user, day).
+
+    ``frames``: feature frames of the same data already computed (the refresh's, at ``at``);
+    the detectors reuse them and compute the rest once each."""
     at = as_utc(at)
     golden = config.golden
     previous = at - timedelta(hours=golden.interval_hours)
     signals: list[Signal] = []
-    frames: dict[tuple[datetime, AudienceConfig], FeatureFrame] = {}
+    known: Frames = {} if frames is None else frames
 
     def frame(cutoff: datetime, cfg: AudienceConfig) -> FeatureFrame:
-        if (cutoff, cfg) not in frames:
-            frames[cutoff, cfg] = compute_features(engine, cutoff=cutoff, config=cfg)
-        return frames[cutoff, cfg]
+        return computed(engine, known, cutoff, cfg)
 
     if golden.activity_drop.enabled:
         # The rule in force at ``at`` judges both moments: the edge is the user's, not the

@@ -22,7 +22,7 @@ from orchestrator.audience.churn import (
     score_frame,
 )
 from orchestrator.audience.config import AudienceConfig, load_audience_config
-from orchestrator.audience.features import FeatureFrame, FloatArray, compute_features
+from orchestrator.audience.features import FeatureFrame, FloatArray, Frames, computed
 from orchestrator.clock import as_utc
 from orchestrator.config import Settings, get_settings
 from orchestrator.store.db import begin_write
@@ -41,13 +41,17 @@ def refresh(
     settings: Settings | None = None,
     config: AudienceConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
+    frames: Frames | None = None,
 ) -> int:
+    """``frames``: feature frames already computed for this moment's data, shared with the
+    golden-window detection that follows (``golden.detect(frames=...)``); filled here."""
     settings = settings or get_settings()
     config = config or load_audience_config(settings=settings)
     at = as_utc(at)
-    frame = compute_features(engine, cutoff=at, config=config)
+    frames = {} if frames is None else frames
+    frame = computed(engine, frames, at, config)
     model = load_model(models_dir=default_models_dir(settings))
-    scores = _scores(engine, frame, model, config)
+    scores = _scores(engine, frame, model, config, frames)
     written = 0
     for chunk in _rows(frame, scores):
         _upsert(engine, chunk)
@@ -58,14 +62,15 @@ def refresh(
 
 
 def _scores(
-    engine: Engine, frame: FeatureFrame, model: TrainedModel | None, config: AudienceConfig
+    engine: Engine, frame: FeatureFrame, model: TrainedModel | None, config: AudienceConfig,
+    frames: Frames,
 ) -> FloatArray:
     if model is not None:
         model = calibrated_for(engine, model, frame.cutoff)
     if model is None or model.config == config:
         return score_frame(frame, model, config)
     # The model's features were defined under another configuration: score with that one.
-    own = compute_features(engine, cutoff=frame.cutoff, config=model.config)
+    own = computed(engine, frames, frame.cutoff, model.config)
     return score_frame(own, model, model.config)
 
 

@@ -5,7 +5,8 @@ enroll users the moment they fire, during a scheduled refresh. When the refresh 
 fired since the last run, the refresh
 
 1. recomputes features, RFM, tiers and churn scores as of ``now`` (``audience.refresh``);
-2. detects the golden-window signals as of ``now`` (``audience.golden.detect``);
+2. detects the golden-window signals as of ``now`` (``audience.golden.detect``), on the
+   same feature computation as step 1 (one pass over the events at ``now``, not two);
 3. ingests them through the one ingest path, so journeys with ``entry.event: signal.<name>``
    enroll at that moment. Signal ids are deterministic: running it again adds nothing.
 
@@ -38,6 +39,7 @@ from sqlalchemy import Connection, func, select, update
 
 from orchestrator.audience.churn import default_models_dir
 from orchestrator.audience.config import load_audience_config
+from orchestrator.audience.features import Frames
 from orchestrator.audience.golden import detect
 from orchestrator.audience.refresh import refresh
 from orchestrator.clock import as_utc, utcnow
@@ -106,8 +108,10 @@ def refresh_now(rt: Runtime, now: datetime, *, fire: datetime | None = None) -> 
     the schedule is left as it is). Raises what the audience package raises."""
     now = as_utc(now)
     config = load_audience_config(settings=rt.settings)
-    users = refresh(rt.db, at=now, settings=rt.settings, config=config)
-    events = detect(rt.db, at=now, config=config, models_dir=default_models_dir(rt.settings))
+    frames: Frames = {}  # the features at ``now``, computed once for the refresh and detection
+    users = refresh(rt.db, at=now, settings=rt.settings, config=config, frames=frames)
+    events = detect(rt.db, at=now, config=config, models_dir=default_models_dir(rt.settings),
+                    frames=frames)
     new_signals = enrolled = 0
     for start in range(0, len(events), MAX_BATCH):
         ingested = ingest_events(rt.db, events[start : start + MAX_BATCH], now=now,

@@ -7,8 +7,10 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from orchestrator.audience.config import AudienceConfig
-from orchestrator.audience.features import EVENTS
+from orchestrator.audience.features import EVENTS, Frames
 from orchestrator.audience.golden import Signal, detect, detect_signals, write_signals
+from orchestrator.audience.refresh import refresh
+from orchestrator.store.tables import USER_FEATURES
 from tests.audience.helpers import T, add_events, days_ago, ev
 
 CONFIG = AudienceConfig()  # drop ≥ 50 % over 7 d vs 28 d; 2 h after a failure; score ≥ 0.6
@@ -172,3 +174,28 @@ def test_a_payment_failure_on_a_holiday_ripens_sooner(
                            models_dir=tmp_path)
     assert _fired(later) == [("payment_failure", "payer")]
     assert later[0].ts == failed + timedelta(hours=1 if sooner else 2)
+
+
+def _user_features(engine: Engine) -> list[tuple[object, ...]]:
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(
+            select(USER_FEATURES).order_by(USER_FEATURES.c.user_id))]
+
+
+def test_refresh_and_detection_share_one_feature_computation(
+    golden: Engine, tmp_path: Path, isolated_settings: None
+) -> None:
+    """The scheduled refresh hands its features at ``at`` to the detection: tiers, RFM,
+    churn scores and signals are exactly what the two compute on their own."""
+    assert refresh(golden, at=T, config=CONFIG) == 11
+    alone = _user_features(golden)
+    signals = detect(golden, at=T, config=CONFIG, models_dir=tmp_path)
+    assert len(signals) == 3
+
+    frames: Frames = {}
+    assert refresh(golden, at=T, config=CONFIG, frames=frames) == 11
+    assert list(frames) == [(T, CONFIG)]
+    assert _user_features(golden) == alone
+    assert detect(golden, at=T, config=CONFIG, models_dir=tmp_path, frames=frames) == signals
+    # The detection computed only the moment one interval earlier: the rest was the refresh's.
+    assert list(frames) == [(T, CONFIG), (T - timedelta(hours=24), CONFIG)]
