@@ -96,7 +96,7 @@ def _logs_to(path: Path) -> Iterator[None]:
 
 
 def demo_cmd(
-    users: Annotated[int, typer.Option(help="students in the synthetic campus")] = 3_000,
+    users: Annotated[int, typer.Option(help="students in the synthetic campus")] = 2_000,
     days: Annotated[int, typer.Option(help="virtual days to simulate")] = 14,
     seed: Annotated[int, typer.Option(help="the same seed gives the same run")] = 7,
 ) -> None:

@@ -46,7 +46,7 @@ INGEST_CHUNK = 5_000
 
 @dataclass(frozen=True)
 class DemoOptions:
-    users: int = 3_000
+    users: int = 2_000
     days: int = 14
     seed: int = 7
 
