@@ -40,10 +40,16 @@ from orchestrator.audience.churn import (
     score_frame,
 )
 from orchestrator.audience.config import AudienceConfig
-from orchestrator.audience.features import FeatureFrame, FloatArray, Frames, computed
+from orchestrator.audience.features import (
+    FeatureFrame,
+    FloatArray,
+    Frames,
+    compute_features,
+    computed,
+)
 from orchestrator.clock import as_utc
 from orchestrator.store.db import begin_write
-from orchestrator.store.tables import EVENTS
+from orchestrator.store.tables import EVENTS, USERS
 
 EventDict = dict[str, Any]
 SIGNAL_PREFIX = "signal."
@@ -92,7 +98,12 @@ def detect_signals(
     """Run the enabled detectors at ``at``; signals sorted by (name, user, day).
 
     ``frames``: feature frames of the same data already computed (the refresh's, at ``at``);
-    the detectors reuse them and compute the rest once each."""
+    the detectors reuse them and compute the rest once each.
+
+    A signal fires on an edge: its condition holds at ``at`` and did not one interval
+    earlier. So the earlier moment is computed only for the users whose condition holds at
+    ``at`` (the candidates), not for everyone: their features do not depend on who else is
+    in the frame (only the RFM quintiles do, and no detector reads them)."""
     at = as_utc(at)
     golden = config.golden
     previous = at - timedelta(hours=golden.interval_hours)
@@ -102,24 +113,66 @@ def detect_signals(
     def frame(cutoff: datetime, cfg: AudienceConfig) -> FeatureFrame:
         return computed(engine, known, cutoff, cfg)
 
-    if golden.activity_drop.enabled:
-        # The rule in force at ``at`` judges both moments: the edge is the user's, not the
-        # calendar's.
-        drop = narrowed(config) if is_holiday(config, at) else config
-        signals += activity_drop_signals(frame(at, drop), frame(previous, drop), drop)
-    if golden.payment_failure.enabled:
-        signals += payment_failure_signals(engine, at=at, config=config)
+    drop = narrowed(config) if is_holiday(config, at) else config
+    scoring, model = config, None
     if golden.churn_score.enabled:
         model = load_model(models_dir=models_dir or default_models_dir())
         if model is not None:  # both moments scored by the calibration of now
             model = calibrated_for(engine, model, at)
         scoring = model.config if model is not None else config  # the model's own features
-        now, before = frame(at, scoring), frame(previous, scoring)
+    candidates: dict[AudienceConfig, set[str]] = {}
+    if golden.activity_drop.enabled:
+        # The rule in force at ``at`` judges both moments: the edge is the user's, not the
+        # calendar's.
+        now = frame(at, drop)
+        candidates.setdefault(drop, set()).update(now.user_ids[_dropped(now, drop)].tolist())
+    if golden.churn_score.enabled:
+        now = frame(at, scoring)
+        now_scores = score_frame(now, model, scoring)
+        high = (now_scores >= golden.churn_score.threshold) & ~np.isnan(now["recency_days"])
+        candidates.setdefault(scoring, set()).update(now.user_ids[high].tolist())
+    earlier = {cfg: _earlier(engine, known, previous, cfg, users)
+               for cfg, users in candidates.items()}
+
+    if golden.activity_drop.enabled:
+        signals += activity_drop_signals(frame(at, drop), earlier[drop], drop)
+    if golden.payment_failure.enabled:
+        signals += payment_failure_signals(engine, at=at, config=config)
+    if golden.churn_score.enabled:
+        before = earlier[scoring]
         signals += churn_score_signals(
-            now, score_frame(now, model, scoring), before, score_frame(before, model, scoring),
+            frame(at, scoring), now_scores, before, score_frame(before, model, scoring),
             config=config,
         )
     return sorted(signals, key=lambda s: (s.name, s.user_id, s.day))
+
+
+def _earlier(
+    engine: Engine, known: Frames, cutoff: datetime, config: AudienceConfig, users: set[str]
+) -> FeatureFrame:
+    """The features at ``cutoff`` of ``users``, as rows of the whole population's frame:
+    a user who was not known then (no behaviour by then and not in the users table) has
+    no row, as in ``compute_features`` of everyone."""
+    if (cutoff, config) in known:
+        return known[cutoff, config]
+    part = compute_features(engine, cutoff=cutoff, config=config, user_ids=sorted(users))
+    seen = ~np.isnan(part["tenure_days"])  # some behaviour by the cutoff
+    if seen.all():
+        return part
+    listed = _listed(engine, part.user_ids[~seen].tolist())
+    return part.select(seen | np.isin(part.user_ids, list(listed)))
+
+
+def _listed(engine: Engine, user_ids: list[str]) -> set[str]:
+    """Which of ``user_ids`` the users table holds (not erased)."""
+    found: set[str] = set()
+    with engine.connect() as conn:
+        for start in range(0, len(user_ids), 500):
+            chunk = user_ids[start : start + 500]
+            rows = conn.execute(select(USERS.c.user_id, USERS.c.erased)
+                                .where(USERS.c.user_id.in_(chunk)))
+            found.update(uid for uid, gone in rows if not gone)
+    return found
 
 
 def is_holiday(config: AudienceConfig, moment: datetime) -> bool:

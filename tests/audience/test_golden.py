@@ -6,12 +6,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select
 
+from orchestrator.audience.churn import train
 from orchestrator.audience.config import AudienceConfig
-from orchestrator.audience.features import EVENTS, Frames
+from orchestrator.audience.features import EVENTS, Frames, compute_features
 from orchestrator.audience.golden import Signal, detect, detect_signals, write_signals
 from orchestrator.audience.refresh import refresh
+from orchestrator.audience.synth import Population
 from orchestrator.store.tables import USER_FEATURES
-from tests.audience.helpers import T, add_events, days_ago, ev
+from tests.audience.conftest import SYNTH_START
+from tests.audience.helpers import T, add_events, days_ago, ev, load_population
 
 CONFIG = AudienceConfig()  # drop ≥ 50 % over 7 d vs 28 d; 2 h after a failure; score ≥ 0.6
 
@@ -197,5 +200,31 @@ def test_refresh_and_detection_share_one_feature_computation(
     assert list(frames) == [(T, CONFIG)]
     assert _user_features(golden) == alone
     assert detect(golden, at=T, config=CONFIG, models_dir=tmp_path, frames=frames) == signals
-    # The detection computed only the moment one interval earlier: the rest was the refresh's.
-    assert list(frames) == [(T, CONFIG), (T - timedelta(hours=24), CONFIG)]
+    # The detection computed only the moment one interval earlier, and only for the users
+    # whose condition holds at T: the whole population's frame was the refresh's.
+    assert list(frames) == [(T, CONFIG)]
+
+
+@pytest.mark.parametrize("kind", ["model", "rule"])
+def test_the_earlier_moment_of_the_candidates_only_fires_what_everyone_s_fires(
+    db_engine: Engine, population: Population, tmp_path: Path, kind: str
+) -> None:
+    """Detection computes the moment one interval earlier for the users whose condition
+    holds now only: on a synthetic campus, with a trained model and with the recency rule,
+    it fires exactly the signals the whole population's earlier frame fires."""
+    load_population(db_engine, population)
+    if kind == "model":
+        train(db_engine, cutoff=SYNTH_START + timedelta(days=25), horizon=timedelta(days=14),
+              model="gbm", models_dir=tmp_path)
+    config = AudienceConfig.model_validate({"golden": {"churn_score": {"threshold": 0.5}}})
+    fired = {}
+    for day in (40, 47, 53):
+        at = SYNTH_START + timedelta(days=day, hours=9)
+        everyone: Frames = {(at - timedelta(hours=24), config):
+                            compute_features(db_engine, cutoff=at - timedelta(hours=24),
+                                             config=config)}
+        whole = detect_signals(db_engine, at=at, config=config, models_dir=tmp_path,
+                               frames=everyone)
+        assert detect_signals(db_engine, at=at, config=config, models_dir=tmp_path) == whole
+        fired[day] = {s.name for s in whole}
+    assert set().union(*fired.values()) >= {"activity_drop", "churn_score"}
