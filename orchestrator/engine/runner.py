@@ -44,7 +44,7 @@ from orchestrator.engine.enroll import EnrollResult, enroll, enroll_matching
 from orchestrator.engine.policy_gates import rebuild_caps, release_caps
 from orchestrator.engine.refresh import claim_refresh, run_refresh
 from orchestrator.engine.runtime import Runtime
-from orchestrator.engine.segments import segment_members
+from orchestrator.engine.segments import matches, segment_members, segment_rows
 from orchestrator.engine.wecom import due_for_poll, poll_wecom
 from orchestrator.journeys.model import Journey
 from orchestrator.policy.caps import CapsUnsafe
@@ -183,9 +183,27 @@ def run_schedules(rt: Runtime, now: datetime) -> int:
     with rt.db.connect() as conn:  # one cheap read; the lock is taken only when a fire is due
         states = conn.execute(select(STATES).where(STATES.c.journey_id.in_(list(scheduled)))
                               ).mappings().all()
-    due = [s["journey_id"] for s in states
+    due = [scheduled[s["journey_id"]] for s in states
            if s["state"] == "active" and _fire(scheduled[s["journey_id"]], s, rt, now)]
-    return sum(_run_schedule(rt, scheduled[journey_id], now) for journey_id in due)
+    members = _segment_members(rt, [j for j in due if set_based(rt, j) is None])
+    return sum(_run_schedule(rt, journey, now, members.get(journey.id)) for journey in due)
+
+
+def _segment_members(rt: Runtime, journeys: list[Journey]) -> dict[str, list[str]]:
+    """Each journey's segment members, from one read of the segment rows for all the
+    journeys that fire together (enrolling changes no segment row), outside any write
+    transaction: a large audience must not hold the write lock (on SQLite, the whole
+    database) while it is evaluated."""
+    if not journeys:
+        return {}
+    members: dict[str, list[str]] = {j.id: [] for j in journeys}
+    sources = [(j.id, j.entry.segment or "True") for j in journeys]
+    with rt.db.connect() as conn:
+        for row in segment_rows(conn):
+            for journey_id, source in sources:
+                if matches(source, row):
+                    members[journey_id].append(row["user_id"])
+    return members
 
 
 def _fire(journey: Journey, state: Any, rt: Runtime, now: datetime) -> datetime | None:
@@ -203,15 +221,13 @@ def next_after(cron: str, since: datetime, tz: ZoneInfo) -> datetime:
     return next_fire(cron, since, tz)
 
 
-def _run_schedule(rt: Runtime, journey: Journey, now: datetime) -> int:
-    # A segment SQL can say is enrolled in one statement; otherwise it is read (and
-    # evaluated in Python) before the write transaction: a large audience must not hold the
-    # write lock (on SQLite, the whole database) while it is evaluated.
+def _run_schedule(rt: Runtime, journey: Journey, now: datetime,
+                  members: list[str] | None) -> int:
+    # A segment SQL can say is enrolled in one statement; otherwise its ``members`` were
+    # read (and evaluated in Python) before, by ``_segment_members``.
     condition = set_based(rt, journey)
-    members: list[str] = []
-    if condition is None:
-        with rt.db.connect() as conn:
-            members = list(segment_members(conn, journey.entry.segment or "True"))
+    if condition is None and members is None:
+        members = _segment_members(rt, [journey])[journey.id]
     with begin_write(rt.db) as conn:
         state = conn.execute(select(STATES).where(STATES.c.journey_id == journey.id)
                              .with_for_update()).mappings().first()
@@ -219,7 +235,7 @@ def _run_schedule(rt: Runtime, journey: Journey, now: datetime) -> int:
         if fire is None:
             return 0  # another tick ran it first
         if condition is None:
-            enrolled = enroll(conn, journey, members, now=now).enrolled
+            enrolled = enroll(conn, journey, members or [], now=now).enrolled
         else:
             enrolled = enroll_matching(conn, journey, condition, now=now).enrolled
         conn.execute(update(STATES).where(STATES.c.journey_id == journey.id)

@@ -18,11 +18,12 @@ from orchestrator.engine.enroll import enroll
 from orchestrator.engine.runner import InlineDispatcher, run_until_idle, tick, tick_lock
 from orchestrator.engine.runtime import Runtime
 from orchestrator.sandbox.server import SandboxHandle
-from orchestrator.store.models import SendBatch, Touch
+from orchestrator.store.models import Enrollment, SendBatch, Touch
 from tests.engine.conftest import T0, TEMPLATES
 
 TOUCHES = Touch.__table__  # type: ignore[attr-defined]
 BATCHES = SendBatch.__table__  # type: ignore[attr-defined]
+ENROLLMENTS = Enrollment.__table__  # type: ignore[attr-defined]
 
 SMS = """\
 id: nudge
@@ -227,3 +228,35 @@ def test_a_schedule_reads_its_segment_outside_the_write_transaction(
     assert enrolled == 4
     assert segment_reads and not any(segment_reads)
 
+
+
+def test_schedules_that_fire_together_read_the_segment_rows_once(
+    make_runtime: Callable[..., Runtime], sandbox: SandboxHandle
+) -> None:
+    """Each journey enrolls its own segment, from one read of the rows for all of them."""
+    only_one = SCHEDULED.replace('segment: "True"', "segment: \"user_id == 'u0001'\"")
+    others = (SCHEDULED.replace("id: nudge", "id: others")
+              .replace('segment: "True"', "segment: \"user_id != 'u0001'\""))
+    rt = make_runtime(journeys={"nudge": only_one, "others": others}, users=4)
+    segment_reads: list[str] = []
+
+    def watch(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "FROM users" in statement and "user_features" in statement:
+            segment_reads.append(statement)
+
+    event.listen(rt.db, "before_cursor_execute", watch)
+    clock = rt.clock
+    assert isinstance(clock, ManualClock)
+    clock.set(T0 + timedelta(hours=1, minutes=1))  # 10:01 in Shanghai: both schedules fired
+    try:
+        enrolled = runner.run_schedules(rt, clock.now())
+    finally:
+        event.remove(rt.db, "before_cursor_execute", watch)
+    assert enrolled == 4
+    with rt.db.connect() as conn:
+        rows = conn.execute(select(ENROLLMENTS.c.journey_id, ENROLLMENTS.c.user_id)
+                            .order_by(ENROLLMENTS.c.journey_id, ENROLLMENTS.c.user_id)).all()
+    assert [tuple(r) for r in rows] == [("nudge", "u0001"), ("others", "u0000"),
+                                        ("others", "u0002"), ("others", "u0003")]
+    if rt.db.dialect.name == "sqlite":  # PostgreSQL enrolls such a segment in one statement
+        assert len(segment_reads) == 1
