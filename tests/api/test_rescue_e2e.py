@@ -128,7 +128,10 @@ def test_payment_failure_to_attributed_conversion(
     # 2. Ten minutes later the engine sends the SMS through the sandbox.
     rt = Runtime.from_settings(settings, db=db_engine, clock=clock)
     clock.advance(timedelta(minutes=10))
-    run_until_idle(rt)
+    try:
+        run_until_idle(rt)
+    finally:
+        rt.close()  # the SMS adapter's connections, not left to the garbage collector
     sent = [r for r in sandbox.state.records("twilio") if r["outcome"] == "accepted"]
     assert len(sent) == 1
     body = sent[0]["body"]["Body"]
