@@ -89,6 +89,12 @@ def recall(tmp_path: Path) -> Iterator[Callable[..., Recall]]:
         if r.proc.poll() is None:
             os.killpg(r.proc.pid, signal.SIGKILL)
             r.proc.wait()
+    for state in {r.state for r in started}:  # children run in sessions of their own
+        for pid in processes_of(state):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def running_stack(r: Recall) -> None:
