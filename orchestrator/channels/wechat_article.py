@@ -53,7 +53,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
@@ -433,46 +433,38 @@ class WeChatArticleChannel:
         # By OpenID always (wechatpy's helper sends anything not shaped like one as towxname).
         data = {"touser": message.recipient.openid, "msgtype": "mpnews",
                 "mpnews": {"media_id": media_id}}
-        try:
-            answer = client.call("POST message/mass/preview",
-                                 lambda: client.post("message/mass/preview", data=data))
-        except ChannelRecipient as exc:
-            return Outcome(message, result=failed(message, wechat_reason(exc)))
-        except ChannelUnknown:
-            return Outcome(message, result=unknown(message))
-        except ChannelError as exc:
-            return Outcome(message, error=exc)
-        msg_id = answer.get("msg_id")
-        return Outcome(message, result=TouchResult(
-            touch_id=message.touch_id, status="sent",
-            provider_message_id=str(msg_id) if msg_id is not None else None))
+        return self._one_call(message, "POST message/mass/preview", "msg_id",
+                              lambda: client.post("message/mass/preview", data=data))
 
     def _send_template(self, request: SendRequest, template_id: str, message: Message) -> Outcome:
         client = self.client()
         data = _template_data(request.options, message)
+        return self._one_call(
+            message, "POST message/template/send", "msgid",
+            lambda: client.message.send_template(
+                message.recipient.openid, template_id, data,
+                url=message.link or request.options.get("link") or None,
+            ),
+        )
+
+    def _one_call(self, message: Message, label: str, id_key: str,
+                  send: Callable[[], dict[str, Any]]) -> Outcome:
+        """One recipient's call (a template message or a preview): its answer's id is the
+        provider message id; a recipient error fails the touch, a lost answer leaves it
+        unknown, any other error goes back to the fan-out."""
+        client = self.client()
         try:
-            answer = client.call(
-                "POST message/template/send",
-                lambda: client.message.send_template(
-                    message.recipient.openid, template_id, data,
-                    url=message.link or request.options.get("link") or None,
-                ),
-            )
+            answer = client.call(label, send)
         except ChannelRecipient as exc:
             return Outcome(message, result=failed(message, wechat_reason(exc)))
         except ChannelUnknown:
             return Outcome(message, result=unknown(message))
         except ChannelError as exc:
             return Outcome(message, error=exc)
-        msgid = answer.get("msgid")
-        return Outcome(
-            message,
-            result=TouchResult(
-                touch_id=message.touch_id,
-                status="sent",
-                provider_message_id=str(msgid) if msgid is not None else None,
-            ),
-        )
+        found = answer.get(id_key)
+        return Outcome(message, result=TouchResult(
+            touch_id=message.touch_id, status="sent",
+            provider_message_id=str(found) if found is not None else None))
 
 
 class _DraftGone(Exception):  # noqa: N818 - internal signal, never escapes ``_send_mass``
